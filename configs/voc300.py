@@ -1,0 +1,17 @@
+"""SSD300 on PASCAL VOC 07+12, the paper's recipe.
+
+Run:
+  python -m ssd_jax.main --config=configs/voc300.py --workdir=/tmp/voc300
+
+Architecture, splits, schedule, optimiser and NMS come from
+`ssd_jax.config_lib` (shared by every config); this file holds what is
+specific to this input size on this dataset: the default-box sizes.
+"""
+from ssd_jax import config_lib
+
+
+def get_config():
+  config = config_lib.preset('ssd300', 'voc')
+  config.anchors.min_sizes = (30, 60, 111, 162, 213, 264)
+  config.anchors.max_sizes = (60, 111, 162, 213, 264, 315)
+  return config

@@ -1,0 +1,31 @@
+"""ssd_jax: the SSD object detector in JAX and Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name='ssd_jax',
+    version='0.1.0',
+    description='SSD: Single Shot MultiBox Detector in JAX/Flax for TPU and GPU.',
+    packages=find_packages(include=['ssd_jax', 'ssd_jax.*']),
+    python_requires='>=3.11',
+    install_requires=[
+        'jax>=0.7',
+        'flax>=0.11',
+        'optax>=0.2.5',
+        'orbax-checkpoint>=0.11',
+        'tensorflow-cpu>=2.18',   # tf.data and image ops only; JAX owns the accelerators
+        'tensorflow-datasets>=4.9.8',
+        'numpy>=1.26',
+        'ml-collections>=1.0',
+        'absl-py',
+        'tqdm',
+        'pycocotools>=2.0.8',
+        'matplotlib',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist>=3.6'],
+        # JAX for NVIDIA GPUs (the CUDA 12 wheels bring their own CUDA libraries).
+        'cuda': ['jax[cuda12]'],
+        # JAX for Cloud TPU VMs.
+        'tpu': ['jax[tpu]'],
+    },
+)

@@ -1,0 +1,208 @@
+"""SSD in Flax Linen: the VGG16 base, the extra layers and the MultiBox heads.
+
+Images are NHWC, RGB with the mean pixel subtracted (no std division). Layer
+names follow the paper (conv4_3, conv7, conv8_2, ...) so that converted
+checkpoints map one to one.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+# VGG16 convolutions per block (conv1_1 ... conv5_3), all 3x3 pad 1.
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+# Extra feature layers after conv7: (name, features, kernel, stride, padding).
+EXTRA_LAYERS = {
+    'ssd300': (
+        ('conv8_1', 256, 1, 1, 0), ('conv8_2', 512, 3, 2, 1),
+        ('conv9_1', 128, 1, 1, 0), ('conv9_2', 256, 3, 2, 1),
+        ('conv10_1', 128, 1, 1, 0), ('conv10_2', 256, 3, 1, 0),
+        ('conv11_1', 128, 1, 1, 0), ('conv11_2', 256, 3, 1, 0),
+    ),
+    'ssd512': (
+        ('conv8_1', 256, 1, 1, 0), ('conv8_2', 512, 3, 2, 1),
+        ('conv9_1', 128, 1, 1, 0), ('conv9_2', 256, 3, 2, 1),
+        ('conv10_1', 128, 1, 1, 0), ('conv10_2', 256, 3, 2, 1),
+        ('conv11_1', 128, 1, 1, 0), ('conv11_2', 256, 3, 2, 1),
+        ('conv12_1', 128, 1, 1, 0), ('conv12_2', 256, 4, 1, 1),
+    ),
+}
+SSD300_SOURCES = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2', 'conv10_2', 'conv11_2')
+SSD512_SOURCES = SSD300_SOURCES + ('conv12_2',)
+
+
+def layer_order(extras: str) -> tuple[str, ...]:
+  """Names of every layer that can be a prediction source, in network order."""
+  vgg = tuple(f'conv{b}_{i}' for b, convs in enumerate(VGG16_BLOCKS, 1)
+              for i in range(1, len(convs) + 1))
+  if extras not in EXTRA_LAYERS:
+    raise ValueError(f'model.extras={extras!r} is not one of {sorted(EXTRA_LAYERS)}.')
+  return vgg + ('conv6', 'conv7') + tuple(spec[0] for spec in EXTRA_LAYERS[extras])
+
+
+def _pad(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  return ((p, p), (p, p))
+
+
+def ceil_max_pool(x):
+  """2x2 stride-2 max pool rounding up (75 -> 38), as Caffe's pooling does."""
+  h, w = x.shape[1:3]
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, h % 2), (0, w % 2)))
+
+
+class L2Norm(nn.Module):
+  """Normalise across channels, then scale each channel by a learned factor.
+
+  The norm is taken in float32 whatever the compute dtype.
+  """
+  scale_init: float = 20.0
+  eps: float = 1e-10
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.constant(self.scale_init),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True)) + self.eps
+    return (x32 / norm * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Backbone(nn.Module):
+  """VGG16 (reduced, atrous) plus the extra layers; returns the source maps.
+
+  Attributes:
+    sources: names of the layers whose outputs are prediction sources, in
+      network order. Layers after the last source are not built.
+    extras: 'ssd300' or 'ssd512', the layout of the extra layers.
+    width: channel multiplier for every layer (1.0 is the paper's network).
+    atrous: pool5 3x3/1 and conv6 dilated by 6 (the paper); False keeps pool5
+      2x2/2 and an undilated conv6 (the "no atrous" ablation).
+    fc_features: channels of conv6 and conv7.
+  """
+  sources: Sequence[str] = SSD300_SOURCES
+  extras: str = 'ssd300'
+  width: float = 1.0
+  atrous: bool = True
+  fc_features: int = 1024
+  l2norm_scale: float = 20.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _features(self, n: int) -> int:
+    return max(1, int(round(n * self.width)))
+
+  @nn.compact
+  def __call__(self, images) -> list:
+    """f[B, H, W, 3] -> list of f[B, h_i, w_i, c_i], one per source."""
+    order = layer_order(self.extras)
+    unknown = [s for s in self.sources if s not in order]
+    if unknown or list(self.sources) != sorted(self.sources, key=order.index):
+      raise ValueError(f'model.sources={tuple(self.sources)} must be distinct layer names '
+                       f'in network order, chosen from {order}.')
+    conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                             kernel_init=nn.initializers.xavier_uniform())
+    outputs = {}
+
+    def emit(name, x):
+      if name == 'conv4_3' and name in self.sources:
+        x = L2Norm(self.l2norm_scale, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name='conv4_3_norm')(x)
+      outputs[name] = x
+      return name == self.sources[-1]  # sources are in network order: all done
+
+    x = images.astype(self.dtype)
+    for b, convs in enumerate(VGG16_BLOCKS, 1):
+      for i, f in enumerate(convs, 1):
+        name = f'conv{b}_{i}'
+        x = nn.relu(conv(self._features(f), (3, 3), padding=_pad(1), name=name)(x))
+        if name in self.sources and emit(name, x):
+          return [outputs[s] for s in self.sources]
+      if b < 5:
+        x = ceil_max_pool(x)
+    if self.atrous:
+      x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=_pad(1))
+      x = conv(self._features(self.fc_features), (3, 3), padding=_pad(6),
+               kernel_dilation=(6, 6), name='conv6')(x)
+    else:
+      x = ceil_max_pool(x)
+      x = conv(self._features(self.fc_features), (3, 3), padding=_pad(1), name='conv6')(x)
+    x = nn.relu(x)
+    if 'conv6' in self.sources and emit('conv6', x):
+      return [outputs[s] for s in self.sources]
+    x = nn.relu(conv(self._features(self.fc_features), (1, 1), name='conv7')(x))
+    if 'conv7' in self.sources and emit('conv7', x):
+      return [outputs[s] for s in self.sources]
+    for name, f, k, s, p in EXTRA_LAYERS[self.extras]:
+      if min(x.shape[1:3]) + 2 * p < k:
+        raise ValueError(f'{name} needs a feature map of at least {k - 2 * p} but gets '
+                         f'{x.shape[1:3]}; drop it from model.sources or use a larger '
+                         f'model.image_size.')
+      x = nn.relu(conv(self._features(f), (k, k), strides=(s, s), padding=_pad(p),
+                       name=name)(x))
+      if name in self.sources and emit(name, x):
+        break
+    return [outputs[s] for s in self.sources]
+
+
+class MultiBoxHead(nn.Module):
+  """Per source: a 3x3 conv for k*4 box offsets and one for k*C class scores.
+
+  Outputs are flattened source by source, then row, column and box, which is the
+  order of `anchors.default_boxes`.
+  """
+  num_classes: int
+  boxes_per_location: Sequence[int]
+  names: Sequence[str]
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: Sequence) -> tuple:
+    """list of f[B, h, w, c] -> (f32[B, A, 4] offsets, f32[B, A, C] logits)."""
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=_pad(1), dtype=self.dtype,
+                             param_dtype=self.param_dtype,
+                             kernel_init=nn.initializers.xavier_uniform())
+    locs, logits = [], []
+    for x, k, name in zip(features, self.boxes_per_location, self.names, strict=True):
+      b = x.shape[0]
+      locs.append(conv(k * 4, name=f'{name}_loc')(x).reshape(b, -1, 4))
+      logits.append(conv(k * self.num_classes, name=f'{name}_conf')(x)
+                    .reshape(b, -1, self.num_classes))
+    return (jnp.concatenate(locs, 1).astype(jnp.float32),
+            jnp.concatenate(logits, 1).astype(jnp.float32))
+
+
+class SSD(nn.Module):
+  """The whole detector.
+
+  Call with f[B, S, S, 3] mean-subtracted RGB images; returns float32 box
+  offsets [B, A, 4] (encoded against the default boxes, see box_utils.encode)
+  and class logits [B, A, num_classes], class 0 being background.
+  """
+  num_classes: int
+  boxes_per_location: Sequence[int]
+  sources: Sequence[str] = SSD300_SOURCES
+  extras: str = 'ssd300'
+  width: float = 1.0
+  atrous: bool = True
+  fc_features: int = 1024
+  l2norm_scale: float = 20.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.backbone = Backbone(self.sources, self.extras, self.width, self.atrous,
+                             self.fc_features, self.l2norm_scale, self.dtype, self.param_dtype)
+    self.head = MultiBoxHead(self.num_classes, self.boxes_per_location, self.sources,
+                             self.dtype, self.param_dtype)
+
+  def __call__(self, images):
+    return self.head(self.backbone(images))

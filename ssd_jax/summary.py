@@ -1,0 +1,43 @@
+"""Describe the detector a config builds: sources, default boxes, parameters.
+
+  python -m ssd_jax.summary --config=configs/voc300.py
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from ssd_jax import builders
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+
+
+def describe(config) -> str:
+  """A table of the source layers, their default boxes, and the totals."""
+  model = builders.build_model(config)
+  size = config.model.image_size
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  (loc, logits), variables = jax.eval_shape(model.init_with_output, jax.random.key(0), images)
+  boxes = builders.build_default_boxes(config)
+  fmaps = builders.source_feature_sizes(config)
+  lines = [f'{"source":<10} {"map":>7} {"boxes/cell":>10} {"boxes":>7}']
+  for name, f, k in zip(config.model.sources, fmaps, model.boxes_per_location):
+    lines.append(f'{name:<10} {f:>3}x{f:<3} {k:>10} {f * f * k:>7}')
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables))
+  lines += [f'default boxes: {len(boxes)}; outputs {loc.shape} offsets, {logits.shape} logits',
+            f'parameters: {n_params:,} ({config.model.num_classes} classes, '
+            f'input {size}x{size}, compute {config.model.dtype})']
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  print(describe(_CONFIG.value))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,138 @@
+"""The Flax modules: parameter count, shapes, L2Norm, pooling, dtypes, ablations."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssd_jax import builders, models
+
+
+def abstract_forward(config, batch=2):
+  model = builders.build_model(config)
+  size = config.model.image_size
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  return jax.eval_shape(model.init_with_output, jax.random.key(0), images)
+
+
+def count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_ssd300_parameter_count_and_shapes(load_config):
+  (loc, logits), variables = abstract_forward(load_config('voc300'))
+  assert count(variables) == 26_285_486
+  assert count(variables['params']['backbone']['conv4_3_norm']) == 512
+  assert loc.shape == (2, 8732, 4) and logits.shape == (2, 8732, 21)
+  assert loc.dtype == logits.dtype == jnp.float32
+
+
+def test_vgg_part_matches_hand_count(load_config):
+  """VGG16 conv1_1..conv5_3 is 14,714,688 parameters; conv6 4,719,616; conv7 1,049,600."""
+  (_, _), variables = abstract_forward(load_config('voc300'))
+  p = variables['params']['backbone']
+  vgg_names = models.layer_order('ssd300')[:13]
+  assert vgg_names[0] == 'conv1_1' and vgg_names[-1] == 'conv5_3'
+  vgg = sum(count(p[n]) for n in vgg_names)
+  assert vgg == 14_714_688
+  assert count(p['conv6']) == 3 * 3 * 512 * 1024 + 1024
+  assert count(p['conv7']) == 1024 * 1024 + 1024
+
+
+@pytest.mark.parametrize('name,classes', [('voc512', 21), ('coco512', 81), ('coco300', 81)])
+def test_other_configs_shapes(load_config, name, classes):
+  c = load_config(name)
+  (loc, logits), _ = abstract_forward(c, batch=1)
+  assert loc.shape[1] == logits.shape[1] == len(builders.build_default_boxes(c))
+  assert logits.shape[2] == classes
+
+
+def test_ceil_pooling_rounds_up():
+  x = jnp.arange(75 * 75, dtype=jnp.float32).reshape(1, 75, 75, 1)
+  y = models.ceil_max_pool(x)
+  assert y.shape == (1, 38, 38, 1)
+  np.testing.assert_array_equal(y[0, -1, -1, 0], x[0, -1, -1, 0])  # lone corner pixel
+
+
+def test_l2norm_starts_at_scale_20():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 16))
+  layer = models.L2Norm()
+  y, variables = layer.init_with_output(jax.random.key(1), x)
+  np.testing.assert_allclose(variables['params']['scale'], np.full(16, 20.0))
+  np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), 20.0, rtol=1e-5)
+
+
+def tiny(config, width=0.125, size=300):
+  config.model.width = width
+  config.model.image_size = size
+  return config
+
+
+def test_tiny_forward_matches_default_boxes(load_config):
+  c = tiny(load_config('voc300'))
+  model = builders.build_model(c)
+  images = jax.random.normal(jax.random.key(0), (2, 300, 300, 3))
+  variables = model.init(jax.random.key(1), images)
+  loc, logits = jax.jit(model.apply)(variables, images)
+  assert loc.shape == (2, 8732, 4) and logits.shape == (2, 8732, 21)
+  assert np.all(np.isfinite(loc)) and np.all(np.isfinite(logits))
+
+
+def test_bfloat16_compute_close_to_float32(load_config):
+  c = tiny(load_config('voc300'), width=0.25)
+  images = jax.random.normal(jax.random.key(0), (2, 300, 300, 3)) * 50
+  f32 = builders.build_model(c)
+  variables = f32.init(jax.random.key(1), images)
+  c.model.dtype = 'bfloat16'
+  bf16 = builders.build_model(c)
+  # Same parameter tree, still float32 storage.
+  bf_vars = bf16.init(jax.random.key(1), images)
+  assert jax.tree.structure(bf_vars) == jax.tree.structure(variables)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf_vars))
+  want = f32.apply(variables, images)
+  got = bf16.apply(variables, images)
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.float32
+    rel = np.linalg.norm(g - w) / np.linalg.norm(w)
+    assert rel < 0.05, rel
+
+
+def test_table3_fewer_sources_and_table2_fewer_ratios(load_config):
+  """The paper's ablations as configs: head outputs always equal the boxes."""
+  c = load_config('voc300')
+  c.model.sources = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2')
+  c.anchors.min_sizes = (30, 60, 111, 162)
+  c.anchors.max_sizes = (60, 111, 162, 213)
+  c.anchors.steps = (8, 16, 32, 64)
+  c.anchors.aspect_ratios = ((), (2,), (2,), (2,))
+  (loc, _), variables = abstract_forward(c, batch=1)
+  assert 'conv10_1' not in variables['params']['backbone']
+  expected = 38 * 38 * 2 + (19 * 19 + 10 * 10 + 5 * 5) * 4
+  assert loc.shape[1] == len(builders.build_default_boxes(c)) == expected
+
+
+def test_without_atrous_ablation(load_config):
+  c = load_config('voc300')
+  c.model.atrous = False
+  c.model.sources = ('conv4_3', 'conv5_3', 'conv7', 'conv8_2', 'conv9_2', 'conv10_2')
+  c.anchors.steps = None
+  assert builders.source_feature_sizes(c) == (38, 19, 10, 5, 3, 1)
+  c.model.sources = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2', 'conv10_2', 'conv11_2')
+  with pytest.raises(ValueError, match='conv11_2 needs a feature map'):
+    builders.source_feature_sizes(c)
+
+
+def test_config_errors_name_the_field(load_config):
+  c = load_config('voc300')
+  with pytest.raises(AttributeError, match='min_size'):
+    c.anchors.min_size = (1, 2)
+  c.anchors.steps = (8, 16)
+  with pytest.raises(ValueError, match='anchors.steps has 2 entries'):
+    builders.build_model(c)
+  c = load_config('voc300')
+  c.model.sources = ('conv7', 'conv4_3', 'conv8_2', 'conv9_2', 'conv10_2', 'conv11_2')
+  with pytest.raises(ValueError, match='network order'):
+    builders.source_feature_sizes(c)
+  c = load_config('voc300')
+  c.model.dtype = 'float33'
+  with pytest.raises(ValueError, match='model.dtype'):
+    builders.build_model(c)
