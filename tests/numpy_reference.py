@@ -1,0 +1,67 @@
+"""Plain NumPy loop implementations written from SPEC.md, for tests and benchmarks."""
+import numpy as np
+
+from ssd_jax import box_utils
+
+
+def match_image(gt_boxes, gt_labels, anchors, threshold=0.5, variances=(0.1, 0.2), iou=None):
+  """One image: f[G,4] xyxy, i[G] (0 = padding), f[A,4] cxcywh -> (f[A,4], i[A]).
+
+  `iou` (f[G, A]) may be passed in: many default boxes tie exactly for a ground
+  truth (same-size boxes inside it), and 1-ulp differences between two IoU
+  computations would break those ties differently.
+  """
+  anchors = np.asarray(anchors, np.float64)
+  if iou is None:
+    iou = box_utils.pairwise_iou(np.asarray(gt_boxes, np.float64),
+                                 box_utils.cxcywh_to_xyxy(anchors))
+  keep = [g for g in range(len(gt_labels)) if gt_labels[g] > 0]
+  num_anchors = len(anchors)
+  matched = np.full(num_anchors, -1)
+  if keep:
+    iou = np.asarray(iou, np.float64)[keep]
+    work = iou.copy()
+    forced = np.zeros(num_anchors, bool)
+    while work.max() > 0:  # bipartite: the globally best free pair, again and again
+      g, a = np.unravel_index(np.argmax(work), work.shape)
+      matched[a], forced[a] = keep[g], True
+      work[g, :] = -1
+      work[:, a] = -1
+    for a in range(num_anchors):
+      if not forced[a] and iou[:, a].max() > threshold:
+        matched[a] = keep[int(np.argmax(iou[:, a]))]
+  loc = np.zeros((num_anchors, 4))
+  cls = np.zeros(num_anchors, np.int64)
+  for a in np.flatnonzero(matched >= 0):
+    g = matched[a]
+    cls[a] = gt_labels[g]
+    gx0, gy0, gx1, gy1 = gt_boxes[g]
+    dcx, dcy, dw, dh = anchors[a]
+    loc[a] = [((gx0 + gx1) / 2 - dcx) / (variances[0] * dw),
+              ((gy0 + gy1) / 2 - dcy) / (variances[0] * dh),
+              np.log((gx1 - gx0) / dw) / variances[1],
+              np.log((gy1 - gy0) / dh) / variances[1]]
+  return loc, cls
+
+
+def multibox_loss(loc_pred, logits, loc_t, cls_t, neg_pos_ratio=3.0, loc_weight=1.0):
+  """Per-image loop; returns (loss, loc, conf, num_pos) with the batch's N."""
+  loc_pred, logits = np.asarray(loc_pred, np.float64), np.asarray(logits, np.float64)
+  total_loc = total_conf = 0.0
+  total_pos = 0
+  for b in range(len(cls_t)):
+    pos = cls_t[b] > 0
+    n_pos = int(pos.sum())
+    diff = np.abs(loc_pred[b][pos] - loc_t[b][pos])
+    total_loc += np.sum(np.where(diff < 1, 0.5 * diff ** 2, diff - 0.5))
+    shifted = logits[b] - logits[b].max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    ce = -log_probs[np.arange(len(cls_t[b])), cls_t[b]]
+    negatives = np.flatnonzero(~pos)
+    background = -log_probs[negatives, 0]
+    n_neg = min(int(np.floor(neg_pos_ratio * n_pos)), len(negatives))
+    hardest = negatives[np.argsort(-background, kind='stable')[:n_neg]]
+    total_conf += ce[pos].sum() + ce[hardest].sum()
+    total_pos += n_pos
+  n = max(total_pos, 1)
+  return (total_conf + loc_weight * total_loc) / n, total_loc / n, total_conf / n, total_pos
