@@ -14,6 +14,7 @@ setup(
         'orbax-checkpoint>=0.11',
         'tensorflow-cpu>=2.18',   # tf.data and image ops only; JAX owns the accelerators
         'tensorflow-datasets>=4.9.8',
+        'importlib_resources',    # TFDS needs it to build datasets (tests, offline data)
         'numpy>=1.26',
         'ml-collections>=1.0',
         'absl-py',

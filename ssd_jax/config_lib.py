@@ -57,6 +57,29 @@ def base_config() -> config_dict.ConfigDict:
       data_dir=config_dict.placeholder(str),     # TFDS data_dir; None: TFDS default
       mean_rgb=MEAN_RGB,
       max_boxes=100,                             # ground truth padded to this many
+      shuffle_buffer=2048,                       # examples, per host
+  ))
+
+  # Training augmentation (SPEC.md); enabled=False is the paper's "no data
+  # augmentation" ablation: resize only.
+  c.augment = config_dict.ConfigDict(dict(
+      enabled=True,
+      photometric=True,
+      photometric_prob=0.5,                      # each photometric step
+      brightness_delta=32.0,
+      contrast_range=(0.5, 1.5),
+      saturation_range=(0.5, 1.5),
+      hue_delta=18.0,                            # degrees
+      zoom_out=True,                             # "expand", SSD300*/SSD512*
+      zoom_out_prob=0.5,
+      zoom_out_max_ratio=4.0,
+      crop=True,
+      crop_min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),   # besides "whole image" and "any patch"
+      crop_min_scale=0.3,                        # the recipe's; the paper says 0.1
+      crop_aspect_range=(0.5, 2.0),
+      crop_trials=50,
+      flip=True,
+      flip_prob=0.5,
   ))
 
   c.optim = config_dict.ConfigDict(dict(
