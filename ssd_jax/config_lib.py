@@ -51,6 +51,12 @@ def base_config() -> config_dict.ConfigDict:
   c.loss = config_dict.ConfigDict(dict(neg_pos_ratio=3.0, loc_weight=1.0))
 
   c.data = config_dict.ConfigDict(dict(
+      # 'tfds': splits are 'name/config:split' (e.g. 'voc/2007:test');
+      # 'voc_folder': splits are ImageSets/Main names under data.root;
+      # 'coco_json': splits are 'annotations.json:image_dir' under data.root.
+      format='tfds',
+      root=config_dict.placeholder(str),         # custom dataset folder
+      class_names=config_dict.placeholder(tuple),  # custom classes; None: VOC's
       name=config_dict.placeholder(str),         # 'voc', 'coco', ...
       train_splits=config_dict.placeholder(tuple),
       eval_split=config_dict.placeholder(str),
@@ -58,6 +64,7 @@ def base_config() -> config_dict.ConfigDict:
       mean_rgb=MEAN_RGB,
       max_boxes=100,                             # ground truth padded to this many
       shuffle_buffer=2048,                       # examples, per host
+      max_image_side=1024,                       # larger images shrink before augmenting
   ))
 
   # Training augmentation (SPEC.md); enabled=False is the paper's "no data
@@ -177,6 +184,11 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     if values is not None and len(values) != n:
       raise ValueError(f'anchors.{name} has {len(values)} entries for {n} sources '
                        f'{tuple(config.model.sources)}; give one entry per source.')
+  names = config.data.class_names
+  if names and config.model.num_classes != len(names) + 1:
+    raise ValueError(f'model.num_classes={config.model.num_classes} but data.class_names has '
+                     f'{len(names)} names; set model.num_classes={len(names) + 1} '
+                     f'(the classes plus background).')
   if config.model.num_classes < 2:
     raise ValueError('model.num_classes counts background too and must be >= 2.')
   dtype(config.model.dtype)

@@ -13,13 +13,14 @@ share of the global batch.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssd_jax import augment
+from ssd_jax import augment, custom_data, labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -45,6 +46,40 @@ def _load(spec: str, data_dir, process_index, process_count, shuffle):
         f'Prepare it once with: python -c "import tensorflow_datasets as tfds; '
         f"tfds.builder('{name}', data_dir={data_dir!r}).download_and_prepare()\" "
         f'(or set --config.data.data_dir to where it is). ({e})') from e
+
+
+def _custom_records(config, spec: str) -> list:
+  """Records of a custom split: VOC folder split name, or 'annotations.json:image_dir'."""
+  d = config.data
+  if d.root is None:
+    raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
+  names = tuple(d.class_names) if d.class_names else labels.class_names('voc')
+  if d.format == 'voc_folder':
+    return custom_data.read_voc_folder(d.root, spec, names)
+  annotations, sep, image_dir = spec.partition(':')
+  if not sep:
+    raise ValueError(f'coco_json split {spec!r} must be "annotations.json:image_dir" '
+                     f'(paths relative to data.root).')
+  return custom_data.read_coco_json(os.path.join(d.root, annotations),
+                                    os.path.join(d.root, image_dir), d.class_names or None)
+
+
+def _examples(config, spec: str, index: int, count: int, shuffle: bool) -> tf.data.Dataset:
+  """Decoded examples (see module docstring) of this host's share of a split."""
+  fmt = config.data.format
+  if fmt == 'tfds':
+    return _load(spec, config.data.data_dir, index, count, shuffle).map(
+        decode, num_parallel_calls=AUTOTUNE)
+  if fmt in ('voc_folder', 'coco_json'):
+    return custom_data.records_dataset(_custom_records(config, spec)[index::count],
+                                       config.seed + index if shuffle else None)
+  raise ValueError(f'data.format={fmt!r}; use "tfds", "voc_folder" or "coco_json".')
+
+
+def _num_examples(config, spec: str) -> int:
+  if config.data.format == 'tfds':
+    return int(_load(spec, config.data.data_dir, 0, 1, False).cardinality())
+  return len(_custom_records(config, spec))
 
 
 def decode(example) -> dict:
@@ -81,9 +116,22 @@ def _finish(image, image_size: int, mean_rgb):
   return image - tf.constant(mean_rgb, tf.float32)
 
 
+def shrink(image, max_side: int):
+  """Downscale (keeping the aspect ratio) so the longer side is at most max_side.
+
+  Zoom-out makes a canvas up to 4x the side: a 3000-pixel photo would need
+  gigabytes. Boxes are normalised, so they are unaffected.
+  """
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = tf.minimum(1.0, max_side / tf.reduce_max(shape))
+  return tf.cond(scale < 1.0,
+                 lambda: tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32)),
+                 lambda: image)
+
+
 def train_preprocess(features, seed, config) -> dict:
   """One training example: augment, resize, subtract the mean, pad the boxes."""
-  image = tf.cast(features['image'], tf.float32)
+  image = shrink(tf.cast(features['image'], tf.float32), config.data.max_image_side)
   boxes, labels = features['boxes'], features['labels']
   if config.augment.enabled:
     image, boxes, labels = augment.train_augment(image, boxes, labels, seed, config.augment,
@@ -120,11 +168,11 @@ def train_dataset(config, process_index: Optional[int] = None,
   """Endless shuffled, augmented batches of this host's share of the train splits."""
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(config.train.batch_size, count)
-  parts = [_load(s, config.data.data_dir, index, count, True) for s in config.data.train_splits]
+  parts = [_examples(config, s, index, count, True) for s in config.data.train_splits]
   ds = parts[0]
   for part in parts[1:]:
     ds = ds.concatenate(part)
-  ds = ds.map(decode, num_parallel_calls=AUTOTUNE).repeat()
+  ds = ds.repeat()
   ds = ds.shuffle(config.data.shuffle_buffer, seed=config.seed + index)
   host_seed = tf.constant([config.seed, index], tf.int64)
   ds = ds.enumerate().map(
@@ -152,10 +200,9 @@ def eval_dataset(config, process_index: Optional[int] = None,
   """
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(config.train.batch_size, count)
-  total = int(_load(config.data.eval_split, config.data.data_dir, 0, 1, False).cardinality())
+  total = _num_examples(config, config.data.eval_split)
   steps = math.ceil(math.ceil(total / count) / batch)
-  ds = _load(config.data.eval_split, config.data.data_dir, index, count, False)
-  ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+  ds = _examples(config, config.data.eval_split, index, count, False)
   ds = ds.map(lambda ex: eval_preprocess(ex, config), num_parallel_calls=AUTOTUNE)
   padding = tf.data.Dataset.from_tensors(_padding_example(config)).repeat()
   ds = ds.concatenate(padding).take(steps * batch)

@@ -1,0 +1,107 @@
+"""Custom datasets: a Pascal VOC folder and a COCO JSON, with odd and corrupt images."""
+import json
+import logging as py_logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssd_jax import custom_data, input_pipeline
+
+VOC_XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>
+{objects}</annotation>"""
+VOC_OBJECT = """<object><name>{name}</name><difficult>{difficult}</difficult>
+<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"""
+
+
+def write_voc_folder(root, images):
+  """images: list of (id, PIL image or bytes, [(name, difficult, x0, y0, x1, y1)])."""
+  for sub in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
+    (root / sub).mkdir(parents=True, exist_ok=True)
+  for image_id, content, objects in images:
+    path = root / 'JPEGImages' / f'{image_id}.jpg'
+    if isinstance(content, bytes):
+      path.write_bytes(content)
+      w, h = 40, 30
+    else:
+      content.save(path, format='PNG' if content.mode in ('RGBA', 'L') else 'JPEG')
+      w, h = content.size
+    xml_objects = ''.join(VOC_OBJECT.format(name=n, difficult=int(d), x0=x0, y0=y0, x1=x1, y1=y1)
+                          for n, d, x0, y0, x1, y1 in objects)
+    (root / 'Annotations' / f'{image_id}.xml').write_text(
+        VOC_XML.format(w=w, h=h, objects=xml_objects))
+  (root / 'ImageSets/Main/trainval.txt').write_text(''.join(f'{i}\n' for i, _, _ in images))
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+  rgb = Image.fromarray(np.full((30, 40, 3), 200, np.uint8))
+  gray = Image.fromarray(np.full((30, 40), 50, np.uint8), mode='L')     # saved as PNG
+  rgba = Image.fromarray(np.full((30, 40, 4), 100, np.uint8), mode='RGBA')
+  large = Image.fromarray(np.zeros((2400, 3200, 3), np.uint8))
+  write_voc_folder(tmp_path, [
+      ('a', rgb, [('dog', False, 1, 1, 20, 15), ('cat', True, 10, 5, 40, 30)]),
+      ('b', gray, [('person', False, 5, 5, 25, 25)]),
+      ('c', rgba, []),
+      ('d', b'this is not an image', [('dog', False, 1, 1, 20, 15)]),
+      ('e', large, [('car', False, 1, 1, 1601, 1201)]),
+  ])
+  return tmp_path
+
+
+def test_voc_folder_records(voc_root):
+  records = custom_data.read_voc_folder(str(voc_root), 'trainval', ('cat', 'dog', 'person', 'car'))
+  assert [r.image_id for r in records] == [0, 1, 2, 3, 4]
+  np.testing.assert_allclose(records[0].boxes, [[0, 0, 19 / 40, 14 / 30], [9 / 40, 4 / 30, 39 / 40, 29 / 30]])
+  np.testing.assert_array_equal(records[0].labels, [2, 1])
+  np.testing.assert_array_equal(records[0].difficult, [False, True])
+  assert records[2].boxes.shape == (0, 4)
+
+
+def test_odd_images_decode_and_corrupt_ones_are_reported_and_skipped(voc_root, caplog):
+  records = custom_data.read_voc_folder(str(voc_root), 'trainval', ('cat', 'dog', 'person', 'car'))
+  with caplog.at_level(py_logging.ERROR):
+    examples = list(custom_data.records_dataset(records).as_numpy_iterator())
+  assert [e['image_id'] for e in examples] == [0, 1, 2, 4]
+  assert all(e['image'].shape[-1] == 3 and e['image'].dtype == np.uint8 for e in examples)
+  assert examples[1]['image'][0, 0].tolist() == [50, 50, 50]  # grayscale -> RGB
+  assert examples[3]['image'].shape == (2400, 3200, 3)
+  assert 'd.jpg' in caplog.text and 'skipping unreadable image' in caplog.text
+
+
+def test_voc_folder_through_the_pipeline(load_config, voc_root):
+  c = load_config('voc300')
+  c.data.format, c.data.root = 'voc_folder', str(voc_root)
+  c.data.class_names = ('cat', 'dog', 'person', 'car')
+  c.model.num_classes = 5
+  c.data.train_splits, c.data.eval_split = ('trainval',), 'trainval'
+  c.train.batch_size, c.data.max_boxes, c.data.shuffle_buffer = 2, 4, 8
+  batch = next(iter(input_pipeline.train_dataset(c, 0, 1)))
+  assert batch['image'].shape == (2, 300, 300, 3) and batch['labels'].shape == (2, 4)
+  ds, steps = input_pipeline.eval_dataset(c, 0, 1)
+  ids = [i for b in ds.as_numpy_iterator() for i, m in zip(b['image_id'], b['mask']) if m]
+  assert steps == 3 and sorted(ids) == [0, 1, 2, 4]
+
+
+def test_unknown_class_and_missing_split_are_clear_errors(voc_root):
+  with pytest.raises(ValueError, match=r'a.xml: object <name>dog</name> is not in data.class_names'):
+    custom_data.read_voc_folder(str(voc_root), 'trainval', ('cat',))
+  with pytest.raises(FileNotFoundError, match='ImageSets/Main/test.txt'):
+    custom_data.read_voc_folder(str(voc_root), 'test', ('cat',))
+
+
+def test_coco_json(tmp_path):
+  (tmp_path / 'imgs').mkdir()
+  Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(tmp_path / 'imgs' / 'x.png')
+  data = {'images': [{'id': 42, 'file_name': 'x.png', 'width': 100, 'height': 50}],
+          'categories': [{'id': 7, 'name': 'zebra'}, {'id': 2, 'name': 'ant'}],
+          'annotations': [{'id': 1, 'image_id': 42, 'category_id': 7, 'bbox': [10, 5, 30, 20]},
+                          {'id': 2, 'image_id': 42, 'category_id': 2, 'bbox': [0, 0, 100, 50],
+                           'iscrowd': 1}]}
+  (tmp_path / 'ann.json').write_text(json.dumps(data))
+  records = custom_data.read_coco_json(str(tmp_path / 'ann.json'), str(tmp_path / 'imgs'), None)
+  np.testing.assert_allclose(records[0].boxes, [[0.1, 0.1, 0.4, 0.5], [0, 0, 1, 1]])
+  np.testing.assert_array_equal(records[0].labels, [2, 1])  # categories sorted by id: ant, zebra
+  np.testing.assert_array_equal(records[0].difficult, [False, True])
+  example = next(custom_data.records_dataset(records).as_numpy_iterator())
+  assert example['image'].shape == (50, 100, 3) and example['image_id'] == 42
