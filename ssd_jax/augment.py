@@ -33,13 +33,17 @@ def photometric_distort(image, seed, cfg):
   def contrast(x):
     return x * _uniform(s[1], lo_c, hi_c)
 
-  def colour(x):
+  do_saturation, do_hue = _uniform(s[2]) < p, _uniform(s[4]) < p
+
+  def to_hsv_and_back(x):
     hsv = tf.image.rgb_to_hsv(tf.clip_by_value(x, 0.0, 255.0) / 255.0)
-    sat = _maybe(s[2], p, lambda h: h * _uniform(s[3], lo_s, hi_s), hsv[..., 1])
-    hue = _maybe(s[4], p, lambda h: h + _uniform(s[5], -cfg.hue_delta, cfg.hue_delta) / 360.0,
-                 hsv[..., 0])
+    sat = hsv[..., 1] * tf.where(do_saturation, _uniform(s[3], lo_s, hi_s), 1.0)
+    hue = hsv[..., 0] + tf.where(do_hue, _uniform(s[5], -cfg.hue_delta, cfg.hue_delta), 0.0) / 360.0
     hsv = tf.stack([tf.math.floormod(hue, 1.0), tf.clip_by_value(sat, 0.0, 1.0), hsv[..., 2]], -1)
     return tf.image.hsv_to_rgb(hsv) * 255.0
+
+  def colour(x):  # the HSV round trip only when a colour step is drawn
+    return tf.cond(do_saturation | do_hue, lambda: to_hsv_and_back(x), lambda: x)
 
   image = _maybe(s[6], p, lambda x: x + _uniform(s[7], -cfg.brightness_delta,
                                                   cfg.brightness_delta), image)
