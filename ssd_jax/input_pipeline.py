@@ -64,22 +64,21 @@ def _custom_records(config, spec: str) -> list:
                                     os.path.join(d.root, image_dir), d.class_names or None)
 
 
-def _examples(config, spec: str, index: int, count: int, shuffle: bool) -> tf.data.Dataset:
-  """Decoded examples (see module docstring) of this host's share of a split."""
+def _examples(config, spec: str, index: int, count: int,
+              shuffle: bool) -> tuple[tf.data.Dataset, int]:
+  """Decoded examples (see module docstring) of this host's share of a split,
+  and the number of examples in the whole split (all hosts)."""
   fmt = config.data.format
   if fmt == 'tfds':
-    return _load(spec, config.data.data_dir, index, count, shuffle).map(
-        decode, num_parallel_calls=AUTOTUNE)
+    ds = _load(spec, config.data.data_dir, index, count, shuffle)
+    total = int(_load(spec, config.data.data_dir, 0, 1, False).cardinality())
+    return ds.map(decode, num_parallel_calls=AUTOTUNE), total
   if fmt in ('voc_folder', 'coco_json'):
-    return custom_data.records_dataset(_custom_records(config, spec)[index::count],
-                                       config.seed + index if shuffle else None)
+    records = _custom_records(config, spec)
+    ds = custom_data.records_dataset(records[index::count],
+                                     config.seed + index if shuffle else None)
+    return ds, len(records)
   raise ValueError(f'data.format={fmt!r}; use "tfds", "voc_folder" or "coco_json".')
-
-
-def _num_examples(config, spec: str) -> int:
-  if config.data.format == 'tfds':
-    return int(_load(spec, config.data.data_dir, 0, 1, False).cardinality())
-  return len(_custom_records(config, spec))
 
 
 def decode(example) -> dict:
@@ -168,7 +167,7 @@ def train_dataset(config, process_index: Optional[int] = None,
   """Endless shuffled, augmented batches of this host's share of the train splits."""
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(config.train.batch_size, count)
-  parts = [_examples(config, s, index, count, True) for s in config.data.train_splits]
+  parts = [_examples(config, s, index, count, True)[0] for s in config.data.train_splits]
   ds = parts[0]
   for part in parts[1:]:
     ds = ds.concatenate(part)
@@ -200,9 +199,8 @@ def eval_dataset(config, process_index: Optional[int] = None,
   """
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(config.train.batch_size, count)
-  total = _num_examples(config, config.data.eval_split)
+  ds, total = _examples(config, config.data.eval_split, index, count, False)
   steps = math.ceil(math.ceil(total / count) / batch)
-  ds = _examples(config, config.data.eval_split, index, count, False)
   ds = ds.map(lambda ex: eval_preprocess(ex, config), num_parallel_calls=AUTOTUNE)
   padding = tf.data.Dataset.from_tensors(_padding_example(config)).repeat()
   ds = ds.concatenate(padding).take(steps * batch)
