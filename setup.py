@@ -10,7 +10,7 @@ setup(
     install_requires=[
         'jax>=0.7',
         'flax>=0.11',
-        'optax>=0.2.5',
+        'optax>=0.2.8',
         'orbax-checkpoint>=0.11',
         'tensorflow-cpu>=2.18',   # tf.data and image ops only; JAX owns the accelerators
         'tensorflow-datasets>=4.9.8',

@@ -1,0 +1,94 @@
+"""The train step, data-parallel over a device Mesh, and its state.
+
+One `jax.jit` function of (state, batch): the state is replicated, the batch
+sharded over the mesh's 'data' axis, and the compiler inserts the gradient
+all-reduce (no pmap, no axis names). Matching runs inside the step, on device.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ssd_jax import builders, losses, matching, optim
+
+DATA_AXIS = 'data'
+
+
+class TrainState(train_state.TrainState):
+  """Step, params, optimiser state (flax's TrainState, apply_fn excluded from pytrees)."""
+
+
+def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def check_batch(global_batch: int, mesh: Mesh) -> None:
+  n = mesh.devices.size
+  if global_batch % n:
+    raise ValueError(f'train.batch_size={global_batch} does not divide over {n} devices; '
+                     f'use a multiple of {n}, e.g. {n * max(1, round(global_batch / n))}.')
+
+
+def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
+  """Initial state, created directly replicated on the mesh."""
+  model = builders.build_model(config)
+  size = config.model.image_size
+  tx = optim.create_optimizer(config.optim)
+
+  def init(rng):
+    params = model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
+
+
+def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tuple:
+  """One SGD step on a global batch.
+
+  Args:
+    state: replicated TrainState.
+    batch: image f32[B, S, S, 3], boxes f32[B, M, 4] normalised xyxy, labels i32[B, M]
+      (0 = padding); sharded over the batch axis.
+    anchors: f32[A, 4] normalised cxcywh default boxes.
+    config: the run's config (static).
+
+  Returns:
+    (new state, metrics dict of float32 scalars).
+  """
+  def loss_fn(params):
+    loc, logits = state.apply_fn({'params': params}, batch['image'])
+    loc_t, cls_t = matching.match(batch['boxes'], batch['labels'], anchors,
+                                  config.matching.iou_threshold, config.anchors.variances)
+    return losses.multibox_loss(loc, logits, loc_t, cls_t, config.loss.neg_pos_ratio,
+                                config.loss.loc_weight)
+
+  (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  metrics = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads),
+                 param_norm=optax.tree.norm(new_state.params),
+                 learning_rate=optim.learning_rate_schedule(config.optim)(state.step))
+  return new_state, metrics
+
+
+def jit_train_step(config, mesh: Mesh):
+  """train_step compiled for the mesh; the input state is donated."""
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+  return jax.jit(functools.partial(train_step, config=config),
+                 in_shardings=(replicated, sharded, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """This process's part of the batch (NumPy) -> global arrays sharded over 'data'."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
+                      local_batch)

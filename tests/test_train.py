@@ -1,0 +1,112 @@
+"""Optimiser, schedule and the data-parallel train step."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssd_jax import builders, optim, train
+
+
+def test_schedule_by_hand(load_config):
+  schedule = optim.learning_rate_schedule(load_config('voc300').optim)
+  for step, want in [(0, 1e-3 / 500), (249, 0.5e-3), (499, 1e-3), (79_999, 1e-3),
+                     (80_000, 1e-4), (99_999, 1e-4), (100_000, 1e-5), (119_999, 1e-5)]:
+    assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step
+
+
+def test_weight_decay_only_on_kernels_and_sgd_by_hand(load_config):
+  cfg = load_config('voc300').optim
+  params = {'conv': {'kernel': jnp.array([1.0, -2.0]), 'bias': jnp.array([3.0])},
+            'conv4_3_norm': {'scale': jnp.array([20.0])}}
+  mask = optim.decay_mask(params)
+  assert mask == {'conv': {'kernel': True, 'bias': False}, 'conv4_3_norm': {'scale': False}}
+  tx = optim.create_optimizer(cfg)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  opt_state = tx.init(params)
+  lr0 = 1e-3 / 500
+  updates, opt_state = tx.update(grads, opt_state, params)
+  np.testing.assert_allclose(updates['conv']['kernel'], -lr0 * (0.5 + 5e-4 * np.array([1, -2])),
+                             rtol=1e-6)
+  np.testing.assert_allclose(updates['conv']['bias'], [-lr0 * 0.5], rtol=1e-6)
+  # Second step: momentum 0.9 on the trace, lr of step 1.
+  updates, _ = tx.update(grads, opt_state, params)
+  np.testing.assert_allclose(updates['conv']['bias'], [-(2e-3 / 500) * (0.5 + 0.9 * 0.5)],
+                             rtol=1e-6)
+
+
+def tiny_config(load_config):
+  """A small SSD at 96x96 with four sources, for fast steps on CPU."""
+  c = load_config('voc300')
+  c.model.image_size, c.model.width, c.model.num_classes = 96, 0.125, 3
+  c.model.sources = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2')
+  c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
+  c.anchors.aspect_ratios = ((2,), (2, 3), (2, 3), (2,))
+  c.data.max_boxes = 3
+  c.train.batch_size = 8
+  c.optim.warmup_steps = 1
+  return c
+
+
+def synthetic_batch(rng, batch, size=96, max_boxes=3):
+  """Grey images with red (class 1) and green (class 2) squares, mean subtracted."""
+  images = np.full((batch, size, size, 3), 128.0, np.float32)
+  boxes = np.zeros((batch, max_boxes, 4), np.float32)
+  labels = np.zeros((batch, max_boxes), np.int32)
+  for b in range(batch):
+    for k in range(rng.integers(1, max_boxes + 1)):
+      side = rng.integers(16, 48)
+      x0, y0 = rng.integers(0, size - side, 2)
+      cls = rng.integers(1, 3)
+      images[b, y0:y0 + side, x0:x0 + side] = (230, 20, 20) if cls == 1 else (20, 230, 20)
+      boxes[b, k] = np.array([x0, y0, x0 + side, y0 + side]) / size
+      labels[b, k] = cls
+  return {'image': images - np.array([123.0, 117.0, 104.0], np.float32), 'boxes': boxes,
+          'labels': labels}
+
+
+def one_step(config, devices, batch):
+  mesh = train.make_mesh(devices)
+  state = train.create_state(config, mesh, jax.random.key(0))
+  anchors = jnp.asarray(builders.build_default_boxes(config))
+  step = train.jit_train_step(config, mesh)
+  state, metrics = step(state, train.global_batch(batch, mesh), anchors)
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+def test_eight_devices_give_the_one_device_step(load_config):
+  assert jax.device_count() == 8, 'conftest sets 8 simulated CPU devices'
+  config = tiny_config(load_config)
+  config.optim.learning_rate = 0.05  # a visible step
+  batch = synthetic_batch(np.random.default_rng(0), 8)
+  params_1, metrics_1 = one_step(config, jax.devices()[:1], batch)
+  params_8, metrics_8 = one_step(config, jax.devices(), batch)
+  np.testing.assert_allclose(metrics_8['loss'], metrics_1['loss'], rtol=1e-5)
+  start = jax.device_get(train.create_state(config, train.make_mesh(jax.devices()[:1]),
+                                            jax.random.key(0)).params)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), params_1, start)
+  assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               params_8, params_1)
+
+
+def test_batch_that_does_not_divide_over_devices(load_config):
+  with pytest.raises(ValueError, match='batch_size=12 does not divide over 8 devices'):
+    train.check_batch(12, train.make_mesh())
+
+
+def test_tiny_model_drives_its_loss_down(load_config):
+  config = tiny_config(load_config)
+  config.optim.learning_rate = 0.01
+  config.optim.grad_clip_norm = 10.0
+  mesh = train.make_mesh()
+  state = train.create_state(config, mesh, jax.random.key(0))
+  anchors = jnp.asarray(builders.build_default_boxes(config))
+  step = train.jit_train_step(config, mesh)
+  batch = train.global_batch(synthetic_batch(np.random.default_rng(1), 8), mesh)
+  history = []
+  for _ in range(150):
+    state, metrics = step(state, batch, anchors)
+    history.append(float(metrics['loss']))
+  assert np.all(np.isfinite(history))
+  assert np.mean(history[-5:]) < np.mean(history[:5]) / 4, history[::10]
