@@ -18,7 +18,8 @@ setup(
         'numpy>=1.26',
         'ml-collections>=1.0',
         'absl-py',
-        'tqdm',
+        'tqdm',                   # progress bar with rate and ETA
+        'tensorboard',            # tf.summary writes TensorBoard events; also the viewer
         'pycocotools>=2.0.8',
         'matplotlib',
     ],

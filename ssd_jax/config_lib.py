@@ -102,6 +102,10 @@ def base_config() -> config_dict.ConfigDict:
   c.train = config_dict.ConfigDict(dict(
       batch_size=32,                             # global, over all devices and hosts
       num_steps=config_dict.placeholder(int),
+      log_every=50,                              # steps between summaries (and NaN checks)
+      checkpoint_every=5000,                     # steps between checkpoints
+      keep_checkpoints=3,
+      distributed=False,                         # call jax.distributed.initialize()
   ))
 
   c.eval = config_dict.ConfigDict(dict(

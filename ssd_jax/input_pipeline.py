@@ -163,8 +163,13 @@ def _processes(process_index, process_count):
 
 
 def train_dataset(config, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None) -> tf.data.Dataset:
-  """Endless shuffled, augmented batches of this host's share of the train splits."""
+                  process_count: Optional[int] = None, start_step: int = 0) -> tf.data.Dataset:
+  """Endless shuffled, augmented batches of this host's share of the train splits.
+
+  `start_step` resumes the stream exactly where a run that took that many steps
+  left it: the skipped examples are read but not augmented (seeds follow the
+  example's position, so what follows is identical).
+  """
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(config.train.batch_size, count)
   parts = [_examples(config, s, index, count, True)[0] for s in config.data.train_splits]
@@ -174,7 +179,7 @@ def train_dataset(config, process_index: Optional[int] = None,
   ds = ds.repeat()
   ds = ds.shuffle(config.data.shuffle_buffer, seed=config.seed + index)
   host_seed = tf.constant([config.seed, index], tf.int64)
-  ds = ds.enumerate().map(
+  ds = ds.enumerate().skip(start_step * batch).map(
       lambda i, ex: train_preprocess(ex, tf.random.experimental.stateless_fold_in(host_seed, i),
                                      config),
       num_parallel_calls=AUTOTUNE)

@@ -7,31 +7,7 @@ import pytest
 from PIL import Image
 
 from ssd_jax import custom_data, input_pipeline
-
-VOC_XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>
-{objects}</annotation>"""
-VOC_OBJECT = """<object><name>{name}</name><difficult>{difficult}</difficult>
-<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"""
-
-
-def write_voc_folder(root, images):
-  """images: list of (id, PIL image or bytes, [(name, difficult, x0, y0, x1, y1)])."""
-  for sub in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
-    (root / sub).mkdir(parents=True, exist_ok=True)
-  for image_id, content, objects in images:
-    path = root / 'JPEGImages' / f'{image_id}.jpg'
-    if isinstance(content, bytes):
-      path.write_bytes(content)
-      w, h = 40, 30
-    else:
-      content.save(path, format='PNG' if content.mode in ('RGBA', 'L') else 'JPEG')
-      w, h = content.size
-    xml_objects = ''.join(VOC_OBJECT.format(name=n, difficult=int(d), x0=x0, y0=y0, x1=x1, y1=y1)
-                          for n, d, x0, y0, x1, y1 in objects)
-    (root / 'Annotations' / f'{image_id}.xml').write_text(
-        VOC_XML.format(w=w, h=h, objects=xml_objects))
-  (root / 'ImageSets/Main/trainval.txt').write_text(''.join(f'{i}\n' for i, _, _ in images))
-
+from synthetic import write_voc_folder
 
 @pytest.fixture
 def voc_root(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+import synthetic
 from ssd_jax import builders, optim, train
 
 
@@ -36,16 +37,7 @@ def test_weight_decay_only_on_kernels_and_sgd_by_hand(load_config):
 
 
 def tiny_config(load_config):
-  """A small SSD at 96x96 with four sources, for fast steps on CPU."""
-  c = load_config('voc300')
-  c.model.image_size, c.model.width, c.model.num_classes = 96, 0.125, 3
-  c.model.sources = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2')
-  c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
-  c.anchors.aspect_ratios = ((2,), (2, 3), (2, 3), (2,))
-  c.data.max_boxes = 3
-  c.train.batch_size = 8
-  c.optim.warmup_steps = 1
-  return c
+  return synthetic.tiny_config(load_config('voc300'))
 
 
 def synthetic_batch(rng, batch, size=96, max_boxes=3):

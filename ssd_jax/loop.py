@@ -1,0 +1,107 @@
+"""The training loop: data, steps, summaries, checkpoints, resume, preemption.
+
+Logic only; main.py parses flags and calls `train(config, workdir)`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tqdm
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ssd_jax import builders, checkpoints, config_lib, input_pipeline
+from ssd_jax import train as train_lib
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates the workdir; a clear error when it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'--workdir={workdir} cannot be written ({e.strerror}); choose a '
+                          f'folder you may write to.') from e
+
+
+class Preemption:
+  """Set by SIGTERM (a preempted TPU/GPU VM): the loop saves and exits."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+  def __bool__(self):
+    return self.event.is_set()
+
+
+def check_finite(metrics: dict, step: int, mngr) -> None:
+  """Stops before a non-finite state can reach a checkpoint."""
+  bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f'non-finite training metrics at step {step}: {bad}. Nothing after the last '
+        f'checkpoint (step {mngr.latest_step()}) was saved. Lower optim.learning_rate, '
+        f'set optim.grad_clip_norm, or check the input boxes.')
+
+
+def write_summaries(writer, step: int, metrics: dict, images_per_second: float) -> None:
+  with writer.as_default(step=step):
+    for name, value in metrics.items():
+      tf.summary.scalar(f'train/{name}', float(value))
+    tf.summary.scalar('train/images_per_second', images_per_second)
+  writer.flush()
+
+
+def train(config, workdir: str) -> train_lib.TrainState:
+  """Trains to config.train.num_steps, resuming from the workdir's latest checkpoint."""
+  config_lib.validate(config)
+  if config.train.distributed:
+    jax.distributed.initialize()
+  check_workdir(workdir)
+  mesh = train_lib.make_mesh()
+  train_lib.check_batch(config.train.batch_size, mesh)
+  anchors = jax.device_put(builders.build_default_boxes(config), NamedSharding(mesh, P()))
+  state = train_lib.create_state(config, mesh, jax.random.key(config.seed))
+  mngr = checkpoints.manager(workdir, config)
+  start = mngr.latest_step() or 0
+  if start:
+    state = checkpoints.restore(mngr, state, start)
+    logging.info('resumed from step %d in %s', start, workdir)
+  data = input_pipeline.train_dataset(config, start_step=start).as_numpy_iterator()
+  step_fn = train_lib.jit_train_step(config, mesh)
+  writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
+  preempted, total = Preemption(), config.train.num_steps
+  last_time, last_step = time.perf_counter(), start
+  bar = tqdm.trange(start, total, initial=start, total=total, desc='train', unit='step',
+                    disable=jax.process_index() != 0)
+  for step in bar:
+    state, metrics = step_fn(state, train_lib.global_batch(next(data), mesh), anchors)
+    done = step + 1
+    saving = mngr.should_save(done) or done == total or preempted
+    if saving or done % config.train.log_every == 0:
+      metrics = jax.device_get(metrics)
+      check_finite(metrics, done, mngr)
+      rate = (done - last_step) * config.train.batch_size / (time.perf_counter() - last_time)
+      last_time, last_step = time.perf_counter(), done
+      bar.set_postfix(loss=f'{metrics["loss"]:.3f}', lr=f'{metrics["learning_rate"]:.2e}')
+      if writer:
+        write_summaries(writer, done, metrics, rate)
+    if saving:
+      checkpoints.save(mngr, done, state, force=True)
+    if preempted:
+      logging.warning('SIGTERM: saved step %d, exiting.', done)
+      break
+  mngr.wait_until_finished()
+  mngr.close()
+  return state

@@ -1,0 +1,63 @@
+"""Small data the tests make: Pascal VOC folders of coloured squares."""
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+SQUARE_CLASSES = ('red', 'green')
+_COLOURS = {'red': (230, 20, 20), 'green': (20, 230, 20)}
+
+VOC_XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>
+{objects}</annotation>"""
+VOC_OBJECT = """<object><name>{name}</name><difficult>{difficult}</difficult>
+<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"""
+
+
+def write_voc_folder(root: pathlib.Path, images, split='trainval'):
+  """images: list of (id, PIL image or raw bytes, [(name, difficult, x0, y0, x1, y1)])."""
+  for sub in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
+    (root / sub).mkdir(parents=True, exist_ok=True)
+  for image_id, content, objects in images:
+    path = root / 'JPEGImages' / f'{image_id}.jpg'
+    if isinstance(content, bytes):
+      path.write_bytes(content)
+      w, h = 40, 30
+    else:
+      content.save(path, format='PNG' if content.mode in ('RGBA', 'L') else 'JPEG')
+      w, h = content.size
+    xml_objects = ''.join(VOC_OBJECT.format(name=n, difficult=int(d), x0=x0, y0=y0, x1=x1, y1=y1)
+                          for n, d, x0, y0, x1, y1 in objects)
+    (root / 'Annotations' / f'{image_id}.xml').write_text(
+        VOC_XML.format(w=w, h=h, objects=xml_objects))
+  (root / 'ImageSets' / 'Main' / f'{split}.txt').write_text(
+      ''.join(f'{i}\n' for i, _, _ in images))
+
+
+def squares_voc_folder(root: pathlib.Path, n: int, size=96, seed=0):
+  """n grey JPEG images with 1-2 red or green squares each, classes SQUARE_CLASSES."""
+  rng = np.random.default_rng(seed)
+  images = []
+  for i in range(n):
+    pixels = np.full((size, size, 3), 128, np.uint8)
+    objects = []
+    for _ in range(rng.integers(1, 3)):
+      side = int(rng.integers(size // 6, size // 2))
+      x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
+      name = SQUARE_CLASSES[rng.integers(0, 2)]
+      pixels[y0:y0 + side, x0:x0 + side] = _COLOURS[name]
+      objects.append((name, False, x0 + 1, y0 + 1, x0 + side, y0 + side))  # VOC is 1-based
+    images.append((f'{i:04d}', Image.fromarray(pixels), objects))
+  write_voc_folder(root, images)
+
+
+def tiny_config(config):
+  """A small SSD at 96x96 with four sources, for fast steps on CPU."""
+  c = config
+  c.model.image_size, c.model.width, c.model.num_classes = 96, 0.125, 3
+  c.model.sources = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2')
+  c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
+  c.anchors.aspect_ratios = ((2,), (2, 3), (2, 3), (2,))
+  c.data.max_boxes = 3
+  c.train.batch_size = 8
+  c.optim.warmup_steps = 1
+  return c

@@ -1,0 +1,73 @@
+"""The training loop: exact resume, non-finite stop, clear errors."""
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import synthetic
+from ssd_jax import checkpoints, loop, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='module')
+def squares_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp('squares')
+  synthetic.squares_voc_folder(root, 16)
+  return str(root)
+
+
+def squares_config(load_config, root, num_steps):
+  c = synthetic.tiny_config(load_config('voc300'))
+  c.data.format, c.data.root, c.data.class_names = 'voc_folder', root, synthetic.SQUARE_CLASSES
+  c.data.train_splits, c.data.shuffle_buffer = ('trainval',), 16
+  c.train.num_steps, c.train.checkpoint_every, c.train.log_every = num_steps, 2, 1
+  c.optim.learning_rate, c.optim.grad_clip_norm = 0.01, 10.0
+  return c
+
+
+def test_resumed_run_reaches_the_uninterrupted_parameters(load_config, squares_root, tmp_path):
+  straight = loop.train(squares_config(load_config, squares_root, 4), str(tmp_path / 'a'))
+  loop.train(squares_config(load_config, squares_root, 2), str(tmp_path / 'b'))  # "killed" at 2
+  resumed = loop.train(squares_config(load_config, squares_root, 4), str(tmp_path / 'b'))
+  assert int(resumed.step) == int(straight.step) == 4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(resumed.params), jax.device_get(straight.params))
+  assert list((tmp_path / 'b').glob('events.out.tfevents*'))  # TensorBoard summaries
+
+
+def test_non_finite_loss_stops_before_a_checkpoint(load_config, squares_root, tmp_path):
+  c = squares_config(load_config, squares_root, 6)
+  c.optim.learning_rate, c.optim.grad_clip_norm = 1e12, None
+  with pytest.raises(FloatingPointError, match='non-finite training metrics at step'):
+    loop.train(c, str(tmp_path))
+  mngr = checkpoints.manager(str(tmp_path), c)
+  for step in mngr.all_steps():
+    template = train.create_state(c, train.make_mesh(), jax.random.key(0))
+    saved = checkpoints.restore(mngr, template, step)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(saved.params)))
+
+
+def test_unwritable_workdir_is_a_clear_error(load_config, squares_root, tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  with pytest.raises(PermissionError, match='cannot be written'):
+    loop.train(squares_config(load_config, squares_root, 1), str(blocker / 'run'))
+
+
+def test_missing_checkpoint_is_a_clear_error(load_config, tmp_path):
+  c = load_config('voc300')
+  with pytest.raises(FileNotFoundError, match='no checkpoint in'):
+    checkpoints.restore(checkpoints.manager(str(tmp_path), c), {'x': np.zeros(1)})
+
+
+def test_unknown_config_field_on_the_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'ssd_jax.main', f'--config={ROOT}/configs/voc300.py',
+       f'--workdir={tmp_path}', '--config.train.batch_sise=8'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode != 0
+  assert 'Did you mean "batch_size"' in result.stderr
