@@ -71,3 +71,30 @@ def test_unknown_config_field_on_the_command_line(tmp_path):
       capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode != 0
   assert 'Did you mean "batch_size"' in result.stderr
+
+
+def free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_give_the_one_process_step(tmp_path):
+  """jax.distributed on loopback (gloo CPU collectives): 2 processes x 2 devices
+  take the same step as 1 process x 4 devices."""
+  worker = str(ROOT / 'tests' / 'distributed_worker.py')
+  port = str(free_port())
+  env = {k: v for k, v in __import__('os').environ.items() if k != 'XLA_FLAGS'}
+  runs = [[sys.executable, worker, str(tmp_path / 'one.npz'), port, '0', '1'],
+          [sys.executable, worker, str(tmp_path / 'two.npz'), port, '0', '2'],
+          [sys.executable, worker, str(tmp_path / 'unused.npz'), port, '1', '2']]
+  procs = [subprocess.Popen(r, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for r in runs]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  one, two = np.load(tmp_path / 'one.npz'), np.load(tmp_path / 'two.npz')
+  assert sorted(one.files) == sorted(two.files)
+  for k in one.files:
+    np.testing.assert_allclose(two[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
