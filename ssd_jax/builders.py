@@ -17,7 +17,9 @@ from ssd_jax import anchors, config_lib, models
 
 
 def _boxes_per_location(config) -> tuple[int, ...]:
-  with_max = config.anchors.min_sizes is None or config.anchors.max_sizes is not None
+  a = config.anchors
+  with_max = (config_lib.optional_list(a.min_sizes) is None
+              or config_lib.optional_list(a.max_sizes) is not None)
   return tuple(anchors.boxes_per_location(r, with_max) for r in config.anchors.aspect_ratios)
 
 
@@ -56,9 +58,9 @@ def build_default_boxes(config: config_dict.ConfigDict) -> np.ndarray:
   """f32[A, 4] normalised cxcywh default boxes, in the order of the head outputs."""
   a, size = config.anchors, config.model.image_size
   feature_sizes = source_feature_sizes(config)
-  min_sizes, max_sizes = a.min_sizes, a.max_sizes
+  min_sizes, max_sizes = config_lib.optional_list(a.min_sizes), config_lib.optional_list(a.max_sizes)
   if min_sizes is None:
     min_sizes, max_sizes = anchors.sizes_from_scales(
         size, len(feature_sizes), a.s_min, a.s_max, a.first_scale)
   return anchors.default_boxes(size, feature_sizes, min_sizes, max_sizes,
-                               a.aspect_ratios, a.steps, a.clip)
+                               a.aspect_ratios, config_lib.optional_list(a.steps), a.clip)

@@ -175,6 +175,13 @@ def dtype(name: str):
                      f'use e.g. "float32" or "bfloat16".') from e
 
 
+def optional_list(values):
+  """None, (), or (None,) (what a command-line None becomes) -> None; else a tuple."""
+  if values is None or all(v is None for v in values):
+    return None
+  return tuple(values)
+
+
 def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   """Checks settings the schema cannot: required fields and list lengths."""
   for field in ('model.image_size', 'model.num_classes'):
@@ -184,7 +191,7 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
                        f'with --config.{field}=...')
   n = len(config.model.sources)
   for name in ('min_sizes', 'max_sizes', 'steps', 'aspect_ratios'):
-    values = config.anchors[name]
+    values = optional_list(config.anchors[name])
     if values is not None and len(values) != n:
       raise ValueError(f'anchors.{name} has {len(values)} entries for {n} sources '
                        f'{tuple(config.model.sources)}; give one entry per source.')

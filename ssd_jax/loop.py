@@ -4,6 +4,7 @@ Logic only; main.py parses flags and calls `train(config, workdir)`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -34,12 +35,23 @@ def check_workdir(workdir: str) -> None:
 
 
 class Preemption:
-  """Set by SIGTERM (a preempted TPU/GPU VM): the loop saves and exits."""
+  """Set by SIGTERM (a preempted TPU/GPU VM) while in use: the loop saves and exits.
+
+  A context manager: the previous SIGTERM handler comes back on exit.
+  """
 
   def __init__(self):
     self.event = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def __bool__(self):
     return self.event.is_set()
@@ -65,6 +77,11 @@ def write_summaries(writer, step: int, metrics: dict, images_per_second: float) 
 
 def train(config, workdir: str) -> train_lib.TrainState:
   """Trains to config.train.num_steps, resuming from the workdir's latest checkpoint."""
+  with contextlib.ExitStack() as stack:
+    return _train(config, workdir, stack)
+
+
+def _train(config, workdir: str, stack: contextlib.ExitStack) -> train_lib.TrainState:
   config_lib.validate(config)
   if config.train.distributed:
     jax.distributed.initialize()
@@ -74,21 +91,23 @@ def train(config, workdir: str) -> train_lib.TrainState:
   anchors = jax.device_put(builders.build_default_boxes(config), NamedSharding(mesh, P()))
   state = train_lib.create_state(config, mesh, jax.random.key(config.seed))
   mngr = checkpoints.manager(workdir, config)
+  stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
   start = mngr.latest_step() or 0
   if start:
     state = checkpoints.restore(mngr, state, start)
     logging.info('resumed from step %d in %s', start, workdir)
   data = input_pipeline.train_dataset(config, start_step=start).as_numpy_iterator()
   step_fn = train_lib.jit_train_step(config, mesh)
+  preempted = stack.enter_context(Preemption())
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
-  preempted, total = Preemption(), config.train.num_steps
+  total = config.train.num_steps
   last_time, last_step = time.perf_counter(), start
   bar = tqdm.trange(start, total, initial=start, total=total, desc='train', unit='step',
                     disable=jax.process_index() != 0)
   for step in bar:
     state, metrics = step_fn(state, train_lib.global_batch(next(data), mesh), anchors)
     done = step + 1
-    saving = mngr.should_save(done) or done == total or preempted
+    saving = done % config.train.checkpoint_every == 0 or done == total or preempted
     if saving or done % config.train.log_every == 0:
       metrics = jax.device_get(metrics)
       check_finite(metrics, done, mngr)
@@ -103,5 +122,4 @@ def train(config, workdir: str) -> train_lib.TrainState:
       logging.warning('SIGTERM: saved step %d, exiting.', done)
       break
   mngr.wait_until_finished()
-  mngr.close()
   return state

@@ -100,3 +100,12 @@ def test_no_max_sizes_drops_the_extra_square_box():
 def test_wrong_list_length_is_a_clear_error():
   with pytest.raises(ValueError, match='anchors.min_sizes has 2 entries'):
     anchors.default_boxes(300, [38, 19, 10], [30, 60], None, [[2]] * 3)
+
+
+def test_empty_tuples_mean_unset_as_on_the_command_line(load_config):
+  """--config.anchors.min_sizes='()' (or None, which becomes (None,)) selects the rule."""
+  c = load_config('voc300')
+  c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
+  want = builders.build_default_boxes(c)
+  c.anchors.min_sizes, c.anchors.max_sizes, c.anchors.steps = (), (None,), ()
+  np.testing.assert_array_equal(builders.build_default_boxes(c), want)

@@ -98,3 +98,29 @@ def test_two_processes_give_the_one_process_step(tmp_path):
   assert sorted(one.files) == sorted(two.files)
   for k in one.files:
     np.testing.assert_allclose(two[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_sigterm_saves_and_stops(load_config, squares_root, tmp_path):
+  import os
+  import signal
+  import threading
+  import time
+  config = squares_config(load_config, squares_root, 10_000)
+  config.train.checkpoint_every = 1_000
+  config.train.log_every = 1
+  events = tmp_path / 'run'
+
+  def preempt_once_training_runs():  # after the first summary is written
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(events.glob('events.out.tfevents*')):
+      time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  previous = signal.getsignal(signal.SIGTERM)
+  threading.Thread(target=preempt_once_training_runs, daemon=True).start()
+  state = loop.train(config, str(events))
+  assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+  step = int(state.step)
+  assert 1 <= step < 10_000
+  assert checkpoints.manager(str(events), config).latest_step() == step
