@@ -21,26 +21,24 @@ from PIL import Image
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'tests'))
+import synthetic  # noqa: E402  (the tests' VOC folder writer)
 
 from ssd_jax import config_lib, input_pipeline, labels  # noqa: E402
 
 
-def write_voc_folder(root: pathlib.Path, n: int, rng) -> None:
-  for sub in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
-    (root / sub).mkdir(parents=True, exist_ok=True)
+def write_random_voc_folder(root: pathlib.Path, n: int, rng) -> None:
+  """n random-noise 500x375 JPEGs (hard to compress, like photos) with 1-6 boxes."""
+  images = []
   for i in range(n):
     pixels = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(root / 'JPEGImages' / f'{i:06d}.jpg', quality=90)
-    objects = ''
+    objects = []
     for _ in range(rng.integers(1, 7)):
-      x0, y0 = rng.integers(1, 400), rng.integers(1, 300)
-      x1, y1 = x0 + rng.integers(20, 100), y0 + rng.integers(20, 75)
-      name = labels.VOC_NAMES[rng.integers(0, 20)]
-      objects += (f'<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>'
-                  f'<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>')
-    (root / 'Annotations' / f'{i:06d}.xml').write_text(
-        f'<annotation><size><width>500</width><height>375</height></size>{objects}</annotation>')
-  (root / 'ImageSets/Main/trainval.txt').write_text(''.join(f'{i:06d}\n' for i in range(n)))
+      x0, y0 = int(rng.integers(1, 400)), int(rng.integers(1, 300))
+      objects.append((labels.VOC_NAMES[rng.integers(0, 20)], False, x0, y0,
+                      x0 + int(rng.integers(20, 100)), y0 + int(rng.integers(20, 75))))
+    images.append((f'{i:06d}', Image.fromarray(pixels), objects))
+  synthetic.write_voc_folder(root, images)
 
 
 def pipeline_rate(config, batches: int) -> float:
@@ -69,7 +67,7 @@ def main():
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
-    write_voc_folder(root, args.images, np.random.default_rng(0))
+    write_random_voc_folder(root, args.images, np.random.default_rng(0))
     config = config_lib.load(str(ROOT / 'configs' / 'voc300.py'))
     config.data.format, config.data.root = 'voc_folder', str(root)
     config.data.train_splits = ('trainval',)
