@@ -21,8 +21,8 @@ from ssd_jax import builders, losses, matching, optim
 DATA_AXIS = 'data'
 
 
-class TrainState(train_state.TrainState):
-  """Step, params, optimiser state (flax's TrainState, apply_fn excluded from pytrees)."""
+# Step, params and optimiser state; apply_fn and tx are static (not pytree leaves).
+TrainState = train_state.TrainState
 
 
 def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:

@@ -1,7 +1,12 @@
 """The training loop: exact resume, non-finite stop, clear errors."""
+import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -74,7 +79,6 @@ def test_unknown_config_field_on_the_command_line(tmp_path):
 
 
 def free_port() -> int:
-  import socket
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
@@ -85,7 +89,7 @@ def test_two_processes_give_the_one_process_step(tmp_path):
   take the same step as 1 process x 4 devices."""
   worker = str(ROOT / 'tests' / 'distributed_worker.py')
   port = str(free_port())
-  env = {k: v for k, v in __import__('os').environ.items() if k != 'XLA_FLAGS'}
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   runs = [[sys.executable, worker, str(tmp_path / 'one.npz'), port, '0', '1'],
           [sys.executable, worker, str(tmp_path / 'two.npz'), port, '0', '2'],
           [sys.executable, worker, str(tmp_path / 'unused.npz'), port, '1', '2']]
@@ -101,10 +105,6 @@ def test_two_processes_give_the_one_process_step(tmp_path):
 
 
 def test_sigterm_saves_and_stops(load_config, squares_root, tmp_path):
-  import os
-  import signal
-  import threading
-  import time
   config = squares_config(load_config, squares_root, 10_000)
   config.train.checkpoint_every = 1_000
   config.train.log_every = 1
