@@ -31,3 +31,38 @@ def restore(mngr: ocp.CheckpointManager, target, step: Optional[int] = None):
                             f'--workdir at a run that has saved one.')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_matching_params(path: str, params) -> tuple[dict, dict]:
+  """Initialisation from another run or a converted checkpoint.
+
+  Every parameter of `params` whose path and shape also appear under "params"
+  in the checkpoint at `path` (a workdir, its checkpoints folder or one step
+  folder; the latest step unless one is named) takes the saved value; the rest
+  keep their initial values. A pretrained base fills the backbone; a detector
+  trained on other classes fills all but the class heads, whose shapes differ.
+
+  Returns:
+    (params as host NumPy arrays, {'restored': [paths], 'kept': [paths]}).
+  """
+  import flax
+  from ssd_jax import evaluate  # evaluate imports train, which this module must not
+  directory, step = evaluate.checkpoint_location(path)
+  with ocp.CheckpointManager(directory) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'model.init_checkpoint={path}: no checkpoint in {directory}.')
+    saved = mngr.restore(step, args=ocp.args.StandardRestore())
+  saved = flax.traverse_util.flatten_dict(jax.device_get(saved.get('params', saved)))
+  current = flax.traverse_util.flatten_dict(jax.device_get(params))
+  merged, report = {}, {'restored': [], 'kept': []}
+  for key, value in current.items():
+    match = key in saved and saved[key].shape == value.shape
+    merged[key] = saved[key].astype(value.dtype) if match else value
+    report['restored' if match else 'kept'].append('/'.join(key))
+  if not any(p.endswith('kernel') for p in report['restored']):
+    raise ValueError(f'model.init_checkpoint={path} (step {step}) shares no convolution '
+                     f'kernel (same parameter name and shape) with this model; check '
+                     f'model.width, model.sources and '
+                     f'model.extras against the checkpoint\'s config.')
+  return flax.traverse_util.unflatten_dict(merged), report

@@ -31,6 +31,10 @@ def base_config() -> config_dict.ConfigDict:
       l2norm_scale=20.0,                         # initial conv4_3 L2Norm scale
       dtype='float32',                           # compute dtype, e.g. 'bfloat16'
       param_dtype='float32',
+      # Orbax checkpoint (workdir, checkpoints/ or a step folder) whose matching
+      # parameters (same name and shape) initialise a new run: a pretrained
+      # base, or a detector to fine-tune on other classes.
+      init_checkpoint=config_dict.placeholder(str),
   ))
 
   # Default boxes; sizes in pixels of the network input. When min_sizes is
@@ -90,6 +94,7 @@ def base_config() -> config_dict.ConfigDict:
   ))
 
   c.optim = config_dict.ConfigDict(dict(
+      name='sgd',                                # 'sgd' (momentum, the paper's) or 'adam'
       learning_rate=1e-3,
       momentum=0.9,
       weight_decay=5e-4,
@@ -114,6 +119,9 @@ def base_config() -> config_dict.ConfigDict:
       nms_iou=0.45,
       max_detections=200,                        # per image, after NMS
       metric='voc07',                            # 'voc07' (11-point), 'voc12', 'coco'
+      every_steps=0,                             # train_and_eval: 0 = only after training
+      num_rendered=16,                           # eval images drawn after train_and_eval
+      draw_score=0.4,                            # boxes drawn from this score up
   ))
   c.lock()
   return c
@@ -221,3 +229,44 @@ def load(path: str) -> config_dict.ConfigDict:
   if not hasattr(module, 'get_config'):
     raise ValueError(f'config file {path} defines no get_config().')
   return module.get_config()
+
+
+def class_names(config) -> tuple[str, ...]:
+  """Foreground class names, model class c being names[c - 1]: data.class_names,
+  else the label map of data.name."""
+  if config.data.class_names:
+    return tuple(config.data.class_names)
+  return labels.class_names(config.data.name)
+
+
+def category_ids(config) -> tuple[int, ...]:
+  """Dataset category id of each model class 1..C-1, for COCO files: the official
+  ids for COCO, else the model class itself."""
+  if config.data.name == 'coco' and not config.data.class_names:
+    return labels.COCO_CATEGORY_IDS
+  return tuple(range(1, len(class_names(config)) + 1))
+
+
+def _tuples(value):
+  """JSON lists back to the tuples the schema holds."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def save_json(config: config_dict.ConfigDict, path: str) -> None:
+  """Writes the config as JSON (next to checkpoints, so a workdir is self-describing)."""
+  with open(path, 'w') as f:
+    f.write(config.to_json(indent=2))
+
+
+def load_json(path: str) -> config_dict.ConfigDict:
+  """A config written by `save_json`, on the current schema (unknown fields are errors)."""
+  import json
+  with open(path) as f:
+    values = _tuples(json.load(f))
+  c = base_config()
+  c.update(values)
+  return c

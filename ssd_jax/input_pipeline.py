@@ -20,7 +20,7 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssd_jax import augment, custom_data, labels
+from ssd_jax import augment, custom_data, labels, shapes_dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -33,8 +33,15 @@ def parse_split(spec: str) -> tuple[str, str]:
   return name, split
 
 
+def prepare_local(name: str, data_dir) -> None:
+  """Generates a built-in dataset (`ssd_shapes`, no download) unless already on disk."""
+  if name.split('/')[0].split(':')[0] == shapes_dataset.NAME:
+    tfds.builder(name, data_dir=data_dir).download_and_prepare()
+
+
 def _load(spec: str, data_dir, process_index, process_count, shuffle):
   name, split = parse_split(spec)
+  prepare_local(name, data_dir)
   split = tfds.split_for_jax_process(split, process_index=process_index,
                                      process_count=process_count)
   try:
@@ -109,7 +116,7 @@ def _pad(x, size: int):
   return tf.ensure_shape(tf.pad(x, paddings), [size] + x.shape[1:])
 
 
-def _finish(image, image_size: int, mean_rgb):
+def finish(image, image_size: int, mean_rgb):
   """Resize to the network input and subtract the mean pixel."""
   image = tf.image.resize(image, (image_size, image_size), method='bilinear')
   return image - tf.constant(mean_rgb, tf.float32)
@@ -136,7 +143,7 @@ def train_preprocess(features, seed, config) -> dict:
     image, boxes, labels = augment.train_augment(image, boxes, labels, seed, config.augment,
                                                  config.data.mean_rgb)
   m = config.data.max_boxes
-  return {'image': _finish(image, config.model.image_size, config.data.mean_rgb),
+  return {'image': finish(image, config.model.image_size, config.data.mean_rgb),
           'boxes': _pad(boxes, m), 'labels': _pad(labels, m)}
 
 
@@ -144,7 +151,7 @@ def eval_preprocess(features, config) -> dict:
   """One evaluation example: resize, subtract the mean, pad; mask = True."""
   m = config.data.max_boxes
   image = tf.cast(features['image'], tf.float32)
-  return {'image': _finish(image, config.model.image_size, config.data.mean_rgb),
+  return {'image': finish(image, config.model.image_size, config.data.mean_rgb),
           'boxes': _pad(features['boxes'], m), 'labels': _pad(features['labels'], m),
           'difficult': _pad(features['difficult'], m), 'image_id': features['image_id'],
           'original_size': tf.shape(features['image'])[:2], 'mask': tf.constant(True)}
@@ -184,6 +191,12 @@ def train_dataset(config, process_index: Optional[int] = None,
                                      config),
       num_parallel_calls=AUTOTUNE)
   return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def decoded_eval_examples(config, count: int) -> tf.data.Dataset:
+  """The first `count` examples of the eval split, decoded but not resized
+  (see the module docstring), for drawing detections on."""
+  return _examples(config, config.data.eval_split, 0, 1, False)[0].take(count)
 
 
 def _padding_example(config) -> dict:

@@ -17,7 +17,7 @@ import tqdm
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssd_jax import builders, checkpoints, config_lib, input_pipeline
+from ssd_jax import builders, checkpoints, config_lib, evaluate, input_pipeline
 from ssd_jax import train as train_lib
 
 
@@ -75,17 +75,53 @@ def write_summaries(writer, step: int, metrics: dict, images_per_second: float) 
   writer.flush()
 
 
-def train(config, workdir: str) -> train_lib.TrainState:
-  """Trains to config.train.num_steps, resuming from the workdir's latest checkpoint."""
+def train(config, workdir: str, with_eval: bool = False) -> train_lib.TrainState:
+  """Trains to config.train.num_steps, resuming from the workdir's latest checkpoint.
+
+  with_eval: also evaluate every config.eval.every_steps (if > 0) and at the
+  end, writing <workdir>/eval_<step>/ (see evaluate.report) and eval summaries.
+  """
   with contextlib.ExitStack() as stack:
-    return _train(config, workdir, stack)
+    return _train(config, workdir, stack, with_eval)
 
 
-def _train(config, workdir: str, stack: contextlib.ExitStack) -> train_lib.TrainState:
+def eval_dir(workdir: str, step: int) -> str:
+  return os.path.join(workdir, f'eval_{step}')
+
+
+def run_eval(config, params, workdir: str, step: int, writer=None, mesh=None) -> dict:
+  """Evaluates, reports into eval_dir(workdir, step), logs the table and summaries."""
+  result = evaluate.evaluate(config, params, mesh)
+  if jax.process_index() == 0:
+    text = evaluate.report(result, eval_dir(workdir, step), step)
+    logging.info('evaluation at step %d:\n%s', step, text)
+    print(text, flush=True)
+  if writer:
+    name, value = evaluate.headline(result)
+    with writer.as_default(step=step):
+      tf.summary.scalar(f'eval/{name}', value)
+    writer.flush()
+  return result
+
+
+def initialise_from(state, path: str, mesh):
+  """The fresh state with the parameters `path` provides (see
+  checkpoints.load_matching_params); optimiser state and step stay fresh."""
+  params, report = checkpoints.load_matching_params(path, state.params)
+  logging.info('initialised %d parameters from %s; %d keep their initial values: %s',
+               len(report['restored']), path, len(report['kept']), report['kept'])
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  return state.replace(params=params)
+
+
+def _train(config, workdir: str, stack: contextlib.ExitStack,
+           with_eval: bool) -> train_lib.TrainState:
   config_lib.validate(config)
   if config.train.distributed:
     jax.distributed.initialize()
   check_workdir(workdir)
+  if jax.process_index() == 0:
+    config_lib.save_json(config, os.path.join(workdir, 'config.json'))
   mesh = train_lib.make_mesh()
   train_lib.check_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(builders.build_default_boxes(config), NamedSharding(mesh, P()))
@@ -96,6 +132,8 @@ def _train(config, workdir: str, stack: contextlib.ExitStack) -> train_lib.Train
   if start:
     state = checkpoints.restore(mngr, state, start)
     logging.info('resumed from step %d in %s', start, workdir)
+  elif config.model.init_checkpoint:
+    state = initialise_from(state, config.model.init_checkpoint, mesh)
   data = input_pipeline.train_dataset(config, start_step=start).as_numpy_iterator()
   step_fn = train_lib.jit_train_step(config, mesh)
   preempted = stack.enter_context(Preemption())
@@ -121,5 +159,10 @@ def _train(config, workdir: str, stack: contextlib.ExitStack) -> train_lib.Train
     if preempted:
       logging.warning('SIGTERM: saved step %d, exiting.', done)
       break
+    every = config.eval.every_steps
+    if with_eval and (done == total or (every and done % every == 0)):
+      run_eval(config, state.params, workdir, done, writer, mesh)
   mngr.wait_until_finished()
+  if with_eval and start == total:  # an already finished run: evaluate it again
+    run_eval(config, state.params, workdir, total, writer, mesh)
   return state

@@ -1,14 +1,32 @@
-"""Command line: python -m ssd_jax.main --config=configs/voc300.py --workdir=DIR.
+"""Command line: python -m ssd_jax.main --config=configs/voc300.py --workdir=DIR [--mode=...].
 
-Fields of the config can be overridden, e.g. --config.train.batch_size=64.
+Modes:
+  train           train (resuming from the workdir's latest checkpoint)
+  train_and_eval  train, evaluate every eval.every_steps and at the end, then draw
+                  detections on eval.num_rendered eval images into DIR/detections
+  eval            evaluate the latest (or --step) checkpoint: a per-class table,
+                  DIR/eval_<step>/metrics.json and pr_curves.png
+  predict         detect on --input (an image, a folder or a glob): COCO results
+                  JSON and drawn images in --output (default DIR/predictions)
+
+Fields of the config can be overridden, e.g. --config.train.batch_size=64. For
+eval and predict, --config defaults to the config.json that training saved.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints and summaries.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'],
-                          'train (evaluation and prediction modes come with their issue).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries, results.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'train_and_eval', 'eval', 'predict'],
+                          'What to run; see the module docstring.')
+_STEP = flags.DEFINE_integer('step', None, 'eval/predict: checkpoint step (default latest).')
+_INPUT = flags.DEFINE_string('input', None, 'predict: an image file, a folder or a glob.')
+_OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder.')
+
+
+def _config(workdir):
+  from ssd_jax import evaluate
+  return _CONFIG.value if _CONFIG.value is not None else evaluate.find_config(workdir)
 
 
 def main(argv):
@@ -17,11 +35,21 @@ def main(argv):
   import tensorflow as tf  # keep TensorFlow (data only) off the accelerators
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
-  from ssd_jax import loop
-  logging.info('config:\n%s', _CONFIG.value)
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  from ssd_jax import workflows
+  workdir, mode = _WORKDIR.value, _MODE.value
+  if mode in ('train', 'train_and_eval'):
+    if _CONFIG.value is None:
+      raise app.UsageError(f'--mode={mode} needs --config=configs/<name>.py.')
+    logging.info('config:\n%s', _CONFIG.value)
+    workflows.train(_CONFIG.value, workdir, with_eval=mode == 'train_and_eval')
+  elif mode == 'eval':
+    workflows.evaluate_checkpoint(_config(workdir), workdir, _STEP.value)
+  else:
+    if not _INPUT.value:
+      raise app.UsageError('--mode=predict needs --input=<image, folder or glob>.')
+    workflows.predict(_config(workdir), workdir, _INPUT.value, _OUTPUT.value, _STEP.value)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  flags.mark_flags_as_required(['workdir'])
   app.run(main)

@@ -65,3 +65,29 @@ def multibox_loss(loc_pred, logits, loc_t, cls_t, neg_pos_ratio=3.0, loc_weight=
     total_pos += n_pos
   n = max(total_pos, 1)
   return (total_conf + loc_weight * total_loc) / n, total_loc / n, total_conf / n, total_pos
+
+
+def nms(boxes, scores, iou_threshold):
+  """Greedy NMS as in every reference: best first (stable), drop overlaps > threshold."""
+  order = np.argsort(-scores, kind='stable')
+  keep = []
+  while order.size:
+    keep.append(order[0])
+    overlap = box_utils.pairwise_iou(boxes[order[:1]], boxes[order[1:]])[0]
+    order = order[1:][overlap <= iou_threshold]
+  return keep
+
+
+def postprocess(loc, logits, anchors, threshold, top_k, iou, max_det):
+  """One image: the per-class loop of the reference implementations."""
+  boxes = np.clip(box_utils.decode(loc, anchors), 0, 1)
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  probs = e / e.sum(-1, keepdims=True)
+  found = []
+  for c in range(1, logits.shape[-1]):
+    top = np.argsort(-probs[:, c], kind='stable')[:top_k]
+    top = top[probs[top, c] > threshold]
+    for i in nms(boxes[top], probs[top, c], iou):
+      found.append((probs[top[i], c], c, boxes[top[i]]))
+  found.sort(key=lambda f: -f[0])
+  return found[:max_det]

@@ -61,3 +61,14 @@ def tiny_config(config):
   c.train.batch_size = 8
   c.optim.warmup_steps = 1
   return c
+
+
+def squares_config(config, root, num_steps):
+  """tiny_config training on a squares_voc_folder at `root` (its trainval split
+  also serves as the eval split)."""
+  c = tiny_config(config)
+  c.data.format, c.data.root, c.data.class_names = 'voc_folder', root, SQUARE_CLASSES
+  c.data.train_splits, c.data.eval_split, c.data.shuffle_buffer = ('trainval',), 'trainval', 16
+  c.train.num_steps, c.train.checkpoint_every, c.train.log_every = num_steps, 2, 1
+  c.optim.learning_rate, c.optim.grad_clip_norm = 0.01, 10.0
+  return c

@@ -26,12 +26,7 @@ def squares_root(tmp_path_factory):
 
 
 def squares_config(load_config, root, num_steps):
-  c = synthetic.tiny_config(load_config('voc300'))
-  c.data.format, c.data.root, c.data.class_names = 'voc_folder', root, synthetic.SQUARE_CLASSES
-  c.data.train_splits, c.data.shuffle_buffer = ('trainval',), 16
-  c.train.num_steps, c.train.checkpoint_every, c.train.log_every = num_steps, 2, 1
-  c.optim.learning_rate, c.optim.grad_clip_norm = 0.01, 10.0
-  return c
+  return synthetic.squares_config(load_config('voc300'), root, num_steps)
 
 
 def test_resumed_run_reaches_the_uninterrupted_parameters(load_config, squares_root, tmp_path):

@@ -4,18 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import numpy_reference
 from ssd_jax import box_utils, postprocess
-
-
-def numpy_nms(boxes, scores, iou_threshold):
-  """Greedy NMS as in every reference: best first (stable), drop overlaps > threshold."""
-  order = np.argsort(-scores, kind='stable')
-  keep = []
-  for i in order:
-    if all(box_utils.pairwise_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0] <= iou_threshold
-           for j in keep):
-      keep.append(i)
-  return keep
 
 
 def random_boxes(rng, n, duplicates=0):
@@ -34,28 +24,13 @@ def test_nms_equals_numpy_greedy_nms(seed):
   scores = rng.choice(np.linspace(0.1, 0.9, 9), n).astype(np.float32)  # many ties
   order = np.argsort(-scores, kind='stable')
   keep = postprocess.nms_keep(jnp.asarray(boxes[order]), jnp.ones(n, bool), 0.45)
-  assert sorted(order[np.asarray(keep)]) == sorted(numpy_nms(boxes, scores, 0.45))
+  assert sorted(order[np.asarray(keep)]) == sorted(numpy_reference.nms(boxes, scores, 0.45))
 
 
 def test_nms_skips_invalid_candidates():
   boxes = jnp.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1.]])
   keep = postprocess.nms_keep(boxes, jnp.array([False, True, True]), 0.45)
   np.testing.assert_array_equal(keep, [False, True, False])
-
-
-def numpy_postprocess(loc, logits, anchors, threshold, top_k, iou, max_det):
-  """One image: the per-class loop of the reference implementations."""
-  boxes = np.clip(box_utils.decode(loc, anchors), 0, 1)
-  e = np.exp(logits - logits.max(-1, keepdims=True))
-  probs = e / e.sum(-1, keepdims=True)
-  found = []
-  for c in range(1, logits.shape[-1]):
-    top = np.argsort(-probs[:, c], kind='stable')[:top_k]
-    top = top[probs[top, c] > threshold]
-    for i in numpy_nms(boxes[top], probs[top, c], iou):
-      found.append((probs[top[i], c], c, boxes[top[i]]))
-  found.sort(key=lambda f: -f[0])
-  return found[:max_det]
 
 
 def test_postprocess_equals_the_numpy_loop():
@@ -67,7 +42,7 @@ def test_postprocess_equals_the_numpy_loop():
   out = jax.jit(lambda l, g: postprocess.postprocess(l, g, jnp.asarray(anchors), top_k=50,
                                                      max_detections=60))(loc, logits)
   for i in range(b):
-    expected = numpy_postprocess(loc[i], logits[i], anchors, 0.01, 50, 0.45, 60)
+    expected = numpy_reference.postprocess(loc[i], logits[i], anchors, 0.01, 50, 0.45, 60)
     n = int(out.valid[i].sum())
     assert n == len(expected)
     np.testing.assert_allclose(out.scores[i, :n], [f[0] for f in expected], rtol=1e-5)

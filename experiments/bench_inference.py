@@ -1,0 +1,89 @@
+"""Benchmark: inference (network + post-processing) in images/second.
+
+  python experiments/bench_inference.py [--configs voc300 voc512] [--batches 1 8] [--width 1.0]
+
+For each config and batch size, measured in the same run on the same random
+images and weights:
+  ours       the jitted network and the jitted, batched post-processing
+             (decode, softmax, per-class top-k, NMS, top 200) in one call;
+  network    the jitted network alone (the ceiling post-processing can reach);
+  host_nms   the network, then outputs copied to the host and post-processed
+             per image and per class with NumPy (how many ports do it).
+Ratios: ours / host_nms (> 1: faster) and ours / network (<= 1; 1 = free
+post-processing). Random weights give many candidate boxes per class (all 400
+survive the 0.01 threshold), the slow case for NMS. `--width 0.25` for a quick
+run on a CPU.
+"""
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'tests'))
+import numpy_reference  # noqa: E402
+
+from ssd_jax import builders, config_lib, postprocess  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+  """Seconds per call, after one warm-up (compile) call."""
+  jax.block_until_ready(fn())
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(fn())
+  return (time.perf_counter() - start) / repeats
+
+
+def bench(config, batch: int, repeats: int) -> dict:
+  model = builders.build_model(config)
+  anchors = jnp.asarray(builders.build_default_boxes(config))
+  size = config.model.image_size
+  images = jnp.asarray(np.random.default_rng(0).normal(0, 50, (batch, size, size, 3)),
+                       jnp.float32)
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
+  network = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  ours = jax.jit(lambda p, x: postprocess.from_config(*model.apply({'params': p}, x),
+                                                      anchors, config))
+  e, anchors_np = config.eval, np.asarray(anchors)
+
+  def host_nms():
+    loc, logits = jax.device_get(network(params, images))
+    return [numpy_reference.postprocess(loc[i], logits[i], anchors_np, e.score_threshold,
+                                        e.top_k, e.nms_iou, e.max_detections)
+            for i in range(batch)]
+
+  host_repeats = max(1, repeats // 4)
+  seconds = {'ours': timed(lambda: ours(params, images), repeats),
+             'network': timed(lambda: network(params, images), repeats),
+             'host_nms': timed(lambda: (host_nms(), jnp.zeros(()))[1], host_repeats)}
+  return {k: batch / v for k, v in seconds.items()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', nargs='+', default=['voc300', 'voc512'])
+  parser.add_argument('--batches', nargs='+', type=int, default=[1, 8])
+  parser.add_argument('--width', type=float, default=1.0)
+  parser.add_argument('--repeats', type=int, default=8)
+  args = parser.parse_args()
+  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, width {args.width}')
+  print(f'{"config":8} {"batch":>5} {"ours img/s":>11} {"network":>9} {"host_nms":>9} '
+        f'{"ours/host_nms":>14} {"ours/network":>13}')
+  for name in args.configs:
+    config = config_lib.load(str(ROOT / 'configs' / f'{name}.py'))
+    config.model.width = args.width
+    for batch in args.batches:
+      r = bench(config, batch, args.repeats)
+      print(f'{name:8} {batch:5d} {r["ours"]:11.2f} {r["network"]:9.2f} {r["host_nms"]:9.2f} '
+            f'{r["ours"] / r["host_nms"]:13.2f}x {r["ours"] / r["network"]:12.2f}x', flush=True)
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  main()

@@ -1,0 +1,173 @@
+"""A detector for notebooks and scripts, and `--mode=predict` on image files.
+
+  det = Detector.from_checkpoint('/tmp/shapes')   # a workdir, checkpoints/ or a step folder
+  found = det.detect([image])                     # uint8 [H, W, 3] RGB NumPy images
+  found[0]['boxes'], found[0]['names']            # pixels xyxy, class names
+
+Images of any size are resized to the network input as in evaluation;
+detections come back in each image's own pixels.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from PIL import Image, ImageDraw
+
+from ssd_jax import builders, config_lib, evaluate, input_pipeline, metrics, postprocess
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+
+class Detector:
+  """A trained SSD: parameters, default boxes and post-processing, jitted."""
+
+  def __init__(self, config, params, batch_size: int = 8):
+    self.config = config_lib.validate(config)
+    self.class_names = config_lib.class_names(config)
+    self.params = params
+    self.batch_size = batch_size
+    model = builders.build_model(config)
+    anchors = jnp.asarray(builders.build_default_boxes(config))
+
+    @jax.jit
+    def run(params, images):
+      loc, logits = model.apply({'params': params}, images)
+      return postprocess.from_config(loc, logits, anchors, config)
+
+    self._run = run
+
+  @classmethod
+  def from_checkpoint(cls, path: str, config=None, step: Optional[int] = None,
+                      **kwargs) -> 'Detector':
+    """Restores parameters from a workdir, its checkpoints folder or a step folder;
+    the config defaults to the config.json training saved in the workdir."""
+    config = config if config is not None else evaluate.find_config(path)
+    params, _ = evaluate.restore_params(config, path, step)
+    return cls(config, params, **kwargs)
+
+  def preprocess(self, image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> f32 [S, S, 3] network input (resized, mean subtracted)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+      raise ValueError(f'images must be [H, W, 3] RGB arrays; got shape {image.shape}. '
+                       f'Convert grayscale or RGBA first, e.g. PIL .convert("RGB").')
+    c = self.config
+    return input_pipeline.finish(image.astype(np.float32), c.model.image_size,
+                                 c.data.mean_rgb).numpy()
+
+  def detect(self, images: Sequence[np.ndarray], min_score: float = 0.0) -> list[dict]:
+    """Detections of each image, best first.
+
+    Returns:
+      one dict per image: boxes f32[N, 4] pixels xyxy, scores f32[N], classes
+      i32[N] (model classes, 1..C-1), names (class names); only scores >= min_score.
+    """
+    results = []
+    size = min(self.batch_size, len(images))  # one compilation per batch size used
+    for start in range(0, len(images), size):
+      chunk = images[start:start + size]
+      batch = np.zeros((size,) + (self.config.model.image_size,) * 2 + (3,), np.float32)
+      batch[:len(chunk)] = [self.preprocess(im) for im in chunk]
+      dets = jax.device_get(self._run(self.params, batch))
+      for i, image in enumerate(chunk):
+        keep = dets.valid[i] & (dets.scores[i] >= min_score)
+        h, w = np.asarray(image).shape[:2]
+        classes = dets.classes[i][keep]
+        results.append({'boxes': dets.boxes[i][keep] * np.array([w, h, w, h], np.float32),
+                        'scores': dets.scores[i][keep], 'classes': classes,
+                        'names': [self.class_names[c - 1] for c in classes]})
+    return results
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 [H, W, 3] RGB (grayscale, RGBA and palette images converted); a clear
+  error naming the file when it cannot be read."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert('RGB'), np.uint8)
+  except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+    raise ValueError(f'cannot read image {path}: {e}. Check that the file is a complete '
+                     f'JPEG/PNG/BMP/... image, or remove it from the input.') from e
+
+
+def find_images(spec: str) -> list[str]:
+  """An image file, a folder (its images, sorted) or a glob -> image paths."""
+  if os.path.isdir(spec):
+    paths = sorted(os.path.join(spec, n) for n in os.listdir(spec)
+                   if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+      raise FileNotFoundError(f'folder {spec} holds no images (looked for '
+                              f'{", ".join(IMAGE_EXTENSIONS)}); point --input at images.')
+    return paths
+  if os.path.isfile(spec):
+    return [spec]
+  paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+  if not paths:
+    raise FileNotFoundError(f'--input={spec} matches no file; give an image, a folder or a '
+                            f'glob such as "photos/*.jpg".')
+  return paths
+
+
+@functools.lru_cache(maxsize=1)
+def _palette() -> tuple:
+  import matplotlib
+  return tuple(tuple(int(255 * v) for v in matplotlib.colormaps['tab20'](i)[:3])
+               for i in range(20))
+
+
+def draw(image: np.ndarray, found: dict, min_score: float = 0.4) -> Image.Image:
+  """A copy of the image with labelled boxes (score >= min_score) drawn."""
+  canvas = Image.fromarray(np.asarray(image, np.uint8))
+  pen = ImageDraw.Draw(canvas)
+  for box, score, cls, name in zip(found['boxes'], found['scores'], found['classes'],
+                                   found['names']):
+    if score < min_score:
+      continue
+    colour = _palette()[int(cls) % 20]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    pen.rectangle((x0, y0, x1, y1), outline=colour, width=max(1, round(min(canvas.size) / 150)))
+    label = f'{name} {score:.2f}'
+    left, top, right, bottom = pen.textbbox((x0, y0), label)
+    pen.rectangle((x0, y0, x0 + right - left + 2, y0 + bottom - top + 2), fill=colour)
+    pen.text((x0 + 1, y0), label, fill=(0, 0, 0))
+  return canvas
+
+
+def predict(detector: Detector, spec: str, out_dir: str, min_draw_score: float = 0.4) -> dict:
+  """Detects on the images `spec` names; writes detections.json (COCO results,
+  image_id = file name) and drawn copies under out_dir/images.
+
+  Unreadable images are logged and listed under "skipped"; if none can be read,
+  an error. Returns {'detections': path, 'images': folder, 'count', 'skipped'}.
+  """
+  paths = find_images(spec)
+  os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
+  found, skipped = {}, []
+  for path in paths:
+    try:
+      image = read_image(path)
+    except ValueError as e:
+      logging.error('%s', e)
+      skipped.append(path)
+      continue
+    result = detector.detect([image])[0]
+    name = os.path.basename(path)
+    found[name] = result
+    draw(image, result, min_draw_score).save(
+        os.path.join(out_dir, 'images', os.path.splitext(name)[0] + '.jpg'), quality=92)
+  if not found:
+    raise ValueError(f'none of the {len(paths)} images of --input={spec} could be read '
+                     f'({", ".join(skipped[:5])}...); see the errors above.')
+  out = os.path.join(out_dir, 'detections.json')
+  with open(out, 'w') as f:
+    json.dump(metrics.coco_results(found, config_lib.category_ids(detector.config)), f)
+  return {'detections': out, 'images': os.path.join(out_dir, 'images'),
+          'count': len(found), 'skipped': skipped}
