@@ -24,7 +24,9 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.6'],
+        # nbclient, nbformat and ipykernel run experiments/demo.ipynb headless in a test.
+        'test': ['pytest>=8', 'pytest-xdist>=3.6', 'nbclient>=0.10', 'nbformat>=5.10',
+                 'ipykernel>=6.29'],
         # JAX for NVIDIA GPUs (the CUDA 12 wheels bring their own CUDA libraries).
         'cuda': ['jax[cuda12]'],
         # JAX for Cloud TPU VMs.

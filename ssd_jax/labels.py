@@ -30,7 +30,10 @@ COCO_CATEGORY_IDS = (
     78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )
 
-LABEL_MAPS = {'voc': VOC_NAMES, 'coco': COCO_NAMES}
+# The built-in synthetic dataset (ssd_jax/shapes_dataset.py): the class is the shape.
+SHAPES_NAMES = ('circle', 'square', 'triangle', 'cross')
+
+LABEL_MAPS = {'voc': VOC_NAMES, 'coco': COCO_NAMES, 'ssd_shapes': SHAPES_NAMES}
 
 
 def class_names(dataset: str) -> tuple[str, ...]:

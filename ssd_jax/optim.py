@@ -31,11 +31,18 @@ def decay_mask(params):
 
 
 def create_optimizer(optim_cfg) -> optax.GradientTransformation:
-  """Optional global-norm clipping, then decoupled-into-gradient weight decay
-  (the Caffe/PyTorch SGD form: g + wd * w), then SGD with momentum."""
+  """Optional global-norm clipping, then weight decay added to the gradient
+  (the Caffe/PyTorch SGD form: g + wd * w), then SGD with momentum (the paper's)
+  or Adam (optim.name='adam', for quick runs from scratch, e.g. configs/shapes.py)."""
   parts = []
   if optim_cfg.grad_clip_norm is not None:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
   parts.append(optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask))
-  parts.append(optax.sgd(learning_rate_schedule(optim_cfg), momentum=optim_cfg.momentum))
+  schedule = learning_rate_schedule(optim_cfg)
+  if optim_cfg.name == 'sgd':
+    parts.append(optax.sgd(schedule, momentum=optim_cfg.momentum))
+  elif optim_cfg.name == 'adam':
+    parts.append(optax.adam(schedule))
+  else:
+    raise ValueError(f'optim.name={optim_cfg.name!r}; use "sgd" (the paper\'s) or "adam".')
   return optax.chain(*parts)

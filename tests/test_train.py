@@ -36,6 +36,21 @@ def test_weight_decay_only_on_kernels_and_sgd_by_hand(load_config):
                              rtol=1e-6)
 
 
+def test_adam_first_step_by_hand_and_unknown_optimizer(load_config):
+  cfg = load_config('shapes').optim
+  params = {'conv': {'kernel': jnp.array([1.0, -2.0]), 'bias': jnp.array([3.0])}}
+  tx = optim.create_optimizer(cfg)
+  grads = {'conv': {'kernel': jnp.array([0.5, 0.5]), 'bias': jnp.array([-0.5])}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr0 = cfg.learning_rate / cfg.warmup_steps
+  # Adam's first step is -lr * sign(g) (bias-corrected moments, eps aside).
+  np.testing.assert_allclose(updates['conv']['kernel'], [-lr0, -lr0], rtol=1e-4)
+  np.testing.assert_allclose(updates['conv']['bias'], [lr0], rtol=1e-4)
+  cfg.name = 'adamw'
+  with pytest.raises(ValueError, match='optim.name'):
+    optim.create_optimizer(cfg)
+
+
 def tiny_config(load_config):
   return synthetic.tiny_config(load_config('voc300'))
 
