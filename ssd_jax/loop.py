@@ -94,8 +94,7 @@ def run_eval(config, params, workdir: str, step: int, writer=None, mesh=None) ->
   result = evaluate.evaluate(config, params, mesh)
   if jax.process_index() == 0:
     text = evaluate.report(result, eval_dir(workdir, step), step)
-    logging.info('evaluation at step %d:\n%s', step, text)
-    print(text, flush=True)
+    print(f'evaluation at step {step}:\n{text}', flush=True)
   if writer:
     name, value = evaluate.headline(result)
     with writer.as_default(step=step):
