@@ -15,6 +15,7 @@ survive the 0.01 threshold), the slow case for NMS. `--width 0.25` for a quick
 run on a CPU.
 """
 import argparse
+import functools
 import os
 import pathlib
 import sys
@@ -28,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tests'))
 import numpy_reference  # noqa: E402
 
-from ssd_jax import builders, config_lib, postprocess  # noqa: E402
+from ssd_jax import builders, config_lib, evaluate  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -48,8 +49,8 @@ def bench(config, batch: int, repeats: int) -> dict:
                        jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
   network = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  ours = jax.jit(lambda p, x: postprocess.from_config(*model.apply({'params': p}, x),
-                                                      anchors, config))
+  ours = jax.jit(functools.partial(evaluate.network_detections, model=model,
+                                   anchors=anchors, config=config))
   e, anchors_np = config.eval, np.asarray(anchors)
 
   def host_nms():

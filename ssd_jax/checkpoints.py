@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 
@@ -23,12 +24,37 @@ def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False) -> 
   return mngr.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
+def location(path: str) -> tuple[str, Optional[int]]:
+  """A workdir, its checkpoints folder, or one step's folder -> (checkpoints folder, step).
+
+  The step is None (latest) unless `path` names one step's folder.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path} does not exist; pass a workdir of a training run, its '
+                            f'checkpoints/ folder, or one step folder inside it.')
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return os.path.join(path, 'checkpoints'), None
+  name = os.path.basename(path)
+  if name.isdigit() and os.path.basename(os.path.dirname(path)) == 'checkpoints':
+    return os.path.dirname(path), int(name)
+  return path, None
+
+
+def pick_step(mngr: ocp.CheckpointManager, step: Optional[int] = None) -> int:
+  """`step` (default: the latest) if the manager holds it; else a clear error."""
+  step = mngr.latest_step() if step is None else step
+  if step is None or step not in mngr.all_steps():
+    raise FileNotFoundError(
+        f'no checkpoint{"" if step is None else f" for step {step}"} in {mngr.directory} '
+        f'(steps there: {list(mngr.all_steps()) or "none"}); train first, or point at a '
+        f'workdir that has one.')
+  return step
+
+
 def restore(mngr: ocp.CheckpointManager, target, step: Optional[int] = None):
   """The state saved at `step` (default: the latest), placed like `target`."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {mngr.directory}; train first, or point '
-                            f'--workdir at a run that has saved one.')
+  step = pick_step(mngr, step)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
@@ -45,13 +71,12 @@ def load_matching_params(path: str, params) -> tuple[dict, dict]:
   Returns:
     (params as host NumPy arrays, {'restored': [paths], 'kept': [paths]}).
   """
-  import flax
-  from ssd_jax import evaluate  # evaluate imports train, which this module must not
-  directory, step = evaluate.checkpoint_location(path)
+  directory, step = location(path)
   with ocp.CheckpointManager(directory) as mngr:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'model.init_checkpoint={path}: no checkpoint in {directory}.')
+    try:
+      step = pick_step(mngr, step)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f'model.init_checkpoint={path}: {e}') from e
     saved = mngr.restore(step, args=ocp.args.StandardRestore())
   saved = flax.traverse_util.flatten_dict(jax.device_get(saved.get('params', saved)))
   current = flax.traverse_util.flatten_dict(jax.device_get(params))

@@ -120,13 +120,23 @@ def _record(path, image_id, boxes, labels, difficult) -> Record:
                 np.asarray(labels, np.int32), np.asarray(difficult, bool))
 
 
-def load_image(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] RGB, or an empty [0, 0, 3] array when the file cannot be read."""
+def read_image(path: str) -> np.ndarray:
+  """uint8 [H, W, 3] RGB (grayscale, RGBA and palette images converted); a clear
+  error naming the file when it cannot be read."""
   try:
     with Image.open(path) as image:
       return np.asarray(image.convert('RGB'), np.uint8)
-  except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, and said so
-    logging.error('skipping unreadable image %s: %s', path, e)
+  except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+    raise ValueError(f'cannot read image {path}: {e}. Check that the file is a complete '
+                     f'JPEG/PNG/BMP/... image, or remove it from the input.') from e
+
+
+def load_image(path: str) -> np.ndarray:
+  """`read_image`, or an empty [0, 0, 3] array (logged) when the file cannot be read."""
+  try:
+    return read_image(path)
+  except ValueError as e:
+    logging.error('skipping unreadable image: %s', e)
     return np.zeros((0, 0, 3), np.uint8)
 
 

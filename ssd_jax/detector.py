@@ -21,7 +21,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw
 
-from ssd_jax import builders, config_lib, evaluate, input_pipeline, metrics, postprocess
+from ssd_jax import builders, config_lib, custom_data, evaluate, input_pipeline, metrics
+from ssd_jax.custom_data import read_image  # noqa: F401 - for notebooks: detector.read_image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
@@ -34,15 +35,9 @@ class Detector:
     self.class_names = config_lib.class_names(config)
     self.params = params
     self.batch_size = batch_size
-    model = builders.build_model(config)
-    anchors = jnp.asarray(builders.build_default_boxes(config))
-
-    @jax.jit
-    def run(params, images):
-      loc, logits = model.apply({'params': params}, images)
-      return postprocess.from_config(loc, logits, anchors, config)
-
-    self._run = run
+    self._run = jax.jit(functools.partial(
+        evaluate.network_detections, model=builders.build_model(config),
+        anchors=jnp.asarray(builders.build_default_boxes(config)), config=config))
 
   @classmethod
   def from_checkpoint(cls, path: str, config=None, step: Optional[int] = None,
@@ -85,17 +80,6 @@ class Detector:
                         'scores': dets.scores[i][keep], 'classes': classes,
                         'names': [self.class_names[c - 1] for c in classes]})
     return results
-
-
-def read_image(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] RGB (grayscale, RGBA and palette images converted); a clear
-  error naming the file when it cannot be read."""
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'), np.uint8)
-  except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-    raise ValueError(f'cannot read image {path}: {e}. Check that the file is a complete '
-                     f'JPEG/PNG/BMP/... image, or remove it from the input.') from e
 
 
 def find_images(spec: str) -> list[str]:
@@ -153,7 +137,7 @@ def predict(detector: Detector, spec: str, out_dir: str, min_draw_score: float =
   found, skipped = {}, []
   for path in paths:
     try:
-      image = read_image(path)
+      image = custom_data.read_image(path)
     except ValueError as e:
       logging.error('%s', e)
       skipped.append(path)

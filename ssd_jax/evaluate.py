@@ -19,27 +19,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssd_jax import builders, config_lib, input_pipeline, metrics, postprocess
+from ssd_jax import builders, checkpoints, config_lib, input_pipeline, metrics, postprocess
 from ssd_jax import train as train_lib
 
 CONFIG_FILE = 'config.json'
-
-
-def checkpoint_location(path: str) -> tuple[str, Optional[int]]:
-  """A workdir, its checkpoints folder, or one step's folder -> (checkpoints folder, step).
-
-  The step is None (latest) unless `path` names one step's folder.
-  """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path} does not exist; pass a workdir of a training run, its '
-                            f'checkpoints/ folder, or one step folder inside it.')
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return os.path.join(path, 'checkpoints'), None
-  name = os.path.basename(path)
-  if name.isdigit() and os.path.basename(os.path.dirname(path)) == 'checkpoints':
-    return os.path.dirname(path), int(name)
-  return path, None
 
 
 def find_config(path: str):
@@ -64,15 +47,10 @@ def restore_params(config, path: str, step: Optional[int] = None, mesh=None):
   Returns:
     (params, step).
   """
-  directory, named = checkpoint_location(path)
+  directory, named = checkpoints.location(path)
   mesh = mesh or train_lib.make_mesh()
   with ocp.CheckpointManager(directory) as mngr:
-    step = step if step is not None else named if named is not None else mngr.latest_step()
-    if step is None or step not in mngr.all_steps():
-      raise FileNotFoundError(
-          f'no checkpoint{"" if step is None else f" for step {step}"} in {directory} '
-          f'(steps there: {list(mngr.all_steps()) or "none"}); train first, or point at a '
-          f'workdir that has one.')
+    step = checkpoints.pick_step(mngr, step if step is not None else named)
     abstract = jax.eval_shape(lambda: train_lib.create_state(config, mesh, jax.random.key(0)))
     replicated = NamedSharding(mesh, P())
     target = {'params': jax.tree.map(
@@ -83,10 +61,15 @@ def restore_params(config, path: str, step: Optional[int] = None, mesh=None):
   return restored['params'], step
 
 
+def network_detections(params, images, model, anchors, config) -> postprocess.Detections:
+  """The network on f32[B, S, S, 3] network inputs, then the config's post-processing."""
+  loc, logits = model.apply({'params': params}, images)
+  return postprocess.from_config(loc, logits, anchors, config)
+
+
 def _eval_step(params, batch, anchors, model, config):
   """Detections of a global batch plus the fields scoring needs, all replicated."""
-  loc, logits = model.apply({'params': params}, batch['image'])
-  detections = postprocess.from_config(loc, logits, anchors, config)
+  detections = network_detections(params, batch['image'], model, anchors, config)
   return detections, {k: v for k, v in batch.items() if k != 'image'}
 
 

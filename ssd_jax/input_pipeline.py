@@ -20,7 +20,7 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssd_jax import augment, custom_data, labels, shapes_dataset
+from ssd_jax import augment, config_lib, custom_data, shapes_dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -35,7 +35,7 @@ def parse_split(spec: str) -> tuple[str, str]:
 
 def prepare_local(name: str, data_dir) -> None:
   """Generates a built-in dataset (`ssd_shapes`, no download) unless already on disk."""
-  if name.split('/')[0].split(':')[0] == shapes_dataset.NAME:
+  if name.split('/')[0] == shapes_dataset.NAME:
     tfds.builder(name, data_dir=data_dir).download_and_prepare()
 
 
@@ -60,7 +60,7 @@ def _custom_records(config, spec: str) -> list:
   d = config.data
   if d.root is None:
     raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
-  names = tuple(d.class_names) if d.class_names else labels.class_names('voc')
+  names = config_lib.class_names(config)
   if d.format == 'voc_folder':
     return custom_data.read_voc_folder(d.root, spec, names)
   annotations, sep, image_dir = spec.partition(':')

@@ -1,5 +1,4 @@
 """experiments/demo.ipynb runs headless, end to end, with quick settings."""
-import os
 import pathlib
 
 import nbformat
