@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ssd_jax import box_utils
+
 
 def boxes_per_location(aspect_ratios: Sequence[float], with_max_size: bool = True) -> int:
   """Number of default boxes per cell of one source layer."""
@@ -75,7 +77,7 @@ def default_boxes(
     max_sizes: Optional[Sequence[float]],
     aspect_ratios: Sequence[Sequence[float]],
     steps: Optional[Sequence[float]] = None,
-    clip: bool = False,
+    clip: str = 'none',
 ) -> np.ndarray:
   """All default boxes of the network.
 
@@ -86,8 +88,9 @@ def default_boxes(
     max_sizes: s_{k+1} per source, pixels, or None for no sqrt(s_k s_{k+1}) box.
     aspect_ratios: the ratios r > 1 per source (each also gives 1/r).
     steps: pixel stride of each source's cells; None means image_size / feature_size.
-    clip: clamp every cx, cy, w, h to [0, 1] (torchvision's variant; the paper's
-      recipe does not clip).
+    clip: one of CLIP_MODES: 'none' (the paper's recipe), 'wh' (clamp w and h
+      to [0, 1], torchvision's), 'cxcywh' (clamp all four, ssd.pytorch's) or
+      'xyxy' (clamp the corners to the image, the original Caffe PriorBox's).
 
   Returns:
     f32[A, 4] normalised cxcywh, A = sum(feature_size^2 * boxes_per_location).
@@ -107,7 +110,20 @@ def default_boxes(
                    None if max_sizes is None else max_sizes[i], aspect_ratios[i])
       for i in range(n)
   ]
-  boxes = np.concatenate(boxes, axis=0)
-  if clip:
-    boxes = np.clip(boxes, 0.0, 1.0)
-  return boxes.astype(np.float32)
+  return clip_boxes(np.concatenate(boxes, axis=0), clip).astype(np.float32)
+
+
+CLIP_MODES = ('none', 'wh', 'cxcywh', 'xyxy')
+
+
+def clip_boxes(boxes: np.ndarray, mode: str) -> np.ndarray:
+  """f[A, 4] normalised cxcywh default boxes clamped as `mode` says (see default_boxes)."""
+  if mode not in CLIP_MODES:
+    raise ValueError(f'anchors.clip={mode!r} is not one of {CLIP_MODES}.')
+  if mode == 'wh':
+    return np.concatenate([boxes[:, :2], np.clip(boxes[:, 2:], 0.0, 1.0)], axis=1)
+  if mode == 'cxcywh':
+    return np.clip(boxes, 0.0, 1.0)
+  if mode == 'xyxy':
+    return box_utils.xyxy_to_cxcywh(np.clip(box_utils.cxcywh_to_xyxy(boxes), 0.0, 1.0))
+  return boxes

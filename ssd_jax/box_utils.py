@@ -12,6 +12,7 @@ Coordinates always come last, in a trailing axis of size 4.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -20,6 +21,11 @@ import numpy as np
 
 # Variances of the SSD box coding (centre, size), from the paper's recipe.
 DEFAULT_VARIANCES = (0.1, 0.2)
+
+# Largest log size ratio `decode` applies (a box at most 62.5x its default box
+# per side), as torchvision's box coder clamps: untrained or diverging heads
+# then give large boxes rather than inf or NaN. Trained heads never reach it.
+MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
 def array_module(*arrays):
@@ -93,8 +99,11 @@ def encode(boxes, anchors, variances: Sequence[float] = DEFAULT_VARIANCES):
 
 
 def decode(offsets, anchors, variances: Sequence[float] = DEFAULT_VARIANCES):
-  """Inverse of `encode`: f[..., 4] offsets + f[..., 4] cxcywh anchors -> xyxy."""
+  """Inverse of `encode`: f[..., 4] offsets + f[..., 4] cxcywh anchors -> xyxy.
+
+  The log size ratio is clamped at MAX_LOG_SCALE.
+  """
   xp = array_module(offsets, anchors)
   centre = anchors[..., :2] + offsets[..., :2] * variances[0] * anchors[..., 2:]
-  size = anchors[..., 2:] * xp.exp(offsets[..., 2:] * variances[1])
+  size = anchors[..., 2:] * xp.exp(xp.minimum(offsets[..., 2:] * variances[1], MAX_LOG_SCALE))
   return cxcywh_to_xyxy(xp.concatenate([centre, size], axis=-1))

@@ -47,7 +47,7 @@ def base_config() -> config_dict.ConfigDict:
       s_min=0.2,
       s_max=0.9,
       first_scale=0.1,                           # conv4_3's scale in the paper
-      clip=False,                                # the recipe does not clip
+      clip='none',                               # anchors.CLIP_MODES; the recipe does not clip
       variances=(0.1, 0.2),                      # centre, size
   ))
 
@@ -61,6 +61,9 @@ def base_config() -> config_dict.ConfigDict:
       format='tfds',
       root=config_dict.placeholder(str),         # custom dataset folder
       class_names=config_dict.placeholder(tuple),  # custom classes; None: VOC's
+      # Dataset category id of each model class 1..C-1 in COCO-format files;
+      # None: COCO's official ids for COCO's classes, else the model class.
+      category_ids=config_dict.placeholder(tuple),
       name=config_dict.placeholder(str),         # 'voc', 'coco', ...
       train_splits=config_dict.placeholder(tuple),
       eval_split=config_dict.placeholder(str),
@@ -208,6 +211,10 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     raise ValueError(f'model.num_classes={config.model.num_classes} but data.class_names has '
                      f'{len(names)} names; set model.num_classes={len(names) + 1} '
                      f'(the classes plus background).')
+  ids = config.data.category_ids
+  if ids and len(ids) != config.model.num_classes - 1:
+    raise ValueError(f'data.category_ids has {len(ids)} ids for {config.model.num_classes - 1} '
+                     f'foreground classes (model.num_classes - 1); give one id per class.')
   if config.model.num_classes < 2:
     raise ValueError('model.num_classes counts background too and must be >= 2.')
   dtype(config.model.dtype)
@@ -240,8 +247,10 @@ def class_names(config) -> tuple[str, ...]:
 
 
 def category_ids(config) -> tuple[int, ...]:
-  """Dataset category id of each model class 1..C-1, for COCO files: the official
-  ids for COCO, else the model class itself."""
+  """Dataset category id of each model class 1..C-1, for COCO files:
+  data.category_ids, else the official ids for COCO, else the model class itself."""
+  if config.data.category_ids:
+    return tuple(config.data.category_ids)
   if config.data.name == 'coco' and not config.data.class_names:
     return labels.COCO_CATEGORY_IDS
   return tuple(range(1, len(class_names(config)) + 1))
@@ -267,6 +276,9 @@ def load_json(path: str) -> config_dict.ConfigDict:
   import json
   with open(path) as f:
     values = _tuples(json.load(f))
+  clip = values.get('anchors', {}).get('clip')
+  if isinstance(clip, bool):  # before anchors.clip named its mode
+    values['anchors']['clip'] = 'cxcywh' if clip else 'none'
   c = base_config()
   c.update(values)
   return c

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ssd_jax import anchors, builders
+from ssd_jax import anchors, box_utils, builders
 
 
 def reference_boxes(image_size, fmaps, steps, min_sizes, max_sizes, ratios):
@@ -81,13 +81,24 @@ def test_scale_rule_config_and_auto_steps(load_config):
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_clip_option(load_config):
+def test_clip_modes(load_config):
   c = load_config('voc300')
   unclipped = builders.build_default_boxes(c)
-  c.anchors.clip = True
-  clipped = builders.build_default_boxes(c)
-  assert unclipped.max() > 1.0 and clipped.max() <= 1.0 and clipped.min() >= 0.0
-  np.testing.assert_array_equal(clipped, np.clip(unclipped, 0, 1))
+  assert unclipped.max() > 1.0
+  clipped = {}
+  for mode in anchors.CLIP_MODES[1:]:
+    c.anchors.clip = mode
+    clipped[mode] = builders.build_default_boxes(c)
+  np.testing.assert_array_equal(clipped['cxcywh'], np.clip(unclipped, 0, 1))
+  np.testing.assert_array_equal(clipped['wh'][:, :2], unclipped[:, :2])
+  np.testing.assert_array_equal(clipped['wh'][:, 2:], np.clip(unclipped[:, 2:], 0, 1))
+  # A box at centre (0.9, 0.5), size (0.4, 1.2): corners (0.7, -0.1, 1.1, 1.1) -> (0.7, 0, 1, 1).
+  box = np.array([[0.9, 0.5, 0.4, 1.2]])
+  np.testing.assert_allclose(anchors.clip_boxes(box, 'xyxy'), [[0.85, 0.5, 0.3, 1.0]])
+  corners = box_utils.cxcywh_to_xyxy(clipped['xyxy'])
+  assert corners.min() >= 0 and corners.max() <= 1 + 1e-6
+  with pytest.raises(ValueError, match='anchors.clip=.True. is not one of'):
+    anchors.clip_boxes(unclipped, 'True')
 
 
 def test_no_max_sizes_drops_the_extra_square_box():

@@ -93,3 +93,12 @@ def test_encode_then_decode_returns_boxes(xp):
     back = box_utils.decode(offsets, xp.asarray(anchors), variances)
     assert type(back) is type(xp.asarray(boxes))
     np.testing.assert_allclose(np.asarray(back), boxes, atol=1e-5)
+
+
+@pytest.mark.parametrize('xp', [np, jnp])
+def test_decode_clamps_the_size_ratio_at_62_5(xp):
+  anchor = xp.asarray([[0.5, 0.5, 0.01, 0.02]])
+  offsets = xp.asarray([[0.0, 0.0, 1e4, 30.0]])  # exp(2000) overflows; 30 * 0.2 = 6 > log 62.5
+  box = np.asarray(box_utils.decode(offsets, anchor))[0]
+  assert np.all(np.isfinite(box))
+  np.testing.assert_allclose(box[2:] - box[:2], [0.01 * 62.5, 0.02 * 62.5], rtol=1e-5)
