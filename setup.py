@@ -1,6 +1,8 @@
 """ssd_jax: the SSD object detector in JAX and Flax."""
 from setuptools import find_packages, setup
 
+CONVERT = ['torch>=2.1', 'torchvision>=0.16']
+
 setup(
     name='ssd_jax',
     version='0.1.0',
@@ -24,9 +26,12 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        # nbclient, nbformat and ipykernel run experiments/demo.ipynb headless in a test.
+        # Reading PyTorch checkpoints in `python -m ssd_jax.convert` (nothing else uses torch).
+        'convert': CONVERT,
+        # nbclient, nbformat and ipykernel run experiments/demo.ipynb headless in a test;
+        # torch and torchvision let the converter tests compare with PyTorch itself.
         'test': ['pytest>=8', 'pytest-xdist>=3.6', 'nbclient>=0.10', 'nbformat>=5.10',
-                 'ipykernel>=6.29'],
+                 'ipykernel>=6.29'] + CONVERT,
         # JAX for NVIDIA GPUs (the CUDA 12 wheels bring their own CUDA libraries).
         'cuda': ['jax[cuda12]'],
         # JAX for Cloud TPU VMs.

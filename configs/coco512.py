@@ -1,7 +1,9 @@
 """SSD512 on COCO 2017, the paper's recipe.
 
-Run:
-  python -m ssd_jax.main --config=configs/coco512.py --workdir=/tmp/coco512
+Run (the paper starts from an ImageNet VGG16; convert one first, see the
+README's "Pretrained weights"):
+  python -m ssd_jax.main --config=configs/coco512.py --workdir=/tmp/coco512 \
+      --config.model.init_checkpoint=/ckpt/vgg16
 
 Architecture, splits, schedule, optimiser and NMS come from
 `ssd_jax.config_lib` (shared by every config); this file holds what is

@@ -133,6 +133,10 @@ def _train(config, workdir: str, stack: contextlib.ExitStack,
     logging.info('resumed from step %d in %s', start, workdir)
   elif config.model.init_checkpoint:
     state = initialise_from(state, config.model.init_checkpoint, mesh)
+  elif config.model.width == 1.0:
+    logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
+                    'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
+                    'pass --config.model.init_checkpoint=<its output>.')
   data = input_pipeline.train_dataset(config, start_step=start).as_numpy_iterator()
   step_fn = train_lib.jit_train_step(config, mesh)
   preempted = stack.enter_context(Preemption())

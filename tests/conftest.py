@@ -7,6 +7,11 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
 import pytest  # noqa: E402
 
+try:  # torch's compiler; loading its native library after TensorFlow's segfaults, so first.
+  import triton  # noqa: E402, F401  (comes with the CUDA torch wheels the converter tests use)
+except ImportError:
+  pass
+
 from ssd_jax import config_lib  # noqa: E402
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'

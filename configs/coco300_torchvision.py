@@ -1,0 +1,18 @@
+"""torchvision's ssd300_vgg16 (COCO) as an ssd_jax config.
+
+Convert its weights, then evaluate or predict with them (the converter writes
+this config as config.json next to the checkpoint, so --config is optional):
+  python -m ssd_jax.convert --format=torchvision_ssd300 \
+      --input=ssd300_vgg16_coco-b556d3b4.pth --output=/ckpt/tv_ssd300
+  python -m ssd_jax.main --mode=eval --workdir=/ckpt/tv_ssd300        # COCO val2017
+  python -m ssd_jax.main --mode=predict --workdir=/ckpt/tv_ssd300 --input='photos/*.jpg'
+
+The values (torchvision's default-box scales and size clipping, its input
+mean, 91 classes in ssd_jax's order) live in `ssd_jax.convert`, next to the
+weight mapping they belong with.
+"""
+from ssd_jax import convert
+
+
+def get_config():
+  return convert.torchvision_ssd300_config()
