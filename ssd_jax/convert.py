@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import app, flags
 
 from ssd_jax import builders, config_lib, labels, models
 
@@ -305,25 +305,29 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   return save(output, params, info, config)
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum('format', None, FORMATS, 'What --input holds (see the module doc).')
-flags.DEFINE_string('input', None, 'The PyTorch .pth state dict.')
-flags.DEFINE_string('output', None, 'New folder for the orbax checkpoint.')
-flags.DEFINE_enum('channel_order', 'bgr', ('bgr', 'rgb'),
-                  'reduced_vgg: the channel order its conv1_1 was trained on.')
+def define_flags() -> None:
+  """The command line's flags; only when run as a program, so that importing this
+  module (configs/coco300_torchvision.py does, inside main.py) adds none."""
+  flags.DEFINE_enum('format', None, FORMATS, 'What --input holds (see the module doc).')
+  flags.DEFINE_string('input', None, 'The PyTorch .pth state dict.')
+  flags.DEFINE_string('output', None, 'New folder for the orbax checkpoint.')
+  flags.DEFINE_enum('channel_order', 'bgr', ('bgr', 'rgb'),
+                    'reduced_vgg: the channel order its conv1_1 was trained on.')
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
   for name in ('format', 'input', 'output'):
-    if not FLAGS[name].value:
+    if not f[name].value:
       raise app.UsageError(f'--{name} is required.')
-  out = convert(FLAGS.format, FLAGS.input, FLAGS.output, FLAGS.channel_order)
-  use = ('--mode=eval/predict --workdir=' if FLAGS.format == 'torchvision_ssd300'
+  out = convert(f.format, f.input, f.output, f.channel_order)
+  use = ('--mode=eval/predict --workdir=' if f.format == 'torchvision_ssd300'
          else '--config.model.init_checkpoint=')
-  logging.info('wrote %s; use it with %s%s', out, use, out)
   print(f'wrote {out}; use it with {use}{out}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -73,6 +73,17 @@ def test_unknown_config_field_on_the_command_line(tmp_path):
   assert 'Did you mean "batch_size"' in result.stderr
 
 
+def test_main_loads_the_torchvision_config_and_names_the_missing_checkpoint(tmp_path):
+  """configs/coco300_torchvision.py imports ssd_jax.convert, whose flags must not
+  clash with main.py's --input/--output."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'ssd_jax.main', f'--config={ROOT}/configs/coco300_torchvision.py',
+       '--mode=predict', f'--workdir={tmp_path / "none"}', f'--input={tmp_path}'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode != 0
+  assert 'none does not exist; pass a workdir of a training run' in result.stderr
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
