@@ -37,6 +37,13 @@ def build_model(config: config_dict.ConfigDict) -> models.SSD:
                     boxes_per_location=_boxes_per_location(config), **_module_kwargs(config))
 
 
+def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
+  """Freshly initialised parameters of the config's model (under `jax.eval_shape`,
+  their shapes and dtypes only, with no compute)."""
+  size = config.model.image_size
+  return build_model(config).init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
+
+
 @functools.lru_cache(maxsize=32)
 def _feature_sizes(image_size: int, kwargs: tuple) -> tuple[int, ...]:
   backbone = models.Backbone(**dict(kwargs))

@@ -37,7 +37,6 @@ from typing import Mapping, Optional, Sequence
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
@@ -227,11 +226,8 @@ def base_config():
 def check_shapes(params: dict, config, source: str, whole: bool) -> None:
   """Every converted parameter must exist in the config's model with the same
   shape; with `whole`, every model parameter must have been converted."""
-  model = builders.build_model(config)
-  size = config.model.image_size
-  expected = jax.eval_shape(model.init, jax.random.key(0),
-                            jnp.zeros((1, size, size, 3), jnp.float32))['params']
-  expected = flax.traverse_util.flatten_dict(expected)
+  expected = flax.traverse_util.flatten_dict(
+      jax.eval_shape(lambda: builders.init_params(config, jax.random.key(0))))
   got = flax.traverse_util.flatten_dict(params)
   for key, value in got.items():
     name = '/'.join(key)
@@ -270,11 +266,8 @@ def save(output: str, params: dict, info: dict, config=None) -> str:
 
 
 def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
   with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',

@@ -10,7 +10,6 @@ import functools
 from typing import Any, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
@@ -41,12 +40,11 @@ def check_batch(global_batch: int, mesh: Mesh) -> None:
 def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
   """Initial state, created directly replicated on the mesh."""
   model = builders.build_model(config)
-  size = config.model.image_size
   tx = optim.create_optimizer(config.optim)
 
   def init(rng):
-    params = model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return TrainState.create(apply_fn=model.apply, params=builders.init_params(config, rng),
+                             tx=tx)
 
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
 

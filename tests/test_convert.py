@@ -19,9 +19,6 @@ from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
 from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detector, models  # noqa: E402
 
-POOLS = (4, 9, 16, 23)  # max pools in vgg16.features
-
-
 def torch_base(convs, conv6, conv7, x):
   """The SSD base in PyTorch: VGG16 convs (13 Conv2d), ceil-mode 2x2 pools, pool5
   3x3/1, conv6 (dilation 6), conv7. x: NCHW -> (L2-normalised conv4_3 * 20, conv7)."""
@@ -59,8 +56,7 @@ def assert_close(ours, theirs, rtol=2e-4):
 def restore_backbone(output):
   """The converted base as training's model.init_checkpoint sees it: (backbone
   params, load_matching_params' report)."""
-  init = jax.eval_shape(builders.build_model(convert.base_config()).init, jax.random.key(0),
-                        jnp.zeros((1, 300, 300, 3)))['params']
+  init = jax.eval_shape(lambda: builders.init_params(convert.base_config(), jax.random.key(0)))
   init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
   params, report = checkpoints.load_matching_params(str(output), init)
   return params['backbone'], report
