@@ -8,11 +8,10 @@ this config as config.json next to the checkpoint, so --config is optional):
   python -m ssd_jax.main --mode=predict --workdir=/ckpt/tv_ssd300 --input='photos/*.jpg'
 
 The values (torchvision's default-box scales and size clipping, its input
-mean, 91 classes in ssd_jax's order) live in `ssd_jax.convert`, next to the
-weight mapping they belong with.
+mean, 91 classes in ssd_jax's order) are `config_lib.torchvision_ssd300()`.
 """
-from ssd_jax import convert
+from ssd_jax import config_lib
 
 
 def get_config():
-  return convert.torchvision_ssd300_config()
+  return config_lib.torchvision_ssd300()

@@ -18,18 +18,16 @@ import argparse
 import functools
 import os
 import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / 'tests'))
-import numpy_reference  # noqa: E402
+from ssd_jax import builders, config_lib, postprocess
+from ssd_jax.testing import numpy_reference
 
-from ssd_jax import builders, config_lib, evaluate  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def timed(fn, repeats: int) -> float:
@@ -49,7 +47,7 @@ def bench(config, batch: int, repeats: int) -> dict:
                        jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
   network = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  ours = jax.jit(functools.partial(evaluate.network_detections, model=model,
+  ours = jax.jit(functools.partial(postprocess.network_detections, model=model,
                                    anchors=anchors, config=config))
   e, anchors_np = config.eval, np.asarray(anchors)
 
@@ -79,6 +77,7 @@ def main():
   for name in args.configs:
     config = config_lib.load(str(ROOT / 'configs' / f'{name}.py'))
     config.model.width = args.width
+    config_lib.validate(config)
     for batch in args.batches:
       r = bench(config, batch, args.repeats)
       print(f'{name:8} {batch:5d} {r["ours"]:11.2f} {r["network"]:9.2f} {r["host_nms"]:9.2f} '

@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / 'tests'))
-import synthetic  # noqa: E402  (the tests' VOC folder writer)
+from ssd_jax import config_lib, labels  # noqa: E402
+from ssd_jax.data import input_pipeline  # noqa: E402
+from ssd_jax.testing import synthetic  # noqa: E402  (the tests' VOC folder writer)
 
-from ssd_jax import config_lib, input_pipeline, labels  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def write_random_voc_folder(root: pathlib.Path, n: int, rng) -> None:

@@ -10,17 +10,15 @@ and the plain NumPy loops the tests compare against. Ratios > 1 mean faster.
 import argparse
 import os
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / 'tests'))
-import numpy_reference  # noqa: E402
+from ssd_jax import builders, config_lib, losses, matching
+from ssd_jax.testing import numpy_reference
 
-from ssd_jax import builders, config_lib, losses, matching  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def make_data(rng, batch, max_boxes, num_anchors, num_classes):
@@ -54,7 +52,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--config', default=str(ROOT / 'configs' / 'voc300.py'))
   args = parser.parse_args()
-  config = config_lib.load(args.config)
+  config = config_lib.validate(config_lib.load(args.config))
   anchors = builders.build_default_boxes(config)
   data = make_data(np.random.default_rng(0), args.batch, args.max_boxes, len(anchors),
                    config.model.num_classes)

@@ -2,7 +2,8 @@
 
 The number of boxes per location comes from the aspect ratios (anchors.py) and
 the size of each source map from the network itself (`jax.eval_shape`, no
-compute), so the head outputs and the default boxes always line up.
+compute), so the head outputs and the default boxes always line up. Configs
+reach here validated (config_lib.validate, called once by each entry point).
 """
 from __future__ import annotations
 
@@ -18,23 +19,24 @@ from ssd_jax import anchors, config_lib, models
 
 def _boxes_per_location(config) -> tuple[int, ...]:
   a = config.anchors
-  with_max = (config_lib.optional_list(a.min_sizes) is None
-              or config_lib.optional_list(a.max_sizes) is not None)
-  return tuple(anchors.boxes_per_location(r, with_max) for r in config.anchors.aspect_ratios)
+  with_max = a.min_sizes is None or a.max_sizes is not None
+  return tuple(anchors.boxes_per_location(r, with_max) for r in a.aspect_ratios)
 
 
-def _module_kwargs(config) -> dict:
+def _backbone_kwargs(config) -> tuple:
+  """The Backbone's fields, as a hashable tuple of (name, value) pairs."""
   m = config.model
-  return dict(sources=tuple(m.sources), extras=m.extras, width=m.width, atrous=m.atrous,
-              fc_features=m.fc_features, l2norm_scale=m.l2norm_scale,
-              dtype=config_lib.dtype(m.dtype), param_dtype=config_lib.dtype(m.param_dtype))
+  return (('sources', tuple(m.sources)), ('extras', m.extras), ('width', m.width),
+          ('atrous', m.atrous), ('fc_features', m.fc_features),
+          ('l2norm_scale', m.l2norm_scale), ('dtype', config_lib.dtype(m.dtype)),
+          ('param_dtype', config_lib.dtype(m.param_dtype)))
 
 
 def build_model(config: config_dict.ConfigDict) -> models.SSD:
   """The SSD module the config describes."""
-  config_lib.validate(config)
-  return models.SSD(num_classes=config.model.num_classes,
-                    boxes_per_location=_boxes_per_location(config), **_module_kwargs(config))
+  return models.SSD(backbone=models.Backbone(**dict(_backbone_kwargs(config))),
+                    num_classes=config.model.num_classes,
+                    boxes_per_location=_boxes_per_location(config))
 
 
 def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
@@ -57,17 +59,16 @@ def _feature_sizes(image_size: int, kwargs: tuple) -> tuple[int, ...]:
 
 def source_feature_sizes(config: config_dict.ConfigDict) -> tuple[int, ...]:
   """Side of each source feature map for the config's input size."""
-  config_lib.validate(config)
-  return _feature_sizes(config.model.image_size, tuple(_module_kwargs(config).items()))
+  return _feature_sizes(config.model.image_size, _backbone_kwargs(config))
 
 
 def build_default_boxes(config: config_dict.ConfigDict) -> np.ndarray:
   """f32[A, 4] normalised cxcywh default boxes, in the order of the head outputs."""
   a, size = config.anchors, config.model.image_size
   feature_sizes = source_feature_sizes(config)
-  min_sizes, max_sizes = config_lib.optional_list(a.min_sizes), config_lib.optional_list(a.max_sizes)
+  min_sizes, max_sizes = a.min_sizes, a.max_sizes
   if min_sizes is None:
     min_sizes, max_sizes = anchors.sizes_from_scales(
         size, len(feature_sizes), a.s_min, a.s_max, a.first_scale)
-  return anchors.default_boxes(size, feature_sizes, min_sizes, max_sizes,
-                               a.aspect_ratios, config_lib.optional_list(a.steps), a.clip)
+  return anchors.default_boxes(size, feature_sizes, min_sizes, max_sizes, a.aspect_ratios,
+                               a.steps, a.clip)

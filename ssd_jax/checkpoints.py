@@ -1,13 +1,74 @@
-"""Orbax checkpoints of the train state in `<workdir>/checkpoints`."""
+"""A run's files on disk, and loading a trained model: the one place for both.
+
+A workdir holds `config.json` (the config training ran with) and orbax
+checkpoints of the train state in `checkpoints/<step>`. This module writes and
+finds them, restores the whole train state (to resume), the parameters alone
+(to evaluate or detect: no optimiser is built; shapes come from
+`jax.eval_shape(builders.init_params)`), or every parameter that matches a new
+model (to fine-tune, `model.init_checkpoint`).
+"""
 from __future__ import annotations
 
+import functools
+import json
 import os
 from typing import Optional
 
 import flax
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+from ml_collections import config_dict
 
+from ssd_jax import builders, config_lib, sharding
+
+CONFIG_FILE = 'config.json'
+
+
+# --- config.json --------------------------------------------------------------
+
+def save_config(config: config_dict.ConfigDict, folder: str) -> str:
+  """Writes the config as folder/config.json (so a workdir describes itself)."""
+  path = os.path.join(folder, CONFIG_FILE)
+  with open(path, 'w') as f:
+    f.write(config.to_json(indent=2))
+  return path
+
+
+def _tuples(value):
+  """JSON lists back to the tuples the schema holds."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def read_config(path: str) -> config_dict.ConfigDict:
+  """A config written by `save_config`, on the current schema (unknown fields are errors)."""
+  with open(path) as f:
+    values = _tuples(json.load(f))
+  clip = values.get('anchors', {}).get('clip')
+  if isinstance(clip, bool):  # before anchors.clip named its mode
+    values['anchors']['clip'] = 'cxcywh' if clip else 'none'
+  c = config_lib.base_config()
+  c.update(values)
+  return c
+
+
+def find_config(path: str) -> config_dict.ConfigDict:
+  """The config.json saved by training in a workdir (or above a checkpoints folder)."""
+  folder = os.path.abspath(path)
+  for _ in range(3):
+    candidate = os.path.join(folder, CONFIG_FILE)
+    if os.path.isfile(candidate):
+      return read_config(candidate)
+    folder = os.path.dirname(folder)
+  raise FileNotFoundError(f'no {CONFIG_FILE} in or above {path}; pass the config the model '
+                          f'was trained with (--config=... or config=...).')
+
+
+# --- the train state, to resume -------------------------------------------------
 
 def manager(workdir: str, config) -> ocp.CheckpointManager:
   """Asynchronous saves every train.checkpoint_every steps, the last
@@ -58,6 +119,41 @@ def restore(mngr: ocp.CheckpointManager, target, step: Optional[int] = None):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
+
+# --- parameters only, to evaluate or detect ------------------------------------
+
+def abstract_params(config) -> dict:
+  """Shapes and dtypes (jax.ShapeDtypeStruct) of the config's parameters, no compute."""
+  return jax.eval_shape(functools.partial(builders.init_params, config), jax.random.key(0))
+
+
+def restore_params(config, path: str, step: Optional[int] = None,
+                   mesh: Optional[Mesh] = None) -> tuple[dict, int]:
+  """Model parameters (no optimiser state) from an orbax checkpoint, replicated on `mesh`.
+
+  Args:
+    config: the config the checkpoint was trained with (validated).
+    path: a workdir, its checkpoints folder, or one step folder.
+    step: which step (default: the one `path` names, else the latest).
+    mesh: where to place them (default: every device).
+
+  Returns:
+    (params, step).
+  """
+  directory, named = location(path)
+  replicated = sharding.replicated(mesh or sharding.make_mesh())
+  target = {'params': jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      abstract_params(config))}
+  with ocp.CheckpointManager(directory) as mngr:
+    step = pick_step(mngr, step if step is not None else named)
+    restored = mngr.restore(step, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  return restored['params'], step
+
+
+# --- matching parameters, to fine-tune -----------------------------------------
 
 def load_matching_params(path: str, params) -> tuple[dict, dict]:
   """Initialisation from another run or a converted checkpoint.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
-from ssd_jax import labels, models
+from ssd_jax import anchors, labels, models
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
 MEAN_RGB = (123.0, 117.0, 104.0)
@@ -74,8 +74,8 @@ def base_config() -> config_dict.ConfigDict:
       max_image_side=1024,                       # larger images shrink before augmenting
   ))
 
-  # Training augmentation (SPEC.md); enabled=False is the paper's "no data
-  # augmentation" ablation: resize only.
+  # Training augmentation (the release's, see ssd_jax/data/augment.py);
+  # enabled=False is the paper's "no data augmentation" ablation: resize only.
   c.augment = config_dict.ConfigDict(dict(
       enabled=True,
       photometric=True,
@@ -177,6 +177,32 @@ def preset(architecture: str, dataset: str) -> config_dict.ConfigDict:
   return c
 
 
+# torchvision's ssd300_vgg16: its default-box scales (fractions of the 300 px
+# input) and its input mean of [0, 1] RGB (with std 1/255, i.e. 0..255 pixels).
+TORCHVISION_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+TORCHVISION_MEAN = (0.48235, 0.45882, 0.40784)
+
+
+def torchvision_ssd300() -> config_dict.ConfigDict:
+  """SSD300 on COCO as torchvision's ssd300_vgg16 builds it (see ssd_jax/convert.py).
+
+  Default boxes: TORCHVISION_SCALES of 300 px, sizes clipped to the image.
+  Input: RGB pixels minus 255 * TORCHVISION_MEAN, resized bilinearly. Decoding,
+  clipping to the image, score > 0.01, the best 400 per class, NMS at 0.45 and
+  200 per image, as its postprocess_detections does. 91 classes, ordered as
+  labels.TORCHVISION_CLASS_ORDER.
+  """
+  c = preset('ssd300', 'coco')
+  sizes = tuple(300 * s for s in TORCHVISION_SCALES)
+  c.anchors.min_sizes, c.anchors.max_sizes, c.anchors.clip = sizes[:-1], sizes[1:], 'wh'
+  c.model.num_classes = len(labels.TORCHVISION_CLASS_ORDER)
+  c.data.class_names = labels.TORCHVISION_CLASS_NAMES
+  c.data.category_ids = labels.TORCHVISION_CLASS_ORDER[1:]
+  c.data.mean_rgb = tuple(255 * m for m in TORCHVISION_MEAN)
+  c.eval.update(dict(score_threshold=0.01, top_k=400, nms_iou=0.45, max_detections=200))
+  return c
+
+
 def dtype(name: str):
   """'bfloat16' -> jnp.bfloat16, with an error that names the field."""
   try:
@@ -186,37 +212,65 @@ def dtype(name: str):
                      f'use e.g. "float32" or "bfloat16".') from e
 
 
-def optional_list(values):
+def _optional_tuple(values):
   """None, (), or (None,) (what a command-line None becomes) -> None; else a tuple."""
   if values is None or all(v is None for v in values):
     return None
   return tuple(values)
 
 
+DATA_FORMATS = ('tfds', 'voc_folder', 'coco_json')
+METRICS = ('voc07', 'voc12', 'coco')
+OPTIMIZERS = ('sgd', 'adam')
+
+# Fields whose value must be one of a few names: (section, field) -> choices.
+CHOICES = {
+    ('data', 'format'): DATA_FORMATS,
+    ('eval', 'metric'): METRICS,
+    ('optim', 'name'): OPTIMIZERS,
+    ('anchors', 'clip'): anchors.CLIP_MODES,
+}
+
+
 def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
-  """Checks settings the schema cannot: required fields and list lengths."""
+  """Checks what the schema cannot and normalises command-line values, in place.
+
+  Entry points (main, the training loop, evaluation, Detector, convert, export)
+  call it once; builders then trust the config. Normalised: optional lists
+  ((), (None,) -> None), nested lists -> tuples. Checked: required fields,
+  one anchor entry per source, class names against num_classes, named choices
+  and dtypes. Returns the config.
+  """
+  a, d = config.anchors, config.data
+  for name in ('min_sizes', 'max_sizes', 'steps'):
+    a[name] = _optional_tuple(a[name])
+  a.aspect_ratios = tuple(tuple(r) for r in a.aspect_ratios)
+  config.model.sources = tuple(config.model.sources)
+  d.class_names = _optional_tuple(d.class_names)
+  d.category_ids = _optional_tuple(d.category_ids)
   for field in ('model.image_size', 'model.num_classes'):
     section, name = field.split('.')
     if config[section][name] is None:
       raise ValueError(f'config field {field} is not set; set it in the config file or '
                        f'with --config.{field}=...')
+  for (section, name), choices in CHOICES.items():
+    if config[section][name] not in choices:
+      raise ValueError(f'{section}.{name}={config[section][name]!r} is not one of {choices}.')
   n = len(config.model.sources)
   for name in ('min_sizes', 'max_sizes', 'steps', 'aspect_ratios'):
-    values = optional_list(config.anchors[name])
-    if values is not None and len(values) != n:
-      raise ValueError(f'anchors.{name} has {len(values)} entries for {n} sources '
-                       f'{tuple(config.model.sources)}; give one entry per source.')
-  names = config.data.class_names
-  if names and config.model.num_classes != len(names) + 1:
-    raise ValueError(f'model.num_classes={config.model.num_classes} but data.class_names has '
-                     f'{len(names)} names; set model.num_classes={len(names) + 1} '
-                     f'(the classes plus background).')
-  ids = config.data.category_ids
-  if ids and len(ids) != config.model.num_classes - 1:
-    raise ValueError(f'data.category_ids has {len(ids)} ids for {config.model.num_classes - 1} '
-                     f'foreground classes (model.num_classes - 1); give one id per class.')
+    if a[name] is not None and len(a[name]) != n:
+      raise ValueError(f'anchors.{name} has {len(a[name])} entries for {n} sources '
+                       f'{config.model.sources}; give one entry per source.')
   if config.model.num_classes < 2:
     raise ValueError('model.num_classes counts background too and must be >= 2.')
+  if d.class_names and config.model.num_classes != len(d.class_names) + 1:
+    raise ValueError(f'model.num_classes={config.model.num_classes} but data.class_names has '
+                     f'{len(d.class_names)} names; set model.num_classes='
+                     f'{len(d.class_names) + 1} (the classes plus background).')
+  if d.category_ids and len(d.category_ids) != config.model.num_classes - 1:
+    raise ValueError(f'data.category_ids has {len(d.category_ids)} ids for '
+                     f'{config.model.num_classes - 1} foreground classes (model.num_classes - '
+                     f'1); give one id per class.')
   dtype(config.model.dtype)
   dtype(config.model.param_dtype)
   return config
@@ -236,49 +290,3 @@ def load(path: str) -> config_dict.ConfigDict:
   if not hasattr(module, 'get_config'):
     raise ValueError(f'config file {path} defines no get_config().')
   return module.get_config()
-
-
-def class_names(config) -> tuple[str, ...]:
-  """Foreground class names, model class c being names[c - 1]: data.class_names,
-  else the label map of data.name."""
-  if config.data.class_names:
-    return tuple(config.data.class_names)
-  return labels.class_names(config.data.name)
-
-
-def category_ids(config) -> tuple[int, ...]:
-  """Dataset category id of each model class 1..C-1, for COCO files:
-  data.category_ids, else the official ids for COCO, else the model class itself."""
-  if config.data.category_ids:
-    return tuple(config.data.category_ids)
-  if config.data.name == 'coco' and not config.data.class_names:
-    return labels.COCO_CATEGORY_IDS
-  return tuple(range(1, len(class_names(config)) + 1))
-
-
-def _tuples(value):
-  """JSON lists back to the tuples the schema holds."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def save_json(config: config_dict.ConfigDict, path: str) -> None:
-  """Writes the config as JSON (next to checkpoints, so a workdir is self-describing)."""
-  with open(path, 'w') as f:
-    f.write(config.to_json(indent=2))
-
-
-def load_json(path: str) -> config_dict.ConfigDict:
-  """A config written by `save_json`, on the current schema (unknown fields are errors)."""
-  import json
-  with open(path) as f:
-    values = _tuples(json.load(f))
-  clip = values.get('anchors', {}).get('clip')
-  if isinstance(clip, bool):  # before anchors.clip named its mode
-    values['anchors']['clip'] = 'cxcywh' if clip else 'none'
-  c = base_config()
-  c.update(values)
-  return c

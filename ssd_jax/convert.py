@@ -8,7 +8,7 @@
 Formats (PyTorch state dicts, read with torch.load(weights_only=True)):
   vgg16: torchvision's ImageNet VGG16. conv1_1..conv5_3 are copied; fc6 and fc7
     are subsampled into conv6 (3x3, dilation 6) and conv7 (1x1) as the paper's
-    authors did (SPEC.md). torchvision's VGG takes RGB in [0, 1] normalised by
+    authors did (see vgg16_base). torchvision's VGG takes RGB in [0, 1] normalised by
     the ImageNet mean and std; conv1_1 is rescaled (and its bias shifted) so the
     base takes ssd_jax's input, RGB pixels minus data.mean_rgb.
   reduced_vgg: the `vgg16_reducedfc.pth` layout (keys '0.weight' ... '33.bias',
@@ -16,7 +16,7 @@ Formats (PyTorch state dicts, read with torch.load(weights_only=True)):
     Caffe, which reads BGR: conv1_1's input channels are reversed to take RGB
     (channel_order='rgb' keeps them as they are).
   torchvision_ssd300: torchvision's `ssd300_vgg16` COCO detector, with the
-    config `torchvision_ssd300_config()` reproducing its default boxes,
+    config `config_lib.torchvision_ssd300()` reproducing its default boxes,
     clipping, preprocessing and post-processing, so the same weights give the
     same detections. Its 91 classes are COCO category ids (0 background, ten
     ids unused); here classes 1..80 are COCO's 80 in label order, as the TFDS
@@ -41,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from ssd_jax import builders, config_lib, labels, models
+from ssd_jax import builders, checkpoints, config_lib, labels, models
 
 FORMATS = ('vgg16', 'reduced_vgg', 'torchvision_ssd300')
 
@@ -55,11 +55,7 @@ REDUCED_FC_INDICES = {'conv6': 31, 'conv7': 33}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# torchvision's ssd300_vgg16: default-box scales (fractions of 300), its input
-# mean of [0, 1] RGB (std 1/255, i.e. Caffe-style 0..255 pixels) and where
-# the layers after conv4_3 live in its state dict.
-TV_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
-TV_MEAN = (0.48235, 0.45882, 0.40784)
+# Where the layers of torchvision's ssd300_vgg16 live in its state dict.
 TV_LAYERS = {
     **{name: f'backbone.features.{i}' for name, i in zip(VGG_CONVS[:10], VGG_INDICES)},
     'conv5_1': 'backbone.extra.0.1', 'conv5_2': 'backbone.extra.0.3',
@@ -68,10 +64,6 @@ TV_LAYERS = {
     **{f'conv{8 + i}_{j + 1}': f'backbone.extra.{i + 1}.{2 * j}'
        for i in range(4) for j in range(2)},
 }
-# COCO category ids torchvision's 91-way head reserves but COCO does not use.
-TV_UNUSED_IDS = tuple(sorted(set(range(1, 91)) - set(labels.COCO_CATEGORY_IDS)))
-# Our class j is torchvision's class TV_CLASS_ORDER[j] (= its COCO category id).
-TV_CLASS_ORDER = (0,) + labels.COCO_CATEGORY_IDS + TV_UNUSED_IDS
 
 
 class StateDict:
@@ -187,35 +179,15 @@ def permute_classes(conv: dict, order: Sequence[int]) -> dict:
 
 
 def torchvision_ssd300(sd: StateDict) -> dict:
-  """torchvision ssd300_vgg16 -> full detector params for torchvision_ssd300_config()."""
+  """torchvision ssd300_vgg16 -> full detector params for config_lib.torchvision_ssd300()."""
   backbone = {name: sd.conv(prefix) for name, prefix in TV_LAYERS.items()}
   backbone['conv4_3_norm'] = {'scale': sd['backbone.scale_weight'].astype(np.float32)}
   head = {}
   for i, source in enumerate(models.SSD300_SOURCES):
     head[f'{source}_loc'] = sd.conv(f'head.regression_head.module_list.{i}')
     head[f'{source}_conf'] = permute_classes(
-        sd.conv(f'head.classification_head.module_list.{i}'), TV_CLASS_ORDER)
+        sd.conv(f'head.classification_head.module_list.{i}'), labels.TORCHVISION_CLASS_ORDER)
   return {'backbone': backbone, 'head': head}
-
-
-def torchvision_ssd300_config():
-  """SSD300 on COCO as torchvision's ssd300_vgg16 builds it.
-
-  Default boxes: scales 0.07..1.05 of 300 px (torchvision's), sizes clipped to
-  the image. Input: RGB pixels minus 255 * (0.48235, 0.45882, 0.40784), resized
-  bilinearly. Decoding, clipping to the image, score > 0.01, the best 400 per
-  class, NMS at 0.45 and 200 per image, as SSD.postprocess_detections does.
-  91 classes: see TV_CLASS_ORDER.
-  """
-  c = config_lib.preset('ssd300', 'coco')
-  sizes = tuple(300 * s for s in TV_SCALES)
-  c.anchors.min_sizes, c.anchors.max_sizes, c.anchors.clip = sizes[:-1], sizes[1:], 'wh'
-  c.model.num_classes = len(TV_CLASS_ORDER)
-  c.data.class_names = labels.COCO_NAMES + tuple(f'unused_{i}' for i in TV_UNUSED_IDS)
-  c.data.category_ids = TV_CLASS_ORDER[1:]
-  c.data.mean_rgb = tuple(255 * m for m in TV_MEAN)
-  c.eval.update(dict(score_threshold=0.01, top_k=400, nms_iou=0.45, max_detections=200))
-  return c
 
 
 def base_config():
@@ -259,7 +231,7 @@ def save(output: str, params: dict, info: dict, config=None) -> str:
     mngr.save(0, args=ocp.args.StandardSave({'params': params}))
     mngr.wait_until_finished()
   if config is not None:
-    config_lib.save_json(config, os.path.join(output, 'config.json'))
+    checkpoints.save_config(config, output)
   with open(os.path.join(output, 'conversion.json'), 'w') as f:
     json.dump(info, f, indent=2)
   return output
@@ -283,7 +255,7 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   sd = read_state_dict(path, fmt)
   info = {'format': fmt, 'input': os.path.abspath(path), 'sha256': _sha256(path)}
   if fmt == 'torchvision_ssd300':
-    config = torchvision_ssd300_config()
+    config = config_lib.torchvision_ssd300()
     params = torchvision_ssd300(sd)
   else:
     config = None
@@ -294,33 +266,27 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
       info['channel_order'] = channel_order
       backbone = reduced_vgg_base(sd, channel_order)
     params = {'backbone': backbone}
-  check_shapes(params, config or base_config(), path, whole=config is not None)
+  check_shapes(params, config_lib.validate(config or base_config()), path,
+               whole=config is not None)
   return save(output, params, info, config)
 
 
-def define_flags() -> None:
-  """The command line's flags; only when run as a program, so that importing this
-  module (configs/coco300_torchvision.py does, inside main.py) adds none."""
-  flags.DEFINE_enum('format', None, FORMATS, 'What --input holds (see the module doc).')
-  flags.DEFINE_string('input', None, 'The PyTorch .pth state dict.')
-  flags.DEFINE_string('output', None, 'New folder for the orbax checkpoint.')
-  flags.DEFINE_enum('channel_order', 'bgr', ('bgr', 'rgb'),
-                    'reduced_vgg: the channel order its conv1_1 was trained on.')
+FORMAT = flags.DEFINE_enum('format', None, FORMATS, 'What --input holds (see the module doc).')
+INPUT = flags.DEFINE_string('input', None, 'The PyTorch .pth state dict.')
+OUTPUT = flags.DEFINE_string('output', None, 'New folder for the orbax checkpoint.')
+CHANNEL_ORDER = flags.DEFINE_enum('channel_order', 'bgr', ('bgr', 'rgb'),
+                                  'reduced_vgg: the channel order its conv1_1 was trained on.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  for name in ('format', 'input', 'output'):
-    if not f[name].value:
-      raise app.UsageError(f'--{name} is required.')
-  out = convert(f.format, f.input, f.output, f.channel_order)
-  use = ('--mode=eval/predict --workdir=' if f.format == 'torchvision_ssd300'
+  out = convert(FORMAT.value, INPUT.value, OUTPUT.value, CHANNEL_ORDER.value)
+  use = ('--mode=eval/predict --workdir=' if FORMAT.value == 'torchvision_ssd300'
          else '--config.model.init_checkpoint=')
   print(f'wrote {out}; use it with {use}{out}')
 
 
 if __name__ == '__main__':
-  define_flags()
+  flags.mark_flags_as_required(['format', 'input', 'output'])
   app.run(main)

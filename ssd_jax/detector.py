@@ -1,30 +1,37 @@
-"""A detector for notebooks and scripts, and `--mode=predict` on image files.
+"""A detector for notebooks and scripts: a trained SSD on NumPy images.
 
   det = Detector.from_checkpoint('/tmp/shapes')   # a workdir, checkpoints/ or a step folder
   found = det.detect([image])                     # uint8 [H, W, 3] RGB NumPy images
   found[0]['boxes'], found[0]['names']            # pixels xyxy, class names
 
 Images of any size are resized to the network input as in evaluation;
-detections come back in each image's own pixels.
+detections come back in each image's own pixels. Nothing here imports
+TensorFlow: the resize is JAX's (`images.read_image` reads files with PIL).
 """
 from __future__ import annotations
 
 import functools
-import glob
-import json
-import os
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from PIL import Image, ImageDraw
 
-from ssd_jax import builders, config_lib, custom_data, evaluate, input_pipeline, metrics
-from ssd_jax.custom_data import read_image  # noqa: F401 - for notebooks: detector.read_image
+from ssd_jax import builders, checkpoints, config_lib, labels, postprocess
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def network_input(images, size: int, mean_rgb: tuple):
+  """u8/f32[..., H, W, 3] RGB pixels -> f32[..., S, S, 3] network input.
+
+  Bilinear resize with half-pixel centres and no antialiasing (as evaluation's
+  tf.image.resize and torchvision's interpolate do), then the mean pixel
+  subtracted. Compiled once per input shape.
+  """
+  shape = images.shape[:-3] + (size, size, 3)
+  resized = jax.image.resize(images.astype(jnp.float32), shape, 'linear', antialias=False)
+  return resized - jnp.asarray(mean_rgb, jnp.float32)
 
 
 class Detector:
@@ -32,11 +39,11 @@ class Detector:
 
   def __init__(self, config, params, batch_size: int = 8):
     self.config = config_lib.validate(config)
-    self.class_names = config_lib.class_names(config)
+    self.class_names = labels.class_names(config)
     self.params = params
     self.batch_size = batch_size
     self._run = jax.jit(functools.partial(
-        evaluate.network_detections, model=builders.build_model(config),
+        postprocess.network_detections, model=builders.build_model(config),
         anchors=jnp.asarray(builders.build_default_boxes(config)), config=config))
 
   @classmethod
@@ -44,8 +51,8 @@ class Detector:
                       **kwargs) -> 'Detector':
     """Restores parameters from a workdir, its checkpoints folder or a step folder;
     the config defaults to the config.json training saved in the workdir."""
-    config = config if config is not None else evaluate.find_config(path)
-    params, _ = evaluate.restore_params(config, path, step)
+    config = config_lib.validate(config if config is not None else checkpoints.find_config(path))
+    params, _ = checkpoints.restore_params(config, path, step)
     return cls(config, params, **kwargs)
 
   def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -55,8 +62,7 @@ class Detector:
       raise ValueError(f'images must be [H, W, 3] RGB arrays; got shape {image.shape}. '
                        f'Convert grayscale or RGBA first, e.g. PIL .convert("RGB").')
     c = self.config
-    return input_pipeline.finish(image.astype(np.float32), c.model.image_size,
-                                 c.data.mean_rgb).numpy()
+    return np.asarray(network_input(image, c.model.image_size, tuple(c.data.mean_rgb)))
 
   def detect(self, images: Sequence[np.ndarray], min_score: float = 0.0) -> list[dict]:
     """Detections of each image, best first.
@@ -82,24 +88,6 @@ class Detector:
     return results
 
 
-def find_images(spec: str) -> list[str]:
-  """An image file, a folder (its images, sorted) or a glob -> image paths."""
-  if os.path.isdir(spec):
-    paths = sorted(os.path.join(spec, n) for n in os.listdir(spec)
-                   if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
-      raise FileNotFoundError(f'folder {spec} holds no images (looked for '
-                              f'{", ".join(IMAGE_EXTENSIONS)}); point --input at images.')
-    return paths
-  if os.path.isfile(spec):
-    return [spec]
-  paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
-  if not paths:
-    raise FileNotFoundError(f'--input={spec} matches no file; give an image, a folder or a '
-                            f'glob such as "photos/*.jpg".')
-  return paths
-
-
 @functools.lru_cache(maxsize=1)
 def _palette() -> tuple:
   import matplotlib
@@ -123,35 +111,3 @@ def draw(image: np.ndarray, found: dict, min_score: float = 0.4) -> Image.Image:
     pen.rectangle((x0, y0, x0 + right - left + 2, y0 + bottom - top + 2), fill=colour)
     pen.text((x0 + 1, y0), label, fill=(0, 0, 0))
   return canvas
-
-
-def predict(detector: Detector, spec: str, out_dir: str, min_draw_score: float = 0.4) -> dict:
-  """Detects on the images `spec` names; writes detections.json (COCO results,
-  image_id = file name) and drawn copies under out_dir/images.
-
-  Unreadable images are logged and listed under "skipped"; if none can be read,
-  an error. Returns {'detections': path, 'images': folder, 'count', 'skipped'}.
-  """
-  paths = find_images(spec)
-  os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
-  found, skipped = {}, []
-  for path in paths:
-    try:
-      image = custom_data.read_image(path)
-    except ValueError as e:
-      logging.error('%s', e)
-      skipped.append(path)
-      continue
-    result = detector.detect([image])[0]
-    name = os.path.basename(path)
-    found[name] = result
-    draw(image, result, min_draw_score).save(
-        os.path.join(out_dir, 'images', os.path.splitext(name)[0] + '.jpg'), quality=92)
-  if not found:
-    raise ValueError(f'none of the {len(paths)} images of --input={spec} could be read '
-                     f'({", ".join(skipped[:5])}...); see the errors above.')
-  out = os.path.join(out_dir, 'detections.json')
-  with open(out, 'w') as f:
-    json.dump(metrics.coco_results(found, config_lib.category_ids(detector.config)), f)
-  return {'detections': out, 'images': os.path.join(out_dir, 'images'),
-          'count': len(found), 'skipped': skipped}

@@ -1,10 +1,11 @@
-"""Evaluation: restore parameters, detect over the eval split, score, report.
+"""Evaluation: detect over the eval split, score with the config's evaluator, report.
 
 `evaluate(config, params)` runs the jitted detector over the config's eval
 split on every device (batch sharded, results replicated so each host holds
-them all), converts detections and ground truth to pixels, and computes the
-config's metric (eval.metric: 'voc07', 'voc12' or 'coco'). `report` prints a
-per-class table and writes `metrics.json` and precision-recall plots.
+them all), converts detections and ground truth to pixels and feeds them to
+the evaluator of eval.metric (metrics.VocEvaluator or metrics.CocoEvaluator),
+whose result has one shape for every metric. `evaluate_and_report` also writes
+`<workdir>/eval_<step>/` (metrics.json, pr_curves.png) and TensorBoard scalars.
 """
 from __future__ import annotations
 
@@ -15,67 +16,34 @@ from typing import Optional
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssd_jax import builders, checkpoints, config_lib, input_pipeline, metrics, postprocess
-from ssd_jax import train as train_lib
-
-CONFIG_FILE = 'config.json'
+from ssd_jax import builders, config_lib, labels, metrics, postprocess, sharding
+from ssd_jax.data import input_pipeline
 
 
-def find_config(path: str):
-  """The config.json saved by training in a workdir (or above a checkpoints folder)."""
-  folder = os.path.abspath(path)
-  for _ in range(3):
-    candidate = os.path.join(folder, CONFIG_FILE)
-    if os.path.isfile(candidate):
-      return config_lib.load_json(candidate)
-    folder = os.path.dirname(folder)
-  raise FileNotFoundError(f'no {CONFIG_FILE} in or above {path}; pass the config the model '
-                          f'was trained with (--config=... or config=...).')
+def eval_dir(workdir: str, step: int) -> str:
+  """Where the evaluation of `step` writes its files."""
+  return os.path.join(workdir, f'eval_{step}')
 
 
-def restore_params(config, path: str, step: Optional[int] = None, mesh=None):
-  """Model parameters (no optimiser state) from an orbax checkpoint, replicated on `mesh`.
-
-  Args:
-    path: a workdir, its checkpoints folder, or one step folder.
-    step: which step (default: the one `path` names, else the latest).
-
-  Returns:
-    (params, step).
-  """
-  directory, named = checkpoints.location(path)
-  mesh = mesh or train_lib.make_mesh()
-  with ocp.CheckpointManager(directory) as mngr:
-    step = checkpoints.pick_step(mngr, step if step is not None else named)
-    abstract = jax.eval_shape(lambda: train_lib.create_state(config, mesh, jax.random.key(0)))
-    replicated = NamedSharding(mesh, P())
-    target = {'params': jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract.params)}
-    restored = mngr.restore(step, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
-  return restored['params'], step
-
-
-def network_detections(params, images, model, anchors, config) -> postprocess.Detections:
-  """The network on f32[B, S, S, 3] network inputs, then the config's post-processing."""
-  loc, logits = model.apply({'params': params}, images)
-  return postprocess.from_config(loc, logits, anchors, config)
+def make_evaluator(config) -> metrics.Evaluator:
+  """The evaluator of the config's eval.metric, with its class names."""
+  names, metric = labels.class_names(config), config.eval.metric
+  if metric == 'coco':
+    return metrics.CocoEvaluator(names, labels.category_ids(config))
+  return metrics.VocEvaluator(names, use_07=metric == 'voc07')
 
 
 def _eval_step(params, batch, anchors, model, config):
   """Detections of a global batch plus the fields scoring needs, all replicated."""
-  detections = network_detections(params, batch['image'], model, anchors, config)
+  detections = postprocess.network_detections(params, batch['image'], model, anchors, config)
   return detections, {k: v for k, v in batch.items() if k != 'image'}
 
 
 def jit_eval_step(config, mesh):
   model = builders.build_model(config)
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(train_lib.DATA_AXIS))
+  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(functools.partial(_eval_step, model=model, config=config),
                  in_shardings=(replicated, sharded, replicated), out_shardings=replicated)
 
@@ -93,83 +61,92 @@ def _to_pixels(boxes: np.ndarray, size) -> np.ndarray:
   return boxes * np.array([w, h, w, h], np.float64)
 
 
-def _collect(dets: postprocess.Detections, fields: dict, truths: dict, found: dict) -> None:
-  """Adds one batch's real images (mask) to truths and detections, in pixels, by id."""
+def _add_batch(dets: postprocess.Detections, fields: dict, evaluator: metrics.Evaluator) -> None:
+  """Adds one batch's real images (mask) to the evaluator, in pixels, by image id."""
   ids = (fields['id_hi'].astype(np.int64) << 31) | fields['id_lo'].astype(np.int64)
   for i in np.nonzero(fields['mask'])[0]:
     real = fields['labels'][i] > 0
     size = fields['original_size'][i]
-    truths[int(ids[i])] = {'boxes': _to_pixels(fields['boxes'][i][real], size),
-                           'labels': fields['labels'][i][real],
-                           'difficult': fields['difficult'][i][real]}
     valid = dets.valid[i]
-    found[int(ids[i])] = {'boxes': _to_pixels(dets.boxes[i][valid], size),
-                          'scores': dets.scores[i][valid], 'classes': dets.classes[i][valid]}
+    evaluator.add(int(ids[i]),
+                  {'boxes': _to_pixels(fields['boxes'][i][real], size),
+                   'labels': fields['labels'][i][real], 'difficult': fields['difficult'][i][real]},
+                  {'boxes': _to_pixels(dets.boxes[i][valid], size),
+                   'scores': dets.scores[i][valid], 'classes': dets.classes[i][valid]})
 
 
-def detect_split(config, params, mesh=None) -> tuple[dict, dict]:
-  """Ground truth and detections of the eval split, every image once, in pixels."""
-  mesh = mesh or train_lib.make_mesh()
-  train_lib.check_batch(config.train.batch_size, mesh)
-  anchors = jax.device_put(builders.build_default_boxes(config), NamedSharding(mesh, P()))
+def detect_split(config, params, evaluator: metrics.Evaluator, mesh=None) -> None:
+  """Adds ground truth and detections of every eval image, once, to `evaluator`."""
+  mesh = mesh or sharding.make_mesh()
+  sharding.check_mesh_batch(config.train.batch_size, mesh)
+  anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
   step = jit_eval_step(config, mesh)
   data, steps = input_pipeline.eval_dataset(config)
-  truths, found = {}, {}
   for batch in data.take(steps).as_numpy_iterator():
-    dets, fields = jax.device_get(step(params, train_lib.global_batch(_split_ids(batch), mesh),
+    dets, fields = jax.device_get(step(params, sharding.global_batch(_split_ids(batch), mesh),
                                        anchors))
-    _collect(dets, fields, truths, found)
-  return truths, found
-
-
-def score(config, truths: dict, found: dict) -> dict:
-  """The config's metric on pixel ground truth and detections."""
-  names, metric = config_lib.class_names(config), config.eval.metric
-  if metric in ('voc07', 'voc12'):
-    return metrics.voc_evaluate(truths, found, names, use_07=metric == 'voc07')
-  if metric == 'coco':
-    return metrics.coco_evaluate(truths, found, names, config_lib.category_ids(config))
-  raise ValueError(f'eval.metric={metric!r}; use "voc07", "voc12" or "coco".')
+    _add_batch(dets, fields, evaluator)
 
 
 def evaluate(config, params, mesh=None) -> dict:
-  """Scores `params` on the config's eval split; see `score` for the keys."""
-  truths, found = detect_split(config, params, mesh)
-  logging.info('evaluated %d images, %d detections', len(truths),
-               sum(len(d['scores']) for d in found.values()))
-  result = score(config, truths, found)
-  result['num_images'] = len(truths)
-  return result
+  """Scores `params` on the config's eval split; see metrics.Evaluator for the result."""
+  config_lib.validate(config)
+  evaluator = make_evaluator(config)
+  detect_split(config, params, evaluator, mesh)
+  logging.info('evaluated %d images, %d detections', len(evaluator.truths),
+               sum(len(d['scores']) for d in evaluator.detections.values()))
+  return evaluator.result()
 
 
 def headline(result: dict) -> tuple[str, float]:
-  """('mAP', value) for VOC, ('AP', value) for COCO."""
-  return ('mAP', result['mAP']) if 'mAP' in result else ('AP', result['AP'])
+  """The result's headline metric: ('mAP', value) for VOC, ('AP', value) for COCO."""
+  return result['headline'], result['scalars'][result['headline']]
 
 
 def table(result: dict) -> str:
-  """A per-class table of AP, and the headline number."""
-  per_class = result.get('per_class_AP') or result['AP']
-  width = max(len(n) for n in per_class) if per_class else 5
+  """A per-class table of AP, the headline number and the other scalars."""
+  per_class = result['per_class_AP']
+  width = max([len(n) for n in per_class] + [5])
   lines = [f'{"class":<{width}}  AP']
   lines += [f'{name:<{width}}  {ap:.4f}' for name, ap in per_class.items()]
   name, value = headline(result)
-  lines.append(f'{name:<{width}}  {value:.4f}  ({result.get("num_images", "?")} images)')
-  if 'AP50' in result:
-    lines += [f'{k:<{width}}  {result[k]:.4f}' for k in metrics.COCO_METRIC_NAMES]
+  lines.append(f'{name:<{width}}  {value:.4f}  ({result["num_images"]} images)')
+  lines += [f'{k:<{width}}  {v:.4f}' for k, v in result['scalars'].items() if k != name]
   return '\n'.join(lines)
 
 
 def report(result: dict, out_dir: str, step: Optional[int] = None) -> str:
-  """Writes metrics.json (and pr_curves.png for VOC) into out_dir; returns the table."""
+  """Writes metrics.json and pr_curves.png into out_dir; returns the table."""
   os.makedirs(out_dir, exist_ok=True)
   serialisable = {k: v for k, v in result.items() if k != 'curves'}
   serialisable['step'] = step
   with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
     json.dump(serialisable, f, indent=2)  # a class without ground truth: NaN
-  if 'curves' in result:
-    plot_curves(result['curves'], os.path.join(out_dir, 'pr_curves.png'), result.get('AP'))
+  if result['curves']:
+    plot_curves(result['curves'], os.path.join(out_dir, 'pr_curves.png'),
+                result['per_class_AP'])
   return table(result)
+
+
+def write_summaries(writer, result: dict, step: int) -> None:
+  """Every scalar of the result as eval/<name> in TensorBoard."""
+  import tensorflow as tf  # the summary writer; TensorFlow already feeds evaluation
+  with writer.as_default(step=step):
+    for name, value in result['scalars'].items():
+      tf.summary.scalar(f'eval/{name}', value)
+  writer.flush()
+
+
+def evaluate_and_report(config, params, workdir: str, step: int, writer=None,
+                        mesh=None) -> dict:
+  """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and summaries."""
+  result = evaluate(config, params, mesh)
+  if jax.process_index() == 0:
+    text = report(result, eval_dir(workdir, step), step)
+    logging.info('evaluation at step %d:\n%s', step, text)
+  if writer:
+    write_summaries(writer, result, step)
+  return result
 
 
 def plot_curves(curves: dict, path: str, ap: Optional[dict] = None) -> None:

@@ -35,8 +35,16 @@ SHAPES_NAMES = ('circle', 'square', 'triangle', 'cross')
 
 LABEL_MAPS = {'voc': VOC_NAMES, 'coco': COCO_NAMES, 'ssd_shapes': SHAPES_NAMES}
 
+# torchvision's ssd300_vgg16 has 91 outputs indexed by COCO category id (0 is
+# background; ten ids COCO does not use). ssd_jax orders them as the TFDS COCO
+# pipeline numbers classes: model class j is torchvision's output
+# TORCHVISION_CLASS_ORDER[j], i.e. COCO's 80 in label order, then the unused ids.
+TORCHVISION_UNUSED_IDS = tuple(sorted(set(range(1, 91)) - set(COCO_CATEGORY_IDS)))
+TORCHVISION_CLASS_ORDER = (0,) + COCO_CATEGORY_IDS + TORCHVISION_UNUSED_IDS
+TORCHVISION_CLASS_NAMES = COCO_NAMES + tuple(f'unused_{i}' for i in TORCHVISION_UNUSED_IDS)
 
-def class_names(dataset: str) -> tuple[str, ...]:
+
+def dataset_class_names(dataset: str) -> tuple[str, ...]:
   """Names of the foreground classes of a dataset, in label order."""
   if dataset not in LABEL_MAPS:
     raise ValueError(f'data.name={dataset!r} has no label map; known: {sorted(LABEL_MAPS)}.')
@@ -45,4 +53,22 @@ def class_names(dataset: str) -> tuple[str, ...]:
 
 def num_model_classes(dataset: str) -> int:
   """Classes the detector predicts: the dataset's plus background."""
-  return len(class_names(dataset)) + 1
+  return len(dataset_class_names(dataset)) + 1
+
+
+def class_names(config) -> tuple[str, ...]:
+  """Foreground class names, model class c being names[c - 1]: data.class_names,
+  else the label map of data.name."""
+  if config.data.class_names:
+    return tuple(config.data.class_names)
+  return dataset_class_names(config.data.name)
+
+
+def category_ids(config) -> tuple[int, ...]:
+  """Dataset category id of each model class 1..C-1, for COCO files:
+  data.category_ids, else the official ids for COCO, else the model class itself."""
+  if config.data.category_ids:
+    return tuple(config.data.category_ids)
+  if config.data.name == 'coco' and not config.data.class_names:
+    return COCO_CATEGORY_IDS
+  return tuple(range(1, len(class_names(config)) + 1))

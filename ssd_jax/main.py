@@ -12,6 +12,8 @@ Modes:
 Fields of the config can be overridden, e.g. --config.train.batch_size=64. For
 eval and predict, --config defaults to the config.json that training saved.
 """
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -25,8 +27,15 @@ _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder.')
 
 
 def _config(workdir):
+  from ssd_jax import checkpoints
+  return _CONFIG.value if _CONFIG.value is not None else checkpoints.find_config(workdir)
+
+
+def _print_evaluation(out: dict) -> None:
   from ssd_jax import evaluate
-  return _CONFIG.value if _CONFIG.value is not None else evaluate.find_config(workdir)
+  print(f'evaluation at step {out["step"]}:\n{evaluate.table(out["result"])}\n'
+        f'metrics: {os.path.join(out["eval_dir"], "metrics.json")}\n'
+        f'precision-recall plots: {out["eval_dir"]}', flush=True)
 
 
 def main(argv):
@@ -41,13 +50,20 @@ def main(argv):
     if _CONFIG.value is None:
       raise app.UsageError(f'--mode={mode} needs --config=configs/<name>.py.')
     logging.info('config:\n%s', _CONFIG.value)
-    workflows.train(_CONFIG.value, workdir, with_eval=mode == 'train_and_eval')
+    out = workflows.run_training(_CONFIG.value, workdir, with_eval=mode == 'train_and_eval')
+    if 'result' in out:
+      _print_evaluation(out)
+      print(f'detections drawn on eval images: {out["pictures"]}', flush=True)
   elif mode == 'eval':
-    workflows.evaluate_checkpoint(_config(workdir), workdir, _STEP.value)
+    _print_evaluation(workflows.run_evaluation(_config(workdir), workdir, _STEP.value))
   else:
     if not _INPUT.value:
       raise app.UsageError('--mode=predict needs --input=<image, folder or glob>.')
-    workflows.predict(_config(workdir), workdir, _INPUT.value, _OUTPUT.value, _STEP.value)
+    out = workflows.run_prediction(_config(workdir), workdir, _INPUT.value, _OUTPUT.value,
+                                   _STEP.value)
+    skipped = f'; skipped {len(out["skipped"])} unreadable' if out['skipped'] else ''
+    print(f'{out["count"]} images: detections in {out["detections"]}, pictures in '
+          f'{out["images"]}{skipped}', flush=True)
 
 
 if __name__ == '__main__':

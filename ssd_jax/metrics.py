@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ssd_jax import box_utils
+
 COCO_METRIC_NAMES = (
     'AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large',
     'AR1', 'AR10', 'AR100', 'AR_small', 'AR_medium', 'AR_large')
@@ -20,12 +22,11 @@ COCO_METRIC_NAMES = (
 
 def voc_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   """IoU of one f[4] box with f[N, 4] boxes, pixels xyxy, with the VOC devkit's
-  inclusive pixel convention (a box from x0 to x1 is x1 - x0 + 1 wide)."""
-  inter_w = np.maximum(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + 1, 0)
-  inter_h = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + 1, 0)
-  inter = inter_w * inter_h
-  area = lambda b: (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)  # noqa: E731
-  return inter / (area(box) + area(boxes) - inter)
+  inclusive pixel convention (a box from x0 to x1 is x1 - x0 + 1 wide): the
+  plain IoU of the boxes with their far corners moved one pixel out."""
+  inclusive = np.array([0, 0, 1, 1], np.float64)
+  return box_utils.pairwise_iou(np.asarray(box, np.float64)[None] + inclusive,
+                                np.asarray(boxes, np.float64) + inclusive)[0]
 
 
 def voc_match(image_ids: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
@@ -117,7 +118,8 @@ def voc_evaluate(truths: Mapping[int, dict], detections: Mapping[int, dict],
 def coco_evaluate(truths: Mapping[int, dict], detections: Mapping[int, dict],
                   class_names: Sequence[str], category_ids: Sequence[int] | None = None
                   ) -> dict:
-  """The 12 standard COCO numbers with pycocotools, plus per-class AP.
+  """The 12 standard COCO numbers with pycocotools, plus per-class AP and, per
+  class, the precision-recall curve at IoU 0.5 (all areas, 100 detections).
 
   Ground-truth areas are box areas (the official annotations use mask areas,
   which shifts the small/medium/large split slightly); "difficult" is COCO's
@@ -142,19 +144,23 @@ def coco_evaluate(truths: Mapping[int, dict], detections: Mapping[int, dict],
     gt.createIndex()
   results = coco_results(detections, ids)
   if not results:
-    return {'AP': 0.0, **{n: 0.0 for n in COCO_METRIC_NAMES[1:]}, 'per_class_AP': {}}
+    return {'AP': 0.0, **{n: 0.0 for n in COCO_METRIC_NAMES[1:]}, 'per_class_AP': {},
+            'curves': {}}
   with contextlib.redirect_stdout(io.StringIO()):
     evaluator = COCOeval(gt, gt.loadRes(results), 'bbox')
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
   precision = evaluator.eval['precision'][:, :, :, 0, -1]  # [T, R, K] all areas, 100 dets
-  per_class = {}
+  recall_points = evaluator.params.recThrs
+  per_class, curves = {}, {}
   for k, name in enumerate(class_names):
     p = precision[:, :, k]
     per_class[name] = float(np.mean(p[p > -1])) if np.any(p > -1) else float('nan')
+    at_50 = p[0] > -1  # IoU 0.5, the recall points the class reaches
+    curves[name] = (recall_points[at_50], p[0][at_50])
   return {**dict(zip(COCO_METRIC_NAMES, map(float, evaluator.stats))),
-          'per_class_AP': per_class}
+          'per_class_AP': per_class, 'curves': curves}
 
 
 def coco_results(detections: Mapping, category_ids: Sequence[int]) -> list[dict]:
@@ -167,3 +173,55 @@ def coco_results(detections: Mapping, category_ids: Sequence[int]) -> list[dict]
            'score': round(float(s), 5)}
           for image_id, d in detections.items()
           for b, s, c in zip(d['boxes'], d['scores'], d['classes'])]
+
+
+class Evaluator:
+  """Collects ground truth and detections image by image, then scores them.
+
+  `add` takes one image's ground truth and detections (pixels xyxy, see the
+  module docstring); `result` returns the same shape for every metric:
+    metric:       the metric's name ('voc07', 'voc12' or 'coco');
+    headline:     the key in `scalars` that sums the result up ('mAP' or 'AP');
+    scalars:      {name: float}, every single number (VOC: mAP; COCO: the 12);
+    per_class_AP: {class name: AP} (nan for a class without ground truth);
+    curves:       {class name: (recall f[D], precision f[D])};
+    num_images:   how many images were added.
+  """
+
+  def __init__(self, class_names: Sequence[str]):
+    self.class_names = tuple(class_names)
+    self.truths, self.detections = {}, {}
+
+  def add(self, image_id, truth: dict, detections: dict) -> None:
+    self.truths[image_id], self.detections[image_id] = truth, detections
+
+  def result(self) -> dict:
+    raise NotImplementedError
+
+
+class VocEvaluator(Evaluator):
+  """PASCAL VOC AP (use_07: VOC2007's 11-point, else VOC2010+'s all-point)."""
+
+  def __init__(self, class_names: Sequence[str], use_07: bool = True):
+    super().__init__(class_names)
+    self.use_07 = use_07
+
+  def result(self) -> dict:
+    r = voc_evaluate(self.truths, self.detections, self.class_names, self.use_07)
+    return {'metric': 'voc07' if self.use_07 else 'voc12', 'headline': 'mAP',
+            'scalars': {'mAP': r['mAP']}, 'per_class_AP': r['AP'], 'curves': r['curves'],
+            'num_images': len(self.truths)}
+
+
+class CocoEvaluator(Evaluator):
+  """The COCO numbers (pycocotools); curves are precision at IoU 0.5, all areas."""
+
+  def __init__(self, class_names: Sequence[str], category_ids: Sequence[int] | None = None):
+    super().__init__(class_names)
+    self.category_ids = category_ids
+
+  def result(self) -> dict:
+    r = coco_evaluate(self.truths, self.detections, self.class_names, self.category_ids)
+    return {'metric': 'coco', 'headline': 'AP',
+            'scalars': {k: r[k] for k in COCO_METRIC_NAMES}, 'per_class_AP': r['per_class_AP'],
+            'curves': r['curves'], 'num_images': len(self.truths)}

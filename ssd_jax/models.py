@@ -181,28 +181,21 @@ class MultiBoxHead(nn.Module):
 
 
 class SSD(nn.Module):
-  """The whole detector.
+  """The whole detector: a Backbone's source maps through a MultiBoxHead.
 
   Call with f[B, S, S, 3] mean-subtracted RGB images; returns float32 box
   offsets [B, A, 4] (encoded against the default boxes, see box_utils.encode)
-  and class logits [B, A, num_classes], class 0 being background.
+  and class logits [B, A, num_classes], class 0 being background. The head
+  takes its sources and dtypes from the backbone.
   """
+  backbone: Backbone
   num_classes: int
   boxes_per_location: Sequence[int]
-  sources: Sequence[str] = SSD300_SOURCES
-  extras: str = 'ssd300'
-  width: float = 1.0
-  atrous: bool = True
-  fc_features: int = 1024
-  l2norm_scale: float = 20.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.backbone = Backbone(self.sources, self.extras, self.width, self.atrous,
-                             self.fc_features, self.l2norm_scale, self.dtype, self.param_dtype)
-    self.head = MultiBoxHead(self.num_classes, self.boxes_per_location, self.sources,
-                             self.dtype, self.param_dtype)
+    b = self.backbone
+    self.head = MultiBoxHead(self.num_classes, self.boxes_per_location, b.sources, b.dtype,
+                             b.param_dtype)
 
   def __call__(self, images):
     return self.head(self.backbone(images))

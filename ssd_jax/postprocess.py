@@ -106,3 +106,12 @@ def from_config(loc, logits, anchors, config) -> Detections:
   e = config.eval
   return postprocess(loc, logits, anchors, tuple(config.anchors.variances), e.score_threshold,
                      e.top_k, e.nms_iou, e.max_detections)
+
+
+def network_detections(params, images, model, anchors, config) -> Detections:
+  """The network on f32[B, S, S, 3] network inputs, then the config's post-processing.
+
+  What evaluation, the Detector, export and the inference benchmark jit.
+  """
+  loc, logits = model.apply({'params': params}, images)
+  return from_config(loc, logits, anchors, config)

@@ -10,14 +10,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ssd_jax import builders
+from ssd_jax import builders, config_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 
 
 def describe(config) -> str:
   """A table of the source layers, their default boxes, and the totals."""
-  model = builders.build_model(config)
+  model = builders.build_model(config_lib.validate(config))
   size = config.model.image_size
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   (loc, logits), variables = jax.eval_shape(model.init_with_output, jax.random.key(0), images)

@@ -1,13 +1,22 @@
-"""What each `--mode` of main.py does, as functions tests and notebooks can call."""
+"""What each `--mode` of main.py does, as functions that return what they made.
+
+Tests and notebooks call these; main.py prints their results.
+"""
 from __future__ import annotations
 
+import glob
+import json
 import os
 from typing import Optional
 
 import jax
 from absl import logging
 
-from ssd_jax import detector, evaluate, input_pipeline, loop
+from ssd_jax import checkpoints, config_lib, detector, evaluate, images, labels, metrics
+from ssd_jax import train_loop
+from ssd_jax.data import input_pipeline
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 
 def render_eval_images(config, params, out_dir: str) -> str:
@@ -22,35 +31,93 @@ def render_eval_images(config, params, out_dir: str) -> str:
   return out_dir
 
 
-def train(config, workdir: str, with_eval: bool = False):
-  """--mode=train / train_and_eval; the latter ends by drawing detections."""
-  state = loop.train(config, workdir, with_eval=with_eval)
+def run_training(config, workdir: str, with_eval: bool = False) -> dict:
+  """--mode=train / train_and_eval.
+
+  Returns:
+    {'state': the final TrainState, 'step': int} and, with evaluation, the last
+    evaluation 'result' (see metrics.Evaluator), its 'eval_dir' and the folder
+    of drawn detections ('pictures').
+  """
+  state = train_loop.run(config, workdir, with_eval=with_eval)
+  out = {'state': state, 'step': int(state.step)}
   if with_eval and jax.process_index() == 0:
-    pictures = render_eval_images(config, state.params, os.path.join(workdir, 'detections'))
-    step = int(state.step)
-    print(f'metrics: {os.path.join(loop.eval_dir(workdir, step), "metrics.json")}\n'
-          f'precision-recall plots: {loop.eval_dir(workdir, step)}\n'
-          f'detections drawn on eval images: {pictures}', flush=True)
-  return state
-
-
-def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dict:
-  """--mode=eval: restores parameters only and evaluates the eval split."""
-  params, step = evaluate.restore_params(config, workdir, step)
-  logging.info('evaluating step %d of %s', step, workdir)
-  result = loop.run_eval(config, params, workdir, step)
-  if jax.process_index() == 0:
-    print(f'metrics: {os.path.join(loop.eval_dir(workdir, step), "metrics.json")}', flush=True)
-  return result
-
-
-def predict(config, workdir: str, spec: str, out_dir: Optional[str] = None,
-            step: Optional[int] = None) -> dict:
-  """--mode=predict: detections of the images `spec` names, as JSON and pictures."""
-  det = detector.Detector.from_checkpoint(workdir, config, step)
-  out = detector.predict(det, spec, out_dir or os.path.join(workdir, 'predictions'),
-                         config.eval.draw_score)
-  print(f'{out["count"]} images: detections in {out["detections"]}, pictures in '
-        f'{out["images"]}' + (f'; skipped {len(out["skipped"])} unreadable' if out['skipped']
-                               else ''), flush=True)
+    out['eval_dir'] = evaluate.eval_dir(workdir, out['step'])
+    with open(os.path.join(out['eval_dir'], 'metrics.json')) as f:
+      out['result'] = json.load(f)
+    out['pictures'] = render_eval_images(config, state.params,
+                                         os.path.join(workdir, 'detections'))
   return out
+
+
+def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
+  """--mode=eval: restores parameters only and evaluates the eval split.
+
+  Returns:
+    {'result': see metrics.Evaluator, 'step': int, 'eval_dir': where it was written}.
+  """
+  config_lib.validate(config)
+  params, step = checkpoints.restore_params(config, workdir, step)
+  logging.info('evaluating step %d of %s', step, workdir)
+  result = evaluate.evaluate_and_report(config, params, workdir, step)
+  return {'result': result, 'step': step, 'eval_dir': evaluate.eval_dir(workdir, step)}
+
+
+def find_images(spec: str) -> list[str]:
+  """An image file, a folder (its images, sorted) or a glob -> image paths."""
+  if os.path.isdir(spec):
+    paths = sorted(os.path.join(spec, n) for n in os.listdir(spec)
+                   if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+      raise FileNotFoundError(f'folder {spec} holds no images (looked for '
+                              f'{", ".join(IMAGE_EXTENSIONS)}); point --input at images.')
+    return paths
+  if os.path.isfile(spec):
+    return [spec]
+  paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+  if not paths:
+    raise FileNotFoundError(f'--input={spec} matches no file; give an image, a folder or a '
+                            f'glob such as "photos/*.jpg".')
+  return paths
+
+
+def predict_files(det: detector.Detector, spec: str, out_dir: str,
+                  min_draw_score: float = 0.4) -> dict:
+  """Detects on the images `spec` names; writes detections.json (COCO results,
+  image_id = file name) and drawn copies under out_dir/images.
+
+  Unreadable images are logged and listed under "skipped"; if none can be read,
+  an error. Returns {'detections': path, 'images': folder, 'count', 'skipped'}.
+  """
+  paths = find_images(spec)
+  os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
+  found, skipped = {}, []
+  for path in paths:
+    try:
+      image = images.read_image(path)
+    except ValueError as e:
+      logging.error('%s', e)
+      skipped.append(path)
+      continue
+    result = det.detect([image])[0]
+    name = os.path.basename(path)
+    found[name] = result
+    detector.draw(image, result, min_draw_score).save(
+        os.path.join(out_dir, 'images', os.path.splitext(name)[0] + '.jpg'), quality=92)
+  if not found:
+    raise ValueError(f'none of the {len(paths)} images of --input={spec} could be read '
+                     f'({", ".join(skipped[:5])}...); see the errors above.')
+  out = os.path.join(out_dir, 'detections.json')
+  with open(out, 'w') as f:
+    json.dump(metrics.coco_results(found, labels.category_ids(det.config)), f)
+  return {'detections': out, 'images': os.path.join(out_dir, 'images'),
+          'count': len(found), 'skipped': skipped}
+
+
+def run_prediction(config, workdir: str, spec: str, out_dir: Optional[str] = None,
+                   step: Optional[int] = None) -> dict:
+  """--mode=predict: detections of the images `spec` names, as JSON and pictures
+  (see predict_files for what it returns)."""
+  det = detector.Detector.from_checkpoint(workdir, config, step)
+  return predict_files(det, spec, out_dir or os.path.join(workdir, 'predictions'),
+                       config.eval.draw_score)

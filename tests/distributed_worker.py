@@ -15,11 +15,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import synthetic  # noqa: E402
-from test_train import synthetic_batch  # noqa: E402
-
-from ssd_jax import builders, config_lib, train  # noqa: E402
+from ssd_jax import builders, config_lib, sharding, train_step  # noqa: E402
+from ssd_jax.testing import synthetic  # noqa: E402
 
 if count > 1:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -29,13 +26,14 @@ assert jax.device_count() == 4, jax.devices()
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config = synthetic.tiny_config(config_lib.load(os.path.join(root, 'configs', 'voc300.py')))
 config.optim.learning_rate = 0.05
-mesh = train.make_mesh()
-state = train.create_state(config, mesh, jax.random.key(0))
+mesh = sharding.make_mesh()
+state = train_step.create_state(config, mesh, jax.random.key(0))
 anchors = jnp.asarray(builders.build_default_boxes(config))
-full = synthetic_batch(np.random.default_rng(0), 8)
+full = synthetic.synthetic_batch(np.random.default_rng(0), 8)
 share = 8 // count
 local = {k: v[process_id * share:(process_id + 1) * share] for k, v in full.items()}
-state, metrics = train.jit_train_step(config, mesh)(state, train.global_batch(local, mesh), anchors)
+state, metrics = train_step.jit_train_step(config, mesh)(state, sharding.global_batch(local, mesh),
+                                                         anchors)
 # Replicated: every process holds the whole value in its first local shard.
 params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
 if process_id == 0:

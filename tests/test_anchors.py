@@ -1,15 +1,15 @@
-"""Default boxes against a plain loop written from SPEC.md, and by hand."""
+"""Default boxes against a plain loop written from the paper's rule, and by hand."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from ssd_jax import anchors, box_utils, builders
+from ssd_jax import anchors, box_utils, builders, config_lib
 
 
 def reference_boxes(image_size, fmaps, steps, min_sizes, max_sizes, ratios):
-  """SPEC.md, literally: per layer, row i, column j, then the boxes of a cell."""
+  """The rule, literally: per layer, row i, column j, then the boxes of a cell."""
   out = []
   for k, f in enumerate(fmaps):
     for i, j in itertools.product(range(f), repeat=2):
@@ -119,4 +119,5 @@ def test_empty_tuples_mean_unset_as_on_the_command_line(load_config):
   c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
   want = builders.build_default_boxes(c)
   c.anchors.min_sizes, c.anchors.max_sizes, c.anchors.steps = (), (None,), ()
+  config_lib.validate(c)  # what every entry point does with command-line values
   np.testing.assert_array_equal(builders.build_default_boxes(c), want)

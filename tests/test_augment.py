@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssd_jax import augment, config_lib
+from ssd_jax import config_lib
+from ssd_jax.data import augment
 
 
 @pytest.fixture

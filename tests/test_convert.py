@@ -17,7 +17,8 @@ import jax.numpy as jnp  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detector, models  # noqa: E402
+from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detector, labels  # noqa: E402
+from ssd_jax import models, workflows  # noqa: E402
 
 def torch_base(convs, conv6, conv7, x):
   """The SSD base in PyTorch: VGG16 convs (13 Conv2d), ceil-mode 2x2 pools, pool5
@@ -56,7 +57,7 @@ def assert_close(ours, theirs, rtol=2e-4):
 def restore_backbone(output):
   """The converted base as training's model.init_checkpoint sees it: (backbone
   params, load_matching_params' report)."""
-  init = jax.eval_shape(lambda: builders.init_params(convert.base_config(), jax.random.key(0)))
+  init = checkpoints.abstract_params(config_lib.validate(convert.base_config()))
   init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
   params, report = checkpoints.load_matching_params(str(output), init)
   return params['backbone'], report
@@ -161,7 +162,7 @@ def test_torchvision_ssd300_gives_the_same_regressions_and_logits(torchvision_ss
                                                                  load_config):
   net, det = torchvision_ssd
   assert det.config.to_json() == load_config('coco300_torchvision').to_json()  # config.json
-  mean = np.array(convert.TV_MEAN)
+  mean = np.array(config_lib.TORCHVISION_MEAN)
   x = (torch.from_numpy(pixels).permute(0, 3, 1, 2) / 255 - torch.tensor(mean)[:, None, None]
        ) * 255  # torchvision's Normalize(mean, std=1/255)
   with torch.no_grad():
@@ -171,7 +172,7 @@ def test_torchvision_ssd300_gives_the_same_regressions_and_logits(torchvision_ss
   loc, logits = builders.build_model(det.config).apply({'params': det.params},
                                                       pixels - 255 * mean)
   assert_close(np.asarray(loc), expected['bbox_regression'])
-  assert_close(np.asarray(logits), expected['cls_logits'][..., list(convert.TV_CLASS_ORDER)])
+  assert_close(np.asarray(logits), expected['cls_logits'][..., list(labels.TORCHVISION_CLASS_ORDER)])
   anchors = box_utils.cxcywh_to_xyxy(builders.build_default_boxes(det.config)) * 300
   np.testing.assert_allclose(anchors, their_anchors.numpy(), atol=1e-3)  # pixels xyxy
 
@@ -185,7 +186,7 @@ def test_torchvision_ssd300_gives_the_same_detections(torchvision_ssd, tmp_path)
             'b.png': rng.integers(0, 256, (300, 200, 3), np.uint8)}
   for name, image in images.items():
     Image.fromarray(image).save(tmp_path / name)
-  out = detector.predict(det, str(tmp_path / '*.png'), str(tmp_path / 'out'))
+  out = workflows.predict_files(det, str(tmp_path / '*.png'), str(tmp_path / 'out'))
   found = json.loads(open(out['detections']).read())
   with torch.no_grad():
     expected = net([torch.from_numpy(im).permute(2, 0, 1).float() / 255

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import custom_data, input_pipeline
-from synthetic import write_voc_folder
+from ssd_jax.data import custom_data, input_pipeline
+from ssd_jax.testing.synthetic import write_voc_folder
+
 
 @pytest.fixture
 def voc_root(tmp_path):

@@ -1,5 +1,7 @@
 """Evaluation from checkpoints, the detector API and --mode=predict."""
 import json
+import subprocess
+import sys
 
 import flax
 import jax
@@ -7,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synthetic
-from ssd_jax import detector, evaluate, input_pipeline, loop, workflows
+from ssd_jax import checkpoints, detector, evaluate, images, train_loop, workflows
+from ssd_jax.data import input_pipeline
+from ssd_jax.testing import synthetic
 
 
 @pytest.fixture(scope='module')
@@ -19,7 +22,7 @@ def trained(tmp_path_factory, load_config):
   config = synthetic.squares_config(load_config('voc300'), str(root), 4)
   config.eval.num_rendered = 3
   workdir = tmp_path_factory.mktemp('run')
-  workflows.train(config, str(workdir), with_eval=True)
+  workflows.run_training(config, str(workdir), with_eval=True)
   end_of_training = json.loads((workdir / 'eval_4' / 'metrics.json').read_text())
   return config, workdir, end_of_training
 
@@ -27,7 +30,7 @@ def trained(tmp_path_factory, load_config):
 def test_train_and_eval_writes_metrics_plots_and_pictures(trained):
   _, workdir, result = trained
   assert result['step'] == 4 and result['num_images'] == 12
-  assert set(result['AP']) == set(synthetic.SQUARE_CLASSES)
+  assert set(result['per_class_AP']) == set(synthetic.SQUARE_CLASSES)
   assert (workdir / 'eval_4' / 'pr_curves.png').stat().st_size > 0
   assert len(list((workdir / 'detections').glob('*.jpg'))) == 3
   assert (workdir / 'config.json').is_file()
@@ -35,17 +38,19 @@ def test_train_and_eval_writes_metrics_plots_and_pictures(trained):
 
 def test_eval_from_the_checkpoint_reproduces_the_end_of_training_metrics(trained):
   config, workdir, end_of_training = trained
-  again = workflows.evaluate_checkpoint(evaluate.find_config(str(workdir)), str(workdir))
-  assert again['mAP'] == pytest.approx(end_of_training['mAP'], abs=1e-9)
-  for name, ap in end_of_training['AP'].items():
-    assert again['AP'][name] == pytest.approx(ap, abs=1e-9)
+  again = workflows.run_evaluation(checkpoints.find_config(str(workdir)), str(workdir))['result']
+  assert again['scalars']['mAP'] == pytest.approx(end_of_training['scalars']['mAP'], abs=1e-9)
+  for name, ap in end_of_training['per_class_AP'].items():
+    assert again['per_class_AP'][name] == pytest.approx(ap, abs=1e-9)
 
 
 def test_detector_api_matches_the_evaluation_path(trained):
   config, workdir, _ = trained
   det = detector.Detector.from_checkpoint(str(workdir / 'checkpoints'))  # config.json found
-  params, _ = evaluate.restore_params(config, str(workdir))
-  _, found = evaluate.detect_split(config, params)
+  params, _ = checkpoints.restore_params(config, str(workdir))
+  evaluator = evaluate.make_evaluator(config)
+  evaluate.detect_split(config, params, evaluator)
+  found = evaluator.detections
   for example in input_pipeline.decoded_eval_examples(config, 2).as_numpy_iterator():
     mine = det.detect([example['image']])[0]
     theirs = found[int(example['image_id'])]
@@ -62,7 +67,7 @@ def test_predict_writes_coco_results_and_pictures_and_skips_bad_files(trained, t
   Image.new('RGB', (120, 80), (128, 128, 128)).save(folder / 'grey.png')
   Image.new('L', (50, 70), 90).save(folder / 'gray_mode.jpg')
   (folder / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
-  out = workflows.predict(config, str(workdir), str(folder), str(tmp_path / 'out'))
+  out = workflows.run_prediction(config, str(workdir), str(folder), str(tmp_path / 'out'))
   assert out['count'] == 2 and out['skipped'] == [str(folder / 'broken.jpg')]
   results = json.loads((tmp_path / 'out' / 'detections.json').read_text())
   assert {r['image_id'] for r in results} <= {'grey.png', 'gray_mode.jpg'}
@@ -76,19 +81,19 @@ def test_predict_writes_coco_results_and_pictures_and_skips_bad_files(trained, t
 def test_clear_errors(trained, tmp_path, load_config):
   config, workdir, _ = trained
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    evaluate.restore_params(config, str(tmp_path))
+    checkpoints.restore_params(config, str(tmp_path))
   with pytest.raises(FileNotFoundError, match='no checkpoint for step 99'):
-    evaluate.restore_params(config, str(workdir), step=99)
+    checkpoints.restore_params(config, str(workdir), step=99)
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='holds no images'):
-    detector.find_images(str(tmp_path / 'empty'))
+    workflows.find_images(str(tmp_path / 'empty'))
   (tmp_path / 'bad.png').write_bytes(b'nope')
   with pytest.raises(ValueError, match='cannot read image .*bad.png'):
-    detector.read_image(str(tmp_path / 'bad.png'))
+    images.read_image(str(tmp_path / 'bad.png'))
   with pytest.raises(ValueError, match='could be read'):
-    workflows.predict(config, str(workdir), str(tmp_path / 'bad.png'), str(tmp_path / 'o'))
+    workflows.run_prediction(config, str(workdir), str(tmp_path / 'bad.png'), str(tmp_path / 'o'))
   with pytest.raises(FileNotFoundError, match='no config.json'):
-    evaluate.find_config(str(tmp_path))
+    checkpoints.find_config(str(tmp_path))
 
 
 def test_fine_tuning_on_new_classes_restores_all_but_the_class_heads(trained, tmp_path,
@@ -98,8 +103,8 @@ def test_fine_tuning_on_new_classes_restores_all_but_the_class_heads(trained, tm
   c.data.class_names, c.model.num_classes = synthetic.SQUARE_CLASSES + ('blue',), 4
   c.model.init_checkpoint = str(workdir)
   fresh = flax.traverse_util.flatten_dict(jax.device_get(
-      loop.train(c, str(tmp_path / 'fine_tune')).params))
-  saved, _ = evaluate.restore_params(config, str(workdir))
+      train_loop.run(c, str(tmp_path / 'fine_tune')).params))
+  saved, _ = checkpoints.restore_params(config, str(workdir))
   saved = flax.traverse_util.flatten_dict(jax.device_get(saved))
   assert fresh.keys() == saved.keys()
   for key, value in fresh.items():
@@ -109,4 +114,34 @@ def test_fine_tuning_on_new_classes_restores_all_but_the_class_heads(trained, tm
       np.testing.assert_array_equal(value, saved[key], err_msg='/'.join(key))
   c.model.width = 0.25  # no kernel matches
   with pytest.raises(ValueError, match='shares no convolution kernel'):
-    loop.train(c, str(tmp_path / 'mismatch'))
+    train_loop.run(c, str(tmp_path / 'mismatch'))
+
+
+TF_BLOCKED_DETECT = '''
+import json, sys
+# As on a machine without them: `import` fails, importlib.util.find_spec answers None.
+for name in ('tensorflow', 'tensorflow_datasets'):
+  sys.modules[name] = None
+import numpy as np
+from ssd_jax import detector, images
+det = detector.Detector.from_checkpoint(sys.argv[1])
+found = det.detect([images.read_image(sys.argv[2])])[0]
+assert not [m for m, v in sys.modules.items() if v is not None and m.startswith('tensorflow')]
+print(json.dumps({k: np.asarray(v).tolist() for k, v in found.items()}))
+'''
+
+
+def test_detector_runs_without_tensorflow(trained, tmp_path):
+  """Importing ssd_jax.detector and detecting needs neither TensorFlow nor TFDS;
+  the detections equal those of the same Detector in this (TensorFlow) process."""
+  _, workdir, _ = trained
+  pixels = np.random.default_rng(5).integers(0, 256, (70, 110, 3), np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'in.png')
+  run = subprocess.run([sys.executable, '-c', TF_BLOCKED_DETECT, str(workdir),
+                        str(tmp_path / 'in.png')], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  theirs = json.loads(run.stdout.strip().splitlines()[-1])
+  mine = detector.Detector.from_checkpoint(str(workdir)).detect([pixels])[0]
+  assert len(theirs['scores']) == len(mine['scores']) > 0
+  np.testing.assert_allclose(theirs['scores'], mine['scores'], rtol=1e-6)
+  np.testing.assert_allclose(theirs['boxes'], mine['boxes'], atol=1e-4)

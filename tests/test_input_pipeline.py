@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssd_jax import input_pipeline
+from ssd_jax.data import input_pipeline
 
 NUM_IMAGES = 7
 

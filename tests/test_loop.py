@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-import synthetic
-from ssd_jax import checkpoints, loop, train
+from ssd_jax import checkpoints, sharding, train_loop, train_step
+from ssd_jax.testing import synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -30,9 +30,9 @@ def squares_config(load_config, root, num_steps):
 
 
 def test_resumed_run_reaches_the_uninterrupted_parameters(load_config, squares_root, tmp_path):
-  straight = loop.train(squares_config(load_config, squares_root, 4), str(tmp_path / 'a'))
-  loop.train(squares_config(load_config, squares_root, 2), str(tmp_path / 'b'))  # "killed" at 2
-  resumed = loop.train(squares_config(load_config, squares_root, 4), str(tmp_path / 'b'))
+  straight = train_loop.run(squares_config(load_config, squares_root, 4), str(tmp_path / 'a'))
+  train_loop.run(squares_config(load_config, squares_root, 2), str(tmp_path / 'b'))  # "killed" at 2
+  resumed = train_loop.run(squares_config(load_config, squares_root, 4), str(tmp_path / 'b'))
   assert int(resumed.step) == int(straight.step) == 4
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                jax.device_get(resumed.params), jax.device_get(straight.params))
@@ -43,10 +43,10 @@ def test_non_finite_loss_stops_before_a_checkpoint(load_config, squares_root, tm
   c = squares_config(load_config, squares_root, 6)
   c.optim.learning_rate, c.optim.grad_clip_norm = 1e12, None
   with pytest.raises(FloatingPointError, match='non-finite training metrics at step'):
-    loop.train(c, str(tmp_path))
+    train_loop.run(c, str(tmp_path))
   mngr = checkpoints.manager(str(tmp_path), c)
   for step in mngr.all_steps():
-    template = train.create_state(c, train.make_mesh(), jax.random.key(0))
+    template = train_step.create_state(c, sharding.make_mesh(), jax.random.key(0))
     saved = checkpoints.restore(mngr, template, step)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(saved.params)))
 
@@ -55,7 +55,7 @@ def test_unwritable_workdir_is_a_clear_error(load_config, squares_root, tmp_path
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
   with pytest.raises(PermissionError, match='cannot be written'):
-    loop.train(squares_config(load_config, squares_root, 1), str(blocker / 'run'))
+    train_loop.run(squares_config(load_config, squares_root, 1), str(blocker / 'run'))
 
 
 def test_missing_checkpoint_is_a_clear_error(load_config, tmp_path):
@@ -74,8 +74,8 @@ def test_unknown_config_field_on_the_command_line(tmp_path):
 
 
 def test_main_loads_the_torchvision_config_and_names_the_missing_checkpoint(tmp_path):
-  """configs/coco300_torchvision.py imports ssd_jax.convert, whose flags must not
-  clash with main.py's --input/--output."""
+  """configs/coco300_torchvision.py, loaded by main.py, whose --input/--output
+  must not clash with the converter's flags of the same names."""
   result = subprocess.run(
       [sys.executable, '-m', 'ssd_jax.main', f'--config={ROOT}/configs/coco300_torchvision.py',
        '--mode=predict', f'--workdir={tmp_path / "none"}', f'--input={tmp_path}'],
@@ -125,7 +125,7 @@ def test_sigterm_saves_and_stops(load_config, squares_root, tmp_path):
 
   previous = signal.getsignal(signal.SIGTERM)
   threading.Thread(target=preempt_once_training_runs, daemon=True).start()
-  state = loop.train(config, str(events))
+  state = train_loop.run(config, str(events))
   assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
   step = int(state.step)
   assert 1 <= step < 10_000

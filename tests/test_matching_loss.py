@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference as ref
 from ssd_jax import box_utils, builders, losses, matching
+from ssd_jax.testing import numpy_reference as ref
 
 MAX_BOXES = 8
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssd_jax import builders, models
+from ssd_jax import builders, config_lib, models
 
 
 def abstract_forward(config, batch=2):
@@ -127,7 +127,7 @@ def test_config_errors_name_the_field(load_config):
     c.anchors.min_size = (1, 2)
   c.anchors.steps = (8, 16)
   with pytest.raises(ValueError, match='anchors.steps has 2 entries'):
-    builders.build_model(c)
+    config_lib.validate(c)
   c = load_config('voc300')
   c.model.sources = ('conv7', 'conv4_3', 'conv8_2', 'conv9_2', 'conv10_2', 'conv11_2')
   with pytest.raises(ValueError, match='network order'):

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference
 from ssd_jax import box_utils, postprocess
+from ssd_jax.testing import numpy_reference
 
 
 def random_boxes(rng, n, duplicates=0):

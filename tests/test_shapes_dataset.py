@@ -3,7 +3,8 @@ and readable by the real pipeline."""
 import numpy as np
 import pytest
 
-from ssd_jax import input_pipeline, labels, shapes_dataset
+from ssd_jax import labels
+from ssd_jax.data import input_pipeline, shapes_dataset
 
 CONFIG = shapes_dataset.ShapesConfig(name='test')
 

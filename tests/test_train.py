@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import synthetic
-from ssd_jax import builders, optim, train
+from ssd_jax import builders, optim, sharding, train_step
+from ssd_jax.testing import synthetic
+from ssd_jax.testing.synthetic import synthetic_batch
 
 
 def test_schedule_by_hand(load_config):
@@ -54,29 +55,12 @@ def tiny_config(load_config):
   return synthetic.tiny_config(load_config('voc300'))
 
 
-def synthetic_batch(rng, batch, size=96, max_boxes=3):
-  """Grey images with red (class 1) and green (class 2) squares, mean subtracted."""
-  images = np.full((batch, size, size, 3), 128.0, np.float32)
-  boxes = np.zeros((batch, max_boxes, 4), np.float32)
-  labels = np.zeros((batch, max_boxes), np.int32)
-  for b in range(batch):
-    for k in range(rng.integers(1, max_boxes + 1)):
-      side = rng.integers(16, 48)
-      x0, y0 = rng.integers(0, size - side, 2)
-      cls = rng.integers(1, 3)
-      images[b, y0:y0 + side, x0:x0 + side] = (230, 20, 20) if cls == 1 else (20, 230, 20)
-      boxes[b, k] = np.array([x0, y0, x0 + side, y0 + side]) / size
-      labels[b, k] = cls
-  return {'image': images - np.array([123.0, 117.0, 104.0], np.float32), 'boxes': boxes,
-          'labels': labels}
-
-
 def one_step(config, devices, batch):
-  mesh = train.make_mesh(devices)
-  state = train.create_state(config, mesh, jax.random.key(0))
+  mesh = sharding.make_mesh(devices)
+  state = train_step.create_state(config, mesh, jax.random.key(0))
   anchors = jnp.asarray(builders.build_default_boxes(config))
-  step = train.jit_train_step(config, mesh)
-  state, metrics = step(state, train.global_batch(batch, mesh), anchors)
+  step = train_step.jit_train_step(config, mesh)
+  state, metrics = step(state, sharding.global_batch(batch, mesh), anchors)
   return jax.device_get(state.params), jax.device_get(metrics)
 
 
@@ -88,8 +72,8 @@ def test_eight_devices_give_the_one_device_step(load_config):
   params_1, metrics_1 = one_step(config, jax.devices()[:1], batch)
   params_8, metrics_8 = one_step(config, jax.devices(), batch)
   np.testing.assert_allclose(metrics_8['loss'], metrics_1['loss'], rtol=1e-5)
-  start = jax.device_get(train.create_state(config, train.make_mesh(jax.devices()[:1]),
-                                            jax.random.key(0)).params)
+  start = jax.device_get(train_step.create_state(
+      config, sharding.make_mesh(jax.devices()[:1]), jax.random.key(0)).params)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), params_1, start)
   assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -98,18 +82,18 @@ def test_eight_devices_give_the_one_device_step(load_config):
 
 def test_batch_that_does_not_divide_over_devices(load_config):
   with pytest.raises(ValueError, match='batch_size=12 does not divide over 8 devices'):
-    train.check_batch(12, train.make_mesh())
+    sharding.check_mesh_batch(12, sharding.make_mesh())
 
 
 def test_tiny_model_drives_its_loss_down(load_config):
   config = tiny_config(load_config)
   config.optim.learning_rate = 0.01
   config.optim.grad_clip_norm = 10.0
-  mesh = train.make_mesh()
-  state = train.create_state(config, mesh, jax.random.key(0))
+  mesh = sharding.make_mesh()
+  state = train_step.create_state(config, mesh, jax.random.key(0))
   anchors = jnp.asarray(builders.build_default_boxes(config))
-  step = train.jit_train_step(config, mesh)
-  batch = train.global_batch(synthetic_batch(np.random.default_rng(1), 8), mesh)
+  step = train_step.jit_train_step(config, mesh)
+  batch = sharding.global_batch(synthetic_batch(np.random.default_rng(1), 8), mesh)
   history = []
   for _ in range(150):
     state, metrics = step(state, batch, anchors)

@@ -1,4 +1,4 @@
-"""Small data the tests make: Pascal VOC folders of coloured squares."""
+"""Small data that tests and benchmarks make: VOC folders and batches of coloured squares."""
 import pathlib
 
 import numpy as np
@@ -72,3 +72,20 @@ def squares_config(config, root, num_steps):
   c.train.num_steps, c.train.checkpoint_every, c.train.log_every = num_steps, 2, 1
   c.optim.learning_rate, c.optim.grad_clip_norm = 0.01, 10.0
   return c
+
+
+def synthetic_batch(rng, batch, size=96, max_boxes=3):
+  """Grey images with red (class 1) and green (class 2) squares, mean subtracted."""
+  images = np.full((batch, size, size, 3), 128.0, np.float32)
+  boxes = np.zeros((batch, max_boxes, 4), np.float32)
+  labels = np.zeros((batch, max_boxes), np.int32)
+  for b in range(batch):
+    for k in range(rng.integers(1, max_boxes + 1)):
+      side = rng.integers(16, 48)
+      x0, y0 = rng.integers(0, size - side, 2)
+      cls = rng.integers(1, 3)
+      images[b, y0:y0 + side, x0:x0 + side] = (230, 20, 20) if cls == 1 else (20, 230, 20)
+      boxes[b, k] = np.array([x0, y0, x0 + side, y0 + side]) / size
+      labels[b, k] = cls
+  return {'image': images - np.array([123.0, 117.0, 104.0], np.float32), 'boxes': boxes,
+          'labels': labels}

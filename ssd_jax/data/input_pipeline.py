@@ -20,7 +20,8 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssd_jax import augment, config_lib, custom_data, shapes_dataset
+from ssd_jax import config_lib, labels, sharding
+from ssd_jax.data import augment, custom_data, shapes_dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -60,7 +61,7 @@ def _custom_records(config, spec: str) -> list:
   d = config.data
   if d.root is None:
     raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
-  names = config_lib.class_names(config)
+  names = labels.class_names(config)
   if d.format == 'voc_folder':
     return custom_data.read_voc_folder(d.root, spec, names)
   annotations, sep, image_dir = spec.partition(':')
@@ -85,7 +86,7 @@ def _examples(config, spec: str, index: int, count: int,
     ds = custom_data.records_dataset(records[index::count],
                                      config.seed + index if shuffle else None)
     return ds, len(records)
-  raise ValueError(f'data.format={fmt!r}; use "tfds", "voc_folder" or "coco_json".')
+  raise ValueError(f'data.format={fmt!r} is not one of {config_lib.DATA_FORMATS}.')
 
 
 def decode(example) -> dict:
@@ -157,13 +158,6 @@ def eval_preprocess(features, config) -> dict:
           'original_size': tf.shape(features['image'])[:2], 'mask': tf.constant(True)}
 
 
-def local_batch_size(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise ValueError(f'train.batch_size={global_batch} does not divide over {process_count} '
-                     f'hosts; use a multiple of {process_count}.')
-  return global_batch // process_count
-
-
 def _processes(process_index, process_count):
   return (jax.process_index() if process_index is None else process_index,
           jax.process_count() if process_count is None else process_count)
@@ -178,7 +172,7 @@ def train_dataset(config, process_index: Optional[int] = None,
   example's position, so what follows is identical).
   """
   index, count = _processes(process_index, process_count)
-  batch = local_batch_size(config.train.batch_size, count)
+  batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
   parts = [_examples(config, s, index, count, True)[0] for s in config.data.train_splits]
   ds = parts[0]
   for part in parts[1:]:
@@ -216,7 +210,7 @@ def eval_dataset(config, process_index: Optional[int] = None,
     padding examples have mask False.
   """
   index, count = _processes(process_index, process_count)
-  batch = local_batch_size(config.train.batch_size, count)
+  batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
   ds, total = _examples(config, config.data.eval_split, index, count, False)
   steps = math.ceil(math.ceil(total / count) / batch)
   ds = ds.map(lambda ex: eval_preprocess(ex, config), num_parallel_calls=AUTOTUNE)

@@ -1,4 +1,4 @@
-"""Plain NumPy loop implementations written from SPEC.md, for tests and benchmarks."""
+"""Plain NumPy loop implementations of the paper's rules, for tests and benchmarks."""
 import numpy as np
 
 from ssd_jax import box_utils

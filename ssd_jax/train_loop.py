@@ -1,6 +1,7 @@
 """The training loop: data, steps, summaries, checkpoints, resume, preemption.
 
-Logic only; main.py parses flags and calls `train(config, workdir)`.
+`run(config, workdir)` trains to config.train.num_steps; the step itself is
+train_step.py, the checkpoints checkpoints.py, evaluation evaluate.py.
 """
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssd_jax import builders, checkpoints, config_lib, evaluate, input_pipeline
-from ssd_jax import train as train_lib
+from ssd_jax import builders, checkpoints, config_lib, evaluate, sharding, train_step
+from ssd_jax.data import input_pipeline
 
 
 def check_workdir(workdir: str) -> None:
@@ -75,32 +75,15 @@ def write_summaries(writer, step: int, metrics: dict, images_per_second: float) 
   writer.flush()
 
 
-def train(config, workdir: str, with_eval: bool = False) -> train_lib.TrainState:
+def run(config, workdir: str, with_eval: bool = False) -> train_step.TrainState:
   """Trains to config.train.num_steps, resuming from the workdir's latest checkpoint.
 
   with_eval: also evaluate every config.eval.every_steps (if > 0) and at the
-  end, writing <workdir>/eval_<step>/ (see evaluate.report) and eval summaries.
+  end (evaluate.evaluate_and_report: <workdir>/eval_<step>/ and summaries).
+  Returns the final state.
   """
   with contextlib.ExitStack() as stack:
-    return _train(config, workdir, stack, with_eval)
-
-
-def eval_dir(workdir: str, step: int) -> str:
-  return os.path.join(workdir, f'eval_{step}')
-
-
-def run_eval(config, params, workdir: str, step: int, writer=None, mesh=None) -> dict:
-  """Evaluates, reports into eval_dir(workdir, step), logs the table and summaries."""
-  result = evaluate.evaluate(config, params, mesh)
-  if jax.process_index() == 0:
-    text = evaluate.report(result, eval_dir(workdir, step), step)
-    print(f'evaluation at step {step}:\n{text}', flush=True)
-  if writer:
-    name, value = evaluate.headline(result)
-    with writer.as_default(step=step):
-      tf.summary.scalar(f'eval/{name}', value)
-    writer.flush()
-  return result
+    return _run(config, workdir, stack, with_eval)
 
 
 def initialise_from(state, path: str, mesh):
@@ -109,22 +92,22 @@ def initialise_from(state, path: str, mesh):
   params, report = checkpoints.load_matching_params(path, state.params)
   logging.info('initialised %d parameters from %s; %d keep their initial values: %s',
                len(report['restored']), path, len(report['kept']), report['kept'])
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  params = jax.device_put(params, sharding.replicated(mesh))
   return state.replace(params=params)
 
 
-def _train(config, workdir: str, stack: contextlib.ExitStack,
-           with_eval: bool) -> train_lib.TrainState:
+def _run(config, workdir: str, stack: contextlib.ExitStack,
+         with_eval: bool) -> train_step.TrainState:
   config_lib.validate(config)
   if config.train.distributed:
     jax.distributed.initialize()
   check_workdir(workdir)
   if jax.process_index() == 0:
-    config_lib.save_json(config, os.path.join(workdir, 'config.json'))
-  mesh = train_lib.make_mesh()
-  train_lib.check_batch(config.train.batch_size, mesh)
-  anchors = jax.device_put(builders.build_default_boxes(config), NamedSharding(mesh, P()))
-  state = train_lib.create_state(config, mesh, jax.random.key(config.seed))
+    checkpoints.save_config(config, workdir)
+  mesh = sharding.make_mesh()
+  sharding.check_mesh_batch(config.train.batch_size, mesh)
+  anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
+  state = train_step.create_state(config, mesh, jax.random.key(config.seed))
   mngr = checkpoints.manager(workdir, config)
   stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
   start = mngr.latest_step() or 0
@@ -138,7 +121,7 @@ def _train(config, workdir: str, stack: contextlib.ExitStack,
                     'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
                     'pass --config.model.init_checkpoint=<its output>.')
   data = input_pipeline.train_dataset(config, start_step=start).as_numpy_iterator()
-  step_fn = train_lib.jit_train_step(config, mesh)
+  step_fn = train_step.jit_train_step(config, mesh)
   preempted = stack.enter_context(Preemption())
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
   total = config.train.num_steps
@@ -146,7 +129,7 @@ def _train(config, workdir: str, stack: contextlib.ExitStack,
   bar = tqdm.trange(start, total, initial=start, total=total, desc='train', unit='step',
                     disable=jax.process_index() != 0)
   for step in bar:
-    state, metrics = step_fn(state, train_lib.global_batch(next(data), mesh), anchors)
+    state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
     done = step + 1
     saving = done % config.train.checkpoint_every == 0 or done == total or preempted
     if saving or done % config.train.log_every == 0:
@@ -164,8 +147,8 @@ def _train(config, workdir: str, stack: contextlib.ExitStack,
       break
     every = config.eval.every_steps
     if with_eval and (done == total or (every and done % every == 0)):
-      run_eval(config, state.params, workdir, done, writer, mesh)
+      evaluate.evaluate_and_report(config, state.params, workdir, done, writer, mesh)
   mngr.wait_until_finished()
   if with_eval and start == total:  # an already finished run: evaluate it again
-    run_eval(config, state.params, workdir, total, writer, mesh)
+    evaluate.evaluate_and_report(config, state.params, workdir, total, writer, mesh)
   return state

@@ -1,4 +1,4 @@
-"""SSD training augmentation in TensorFlow ops (SPEC.md, "Data augmentation").
+"""SSD training augmentation in TensorFlow ops, after the authors' released recipe.
 
 Images are float32 [H, W, 3] RGB in [0, 255]; boxes are float32 [N, 4]
 normalised xyxy with N varying per image; labels int32 [N]. Every random step

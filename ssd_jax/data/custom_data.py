@@ -3,8 +3,9 @@
 Both become lists of `Record`s, then a tf.data.Dataset of the common example
 dict of input_pipeline (image uint8 [H, W, 3], boxes f32 [N, 4] normalised
 xyxy, labels i32 [N] model classes, difficult bool [N], image_id int64).
-Images are decoded with PIL: grayscale, RGBA, palette, PNG, BMP and large
-images become RGB; an unreadable image is logged with its path and skipped.
+Images are decoded with PIL (ssd_jax/images.py): grayscale, RGBA, palette, PNG,
+BMP and large images become RGB; an unreadable image is logged with its path
+and skipped.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
-from PIL import Image
 
-from ssd_jax import augment
+from ssd_jax.data import augment
+from ssd_jax.images import load_image
 
 
 @dataclasses.dataclass
@@ -118,26 +118,6 @@ def read_coco_json(annotations: str, image_dir: str,
 def _record(path, image_id, boxes, labels, difficult) -> Record:
   return Record(path, image_id, np.asarray(boxes, np.float32).reshape(-1, 4),
                 np.asarray(labels, np.int32), np.asarray(difficult, bool))
-
-
-def read_image(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] RGB (grayscale, RGBA and palette images converted); a clear
-  error naming the file when it cannot be read."""
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'), np.uint8)
-  except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-    raise ValueError(f'cannot read image {path}: {e}. Check that the file is a complete '
-                     f'JPEG/PNG/BMP/... image, or remove it from the input.') from e
-
-
-def load_image(path: str) -> np.ndarray:
-  """`read_image`, or an empty [0, 0, 3] array (logged) when the file cannot be read."""
-  try:
-    return read_image(path)
-  except ValueError as e:
-    logging.error('skipping unreadable image: %s', e)
-    return np.zeros((0, 0, 3), np.uint8)
 
 
 def records_dataset(records: Sequence[Record], shuffle_seed: Optional[int] = None

@@ -1,40 +1,23 @@
-"""The train step, data-parallel over a device Mesh, and its state.
+"""The train step and its state, data-parallel over a device Mesh.
 
 One `jax.jit` function of (state, batch): the state is replicated, the batch
-sharded over the mesh's 'data' axis, and the compiler inserts the gradient
-all-reduce (no pmap, no axis names). Matching runs inside the step, on device.
+sharded over the mesh's data axis (see sharding.py), and the compiler inserts
+the gradient all-reduce. Matching runs inside the step, on device. Nothing here
+imports TensorFlow.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
 
 import jax
-import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from ssd_jax import builders, losses, matching, optim
-
-DATA_AXIS = 'data'
-
+from ssd_jax import builders, losses, matching, optim, sharding
 
 # Step, params and optimiser state; apply_fn and tx are static (not pytree leaves).
 TrainState = train_state.TrainState
-
-
-def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
-  """A 1-D mesh over `devices` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def check_batch(global_batch: int, mesh: Mesh) -> None:
-  n = mesh.devices.size
-  if global_batch % n:
-    raise ValueError(f'train.batch_size={global_batch} does not divide over {n} devices; '
-                     f'use a multiple of {n}, e.g. {n * max(1, round(global_batch / n))}.')
 
 
 def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
@@ -46,7 +29,7 @@ def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
     return TrainState.create(apply_fn=model.apply, params=builders.init_params(config, rng),
                              tx=tx)
 
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
 
 
 def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tuple:
@@ -79,14 +62,7 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
 
 def jit_train_step(config, mesh: Mesh):
   """train_step compiled for the mesh; the input state is donated."""
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(functools.partial(train_step, config=config),
                  in_shardings=(replicated, sharded, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
-
-
-def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """This process's part of the batch (NumPy) -> global arrays sharded over 'data'."""
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
-                      local_batch)

@@ -1,0 +1,1 @@
+"""Everything that uses TensorFlow: tf.data input pipelines, augmentation, datasets."""

@@ -1,0 +1,1 @@
+"""Plain NumPy references and synthetic data shared by the tests and the benchmarks."""
