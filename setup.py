@@ -29,9 +29,10 @@ setup(
         # Reading PyTorch checkpoints in `python -m ssd_jax.convert` (nothing else uses torch).
         'convert': CONVERT,
         # nbclient, nbformat and ipykernel run experiments/demo.ipynb headless in a test;
-        # torch and torchvision let the converter tests compare with PyTorch itself.
+        # torch and torchvision let the converter tests and the benchmarks compare with
+        # PyTorch itself; scikit-image ships real photographs for tests and benchmarks.
         'test': ['pytest>=8', 'pytest-xdist>=3.6', 'nbclient>=0.10', 'nbformat>=5.10',
-                 'ipykernel>=6.29'] + CONVERT,
+                 'ipykernel>=6.29', 'scikit-image>=0.22'] + CONVERT,
         # JAX for NVIDIA GPUs (the CUDA 12 wheels bring their own CUDA libraries).
         'cuda': ['jax[cuda12]'],
         # JAX for Cloud TPU VMs.

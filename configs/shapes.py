@@ -24,7 +24,7 @@ def get_config():
   a.min_sizes = (13, 24, 40, 62)
   a.max_sizes = (24, 40, 62, 86)
   a.aspect_ratios = ((2,), (2, 3), (2, 3), (2,))
-  d.name, d.max_boxes, d.shuffle_buffer = 'ssd_shapes', 8, 1024
+  d.name, d.max_boxes = 'ssd_shapes', 8
   d.train_splits, d.eval_split = ('ssd_shapes:train',), 'ssd_shapes:test'
   config.augment.zoom_out = False
   o = config.optim

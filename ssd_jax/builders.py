@@ -39,6 +39,15 @@ def build_model(config: config_dict.ConfigDict) -> models.SSD:
                     boxes_per_location=_boxes_per_location(config))
 
 
+def normalise_images(pixels, config) -> jax.Array:
+  """u8/f32 [..., S, S, 3] RGB pixels -> f32 network input: minus data.mean_rgb.
+
+  Every jitted step (training, evaluation, Detector, export) starts here, so
+  pipelines ship pixels (uint8 for training: a quarter of float32's bytes).
+  """
+  return jnp.asarray(pixels, jnp.float32) - jnp.asarray(config.data.mean_rgb, jnp.float32)
+
+
 def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
   """Freshly initialised parameters of the config's model (under `jax.eval_shape`,
   their shapes and dtypes only, with no compute)."""

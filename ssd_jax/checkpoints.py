@@ -44,6 +44,11 @@ def _tuples(value):
   return value
 
 
+# Fields older versions wrote that no longer exist (the input pipeline reads by
+# index: no shuffle buffer, no shrinking before augmentation).
+REMOVED_FIELDS = (('data', 'shuffle_buffer'), ('data', 'max_image_side'))
+
+
 def read_config(path: str) -> config_dict.ConfigDict:
   """A config written by `save_config`, on the current schema (unknown fields are errors)."""
   with open(path) as f:
@@ -51,6 +56,8 @@ def read_config(path: str) -> config_dict.ConfigDict:
   clip = values.get('anchors', {}).get('clip')
   if isinstance(clip, bool):  # before anchors.clip named its mode
     values['anchors']['clip'] = 'cxcywh' if clip else 'none'
+  for section, name in REMOVED_FIELDS:
+    values.get(section, {}).pop(name, None)
   c = config_lib.base_config()
   c.update(values)
   return c

@@ -69,29 +69,31 @@ def base_config() -> config_dict.ConfigDict:
       eval_split=config_dict.placeholder(str),
       data_dir=config_dict.placeholder(str),     # TFDS data_dir; None: TFDS default
       mean_rgb=MEAN_RGB,
-      max_boxes=100,                             # ground truth padded to this many
-      shuffle_buffer=2048,                       # examples, per host
-      max_image_side=1024,                       # larger images shrink before augmenting
+      max_boxes=100,                             # training ground truth padded to this many
   ))
 
-  # Training augmentation (the release's, see ssd_jax/data/augment.py);
-  # enabled=False is the paper's "no data augmentation" ablation: resize only.
+  # Training augmentation, the authors' release (ssd_jax/data/augment.py;
+  # docs/recipe.md). enabled=False is the paper's "no data augmentation"
+  # ablation: a bilinear resize only.
   c.augment = config_dict.ConfigDict(dict(
       enabled=True,
       photometric=True,
       photometric_prob=0.5,                      # each photometric step
-      brightness_delta=32.0,
+      brightness_delta=32.0,                     # pixels, of 255
       contrast_range=(0.5, 1.5),
       saturation_range=(0.5, 1.5),
-      hue_delta=18.0,                            # degrees
-      zoom_out=True,                             # "expand", SSD300*/SSD512*
+      hue_delta=18.0,                            # OpenCV's 0..180 hue scale: +-36 degrees
+      channel_swap_prob=0.0,                     # the release's 0; some ports use 0.5
+      zoom_out=True,                             # the release's "expand" (SSD300*/SSD512*)
       zoom_out_prob=0.5,
       zoom_out_max_ratio=4.0,
-      crop=True,
-      crop_min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),   # besides "whole image" and "any patch"
-      crop_min_scale=0.3,                        # the recipe's; the paper says 0.1
+      crop=True,                                 # batch sampling: whole image or a patch
+      crop_min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),   # one sampler each: IoU with any box >= it
+      crop_any_patch=True,                       # the sampler with max IoU 1.0
+      crop_min_scale=0.3,                        # the release's; the paper's text says 0.1
       crop_aspect_range=(0.5, 2.0),
-      crop_trials=50,
+      crop_trials=50,                            # per sampler; the first that qualifies
+      resize_methods=('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3'),  # one drawn
       flip=True,
       flip_prob=0.5,
   ))

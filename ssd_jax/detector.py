@@ -21,17 +21,15 @@ from PIL import Image, ImageDraw
 from ssd_jax import builders, checkpoints, config_lib, labels, postprocess
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def network_input(images, size: int, mean_rgb: tuple):
-  """u8/f32[..., H, W, 3] RGB pixels -> f32[..., S, S, 3] network input.
+@functools.partial(jax.jit, static_argnums=1)
+def resize_images(images, size: int):
+  """u8/f32[..., H, W, 3] RGB pixels -> f32[..., S, S, 3] pixels.
 
-  Bilinear resize with half-pixel centres and no antialiasing (as evaluation's
-  tf.image.resize and torchvision's interpolate do), then the mean pixel
-  subtracted. Compiled once per input shape.
+  Bilinear with half-pixel centres and no antialiasing, as evaluation's
+  tf.image.resize and torchvision's interpolate do. Compiled once per shape.
   """
   shape = images.shape[:-3] + (size, size, 3)
-  resized = jax.image.resize(images.astype(jnp.float32), shape, 'linear', antialias=False)
-  return resized - jnp.asarray(mean_rgb, jnp.float32)
+  return jax.image.resize(images.astype(jnp.float32), shape, 'linear', antialias=False)
 
 
 class Detector:
@@ -56,13 +54,12 @@ class Detector:
     return cls(config, params, **kwargs)
 
   def preprocess(self, image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] -> f32 [S, S, 3] network input (resized, mean subtracted)."""
+    """uint8 [H, W, 3] -> f32 [S, S, 3] pixels at the network's input size."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
       raise ValueError(f'images must be [H, W, 3] RGB arrays; got shape {image.shape}. '
                        f'Convert grayscale or RGBA first, e.g. PIL .convert("RGB").')
-    c = self.config
-    return np.asarray(network_input(image, c.model.image_size, tuple(c.data.mean_rgb)))
+    return np.asarray(resize_images(image, self.config.model.image_size))
 
   def detect(self, images: Sequence[np.ndarray], min_score: float = 0.0) -> list[dict]:
     """Detections of each image, best first.

@@ -35,25 +35,17 @@ def make_evaluator(config) -> metrics.Evaluator:
   return metrics.VocEvaluator(names, use_07=metric == 'voc07')
 
 
-def _eval_step(params, batch, anchors, model, config):
-  """Detections of a global batch plus the fields scoring needs, all replicated."""
-  detections = postprocess.network_detections(params, batch['image'], model, anchors, config)
-  return detections, {k: v for k, v in batch.items() if k != 'image'}
+def _eval_step(params, pixels, anchors, model, config) -> postprocess.Detections:
+  return postprocess.network_detections(params, pixels, model, anchors, config)
 
 
 def jit_eval_step(config, mesh):
-  model = builders.build_model(config)
-  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(functools.partial(_eval_step, model=model, config=config),
-                 in_shardings=(replicated, sharded, replicated), out_shardings=replicated)
-
-
-def _split_ids(batch: dict) -> dict:
-  """int64 image ids -> two int32 halves (JAX arrays are 32-bit by default)."""
-  batch = dict(batch)
-  ids = batch.pop('image_id').astype(np.int64)
-  batch['id_hi'], batch['id_lo'] = (ids >> 31).astype(np.int32), (ids & 0x7FFFFFFF).astype(np.int32)
-  return batch
+  """Detections of a global batch of pixels (sharded), replicated on every host."""
+  return jax.jit(functools.partial(_eval_step, model=builders.build_model(config),
+                                   config=config),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),
+                               sharding.replicated(mesh)),
+                 out_shardings=sharding.replicated(mesh))
 
 
 def _to_pixels(boxes: np.ndarray, size) -> np.ndarray:
@@ -61,31 +53,44 @@ def _to_pixels(boxes: np.ndarray, size) -> np.ndarray:
   return boxes * np.array([w, h, w, h], np.float64)
 
 
-def _add_batch(dets: postprocess.Detections, fields: dict, evaluator: metrics.Evaluator) -> None:
-  """Adds one batch's real images (mask) to the evaluator, in pixels, by image id."""
-  ids = (fields['id_hi'].astype(np.int64) << 31) | fields['id_lo'].astype(np.int64)
-  for i in np.nonzero(fields['mask'])[0]:
-    real = fields['labels'][i] > 0
-    size = fields['original_size'][i]
+def _add_batch(dets: postprocess.Detections, batch: dict, evaluator: metrics.Evaluator) -> None:
+  """Adds this host's real examples (mask) of a batch, in pixels, by image id.
+
+  dets: this host's rows of the batch's detections; batch: the host's eval
+  batch with its whole ground truth (see input_pipeline).
+  """
+  for i in np.nonzero(batch['mask'])[0]:
+    real = batch['labels'][i] > 0
+    size = batch['original_size'][i]
     valid = dets.valid[i]
-    evaluator.add(int(ids[i]),
-                  {'boxes': _to_pixels(fields['boxes'][i][real], size),
-                   'labels': fields['labels'][i][real], 'difficult': fields['difficult'][i][real]},
+    evaluator.add(int(batch['image_id'][i]),
+                  {'boxes': _to_pixels(batch['boxes'][i][real], size),
+                   'labels': batch['labels'][i][real], 'difficult': batch['difficult'][i][real]},
                   {'boxes': _to_pixels(dets.boxes[i][valid], size),
                    'scores': dets.scores[i][valid], 'classes': dets.classes[i][valid]})
 
 
 def detect_split(config, params, evaluator: metrics.Evaluator, mesh=None) -> None:
-  """Adds ground truth and detections of every eval image, once, to `evaluator`."""
+  """Adds ground truth and detections of every eval image, once, to `evaluator`.
+
+  Each host reads its share of the split; the images go to the devices, the
+  ground truth stays on the host (whole, never padded to a size), and the
+  hosts' collections are merged at the end.
+  """
   mesh = mesh or sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
   step = jit_eval_step(config, mesh)
   data, steps = input_pipeline.eval_dataset(config)
+  mine = sharding.host_rows(config.train.batch_size)
   for batch in data.take(steps).as_numpy_iterator():
-    dets, fields = jax.device_get(step(params, sharding.global_batch(_split_ids(batch), mesh),
-                                       anchors))
-    _add_batch(dets, fields, evaluator)
+    images = sharding.global_batch({'image': batch['image']}, mesh)['image']
+    dets = jax.tree.map(lambda x: x[mine], jax.device_get(step(params, images, anchors)))
+    _add_batch(dets, batch, evaluator)
+  if jax.process_count() > 1:  # every host then holds every image (its own merge is a no-op)
+    for truths, detections in sharding.gather_objects((evaluator.truths,
+                                                        evaluator.detections)):
+      evaluator.merge(truths, detections)
 
 
 def evaluate(config, params, mesh=None) -> dict:
@@ -142,8 +147,10 @@ def evaluate_and_report(config, params, workdir: str, step: int, writer=None,
   """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and summaries."""
   result = evaluate(config, params, mesh)
   if jax.process_index() == 0:
-    text = report(result, eval_dir(workdir, step), step)
-    logging.info('evaluation at step %d:\n%s', step, text)
+    report(result, eval_dir(workdir, step), step)
+    name, value = headline(result)
+    logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value,
+                 eval_dir(workdir, step))
   if writer:
     write_summaries(writer, result, step)
   return result

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ssd_jax import box_utils
+from ssd_jax import box_utils, builders
 
 
 class Detections(NamedTuple):
@@ -108,10 +108,11 @@ def from_config(loc, logits, anchors, config) -> Detections:
                      e.top_k, e.nms_iou, e.max_detections)
 
 
-def network_detections(params, images, model, anchors, config) -> Detections:
-  """The network on f32[B, S, S, 3] network inputs, then the config's post-processing.
+def network_detections(params, pixels, model, anchors, config) -> Detections:
+  """The network on u8/f32[B, S, S, 3] RGB pixels (mean subtracted here), then the
+  config's post-processing.
 
   What evaluation, the Detector, export and the inference benchmark jit.
   """
-  loc, logits = model.apply({'params': params}, images)
+  loc, logits = model.apply({'params': params}, builders.normalise_images(pixels, config))
   return from_config(loc, logits, anchors, config)

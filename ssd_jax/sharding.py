@@ -8,10 +8,12 @@ name in the step functions.
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
@@ -64,3 +66,22 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
                       local_batch)
+
+
+def host_rows(num_rows: int) -> slice:
+  """This host's rows of a global batch of `num_rows` built by `global_batch`
+  (hosts hold consecutive equal slices, in process order)."""
+  share = num_rows // jax.process_count()
+  return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+
+
+def gather_objects(obj) -> list:
+  """Every host's `obj` (any picklable value), in process order, on every host."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size]))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [pickle.loads(gathered[p, :n].tobytes()) for p, n in enumerate(sizes)]

@@ -120,7 +120,7 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
     logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
                     'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
                     'pass --config.model.init_checkpoint=<its output>.')
-  data = input_pipeline.train_dataset(config, start_step=start).as_numpy_iterator()
+  data = input_pipeline.train_batches(config, start_step=start)
   step_fn = train_step.jit_train_step(config, mesh)
   preempted = stack.enter_context(Preemption())
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None

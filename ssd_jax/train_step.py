@@ -37,8 +37,8 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
 
   Args:
     state: replicated TrainState.
-    batch: image f32[B, S, S, 3], boxes f32[B, M, 4] normalised xyxy, labels i32[B, M]
-      (0 = padding); sharded over the batch axis.
+    batch: image u8/f32[B, S, S, 3] RGB pixels, boxes f32[B, M, 4] normalised xyxy,
+      labels i32[B, M] (0 = padding); sharded over the batch axis.
     anchors: f32[A, 4] normalised cxcywh default boxes.
     config: the run's config (static).
 
@@ -46,7 +46,8 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
     (new state, metrics dict of float32 scalars).
   """
   def loss_fn(params):
-    loc, logits = state.apply_fn({'params': params}, batch['image'])
+    loc, logits = state.apply_fn({'params': params},
+                                 builders.normalise_images(batch['image'], config))
     loc_t, cls_t = matching.match(batch['boxes'], batch['labels'], anchors,
                                   config.matching.iou_threshold, config.anchors.variances)
     return losses.multibox_loss(loc, logits, loc_t, cls_t, config.loss.neg_pos_ratio,

@@ -2,11 +2,13 @@
 import json
 import logging as py_logging
 
+import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
-from ssd_jax.data import custom_data, input_pipeline
+from ssd_jax.data import custom_data, input_pipeline, sources
 from ssd_jax.testing.synthetic import write_voc_folder
 
 
@@ -35,24 +37,32 @@ def test_voc_folder_records(voc_root):
   assert records[2].boxes.shape == (0, 4)
 
 
-def test_odd_images_decode_and_corrupt_ones_are_reported_and_skipped(voc_root, caplog):
-  records = custom_data.read_voc_folder(str(voc_root), 'trainval', ('cat', 'dog', 'person', 'car'))
-  with caplog.at_level(py_logging.ERROR):
-    examples = list(custom_data.records_dataset(records).as_numpy_iterator())
-  assert [e['image_id'] for e in examples] == [0, 1, 2, 4]
-  assert all(e['image'].shape[-1] == 3 and e['image'].dtype == np.uint8 for e in examples)
-  assert examples[1]['image'][0, 0].tolist() == [50, 50, 50]  # grayscale -> RGB
-  assert examples[3]['image'].shape == (2400, 3200, 3)
-  assert 'd.jpg' in caplog.text and 'skipping unreadable image' in caplog.text
-
-
-def test_voc_folder_through_the_pipeline(load_config, voc_root):
+def voc_config(load_config, root):
   c = load_config('voc300')
-  c.data.format, c.data.root = 'voc_folder', str(voc_root)
+  c.data.format, c.data.root = 'voc_folder', str(root)
   c.data.class_names = ('cat', 'dog', 'person', 'car')
   c.model.num_classes = 5
   c.data.train_splits, c.data.eval_split = ('trainval',), 'trainval'
-  c.train.batch_size, c.data.max_boxes, c.data.shuffle_buffer = 2, 4, 8
+  return c
+
+
+def test_odd_images_decode_and_corrupt_ones_are_reported_and_skipped(load_config, voc_root,
+                                                                      caplog):
+  source = input_pipeline.open_source(voc_config(load_config, voc_root), 'trainval')
+  with caplog.at_level(py_logging.ERROR):
+    examples = [jax.tree.map(np.asarray, source.example(tf.constant(i, tf.int64)))
+                for i in list(range(5)) * 2]  # two passes
+  assert [int(e['image_id']) for e in examples if e['ok']] == [0, 1, 2, 4] * 2
+  assert all(e['image'].shape[-1] == 3 and e['image'].dtype == np.uint8 for e in examples)
+  assert examples[1]['image'][0, 0].tolist() == [50, 50, 50]  # grayscale -> RGB
+  assert examples[4]['image'].shape == (2400, 3200, 3)
+  unreadable = [r for r in caplog.records if 'skipping unreadable image' in r.getMessage()]
+  assert len(unreadable) == 1 and 'd.jpg' in unreadable[0].getMessage()  # once, not per pass
+
+
+def test_voc_folder_through_the_pipeline(load_config, voc_root):
+  c = voc_config(load_config, voc_root)
+  c.train.batch_size, c.data.max_boxes = 2, 4
   batch = next(iter(input_pipeline.train_dataset(c, 0, 1)))
   assert batch['image'].shape == (2, 300, 300, 3) and batch['labels'].shape == (2, 4)
   ds, steps = input_pipeline.eval_dataset(c, 0, 1)
@@ -80,5 +90,5 @@ def test_coco_json(tmp_path):
   np.testing.assert_allclose(records[0].boxes, [[0.1, 0.1, 0.4, 0.5], [0, 0, 1, 1]])
   np.testing.assert_array_equal(records[0].labels, [2, 1])  # categories sorted by id: ant, zebra
   np.testing.assert_array_equal(records[0].difficult, [False, True])
-  example = next(custom_data.records_dataset(records).as_numpy_iterator())
+  example = sources.RecordsSource(records, 'ann.json').example(tf.constant(0, tf.int64))
   assert example['image'].shape == (50, 100, 3) and example['image_id'] == 42

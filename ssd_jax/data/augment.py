@@ -1,8 +1,28 @@
-"""SSD training augmentation in TensorFlow ops, after the authors' released recipe.
+"""SSD training augmentation as the authors' released recipe runs it, in TF ops.
 
-Images are float32 [H, W, 3] RGB in [0, 255]; boxes are float32 [N, 4]
-normalised xyxy with N varying per image; labels int32 [N]. Every random step
-takes a stateless seed (int32[2]), so a run is reproducible and resumable.
+The release (Caffe, ssd_pascal.py) distorts the colours of the decoded image,
+places it on a mean-filled canvas up to 4x its size ("expand", the zoom-out of
+SSD300*/SSD512*), crops a patch chosen by seven batch samplers, resizes it to
+S x S with a random interpolation, and mirrors it. Here the geometry comes
+first and the pixels are touched once:
+
+  1. `sample_geometry`: the expand canvas and the sampled patch, composed into
+     one window in source-image coordinates (it may reach outside the image),
+     and which ground truth boxes the crop keeps (the centre rule);
+  2. `place_window`: the window's visible part of the image at whole source
+     pixels and its place in the S x S output at whole output pixels, and the
+     effective window that rounding implies (boxes are projected onto it, so
+     they agree with the pixels exactly);
+  3. `render`: that part resized once into its place (tf.image.resize, the
+     interpolation drawn from the release's five), `photometric_distort` on
+     those pixels only, and the rest of the output the mean pixel, as when
+     distortion precedes expansion; the expanded canvas never exists;
+  4. mirror.
+
+Conventions: images uint8 [H, W, 3] RGB in, float pixels [0, 255] inside;
+boxes f32 [N, 4] normalised xyxy (N varies); a window is f32 [4] xyxy in the
+source image's normalised coordinates. Every random step takes a stateless
+seed (int [2]), so an example's augmentation is a pure function of its seed.
 """
 from __future__ import annotations
 
@@ -10,131 +30,227 @@ import tensorflow as tf
 
 _split = tf.random.experimental.stateless_split
 
+# Training resize interpolations, tf.image.resize's names for the release's
+# OpenCV LINEAR, AREA, NEAREST, CUBIC and LANCZOS4 (drawn uniformly). As
+# OpenCV's, none but 'area' antialiases; TF has no Lanczos-4: Lanczos-3 stands in.
+RESIZE_METHODS = ('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3')
+WHOLE = (0.0, 0.0, 1.0, 1.0)
+
 
 def _uniform(seed, low=0.0, high=1.0, shape=()):
   return tf.random.stateless_uniform(shape, seed, low, high)
 
 
-def _maybe(seed, prob, fn, x):
-  """fn(x) with probability `prob`, else x."""
-  return tf.cond(_uniform(seed) < prob, lambda: fn(x), lambda: x)
+def _iou(patches, boxes):
+  """f[..., 4] xyxy patches, f[N, 4] xyxy boxes -> f[..., N] IoU (same unit).
 
-
-def photometric_distort(image, seed, cfg):
-  """Brightness, contrast, saturation, hue, channel order; each with cfg.photometric_prob.
-
-  Contrast goes before or after the colour steps, at random.
+  The one IoU of the TensorFlow code (box_utils.pairwise_iou serves NumPy and JAX).
   """
-  s = _split(seed, 12)
-  p = cfg.photometric_prob
-  lo_c, hi_c = cfg.contrast_range
-  lo_s, hi_s = cfg.saturation_range
-
-  def contrast(x):
-    return x * _uniform(s[1], lo_c, hi_c)
-
-  do_saturation, do_hue = _uniform(s[2]) < p, _uniform(s[4]) < p
-
-  def to_hsv_and_back(x):
-    hsv = tf.image.rgb_to_hsv(tf.clip_by_value(x, 0.0, 255.0) / 255.0)
-    sat = hsv[..., 1] * tf.where(do_saturation, _uniform(s[3], lo_s, hi_s), 1.0)
-    hue = hsv[..., 0] + tf.where(do_hue, _uniform(s[5], -cfg.hue_delta, cfg.hue_delta), 0.0) / 360.0
-    hsv = tf.stack([tf.math.floormod(hue, 1.0), tf.clip_by_value(sat, 0.0, 1.0), hsv[..., 2]], -1)
-    return tf.image.hsv_to_rgb(hsv) * 255.0
-
-  def colour(x):  # the HSV round trip only when a colour step is drawn
-    return tf.cond(do_saturation | do_hue, lambda: to_hsv_and_back(x), lambda: x)
-
-  image = _maybe(s[6], p, lambda x: x + _uniform(s[7], -cfg.brightness_delta,
-                                                  cfg.brightness_delta), image)
-  contrast_first = _uniform(s[8]) < 0.5
-  image = tf.cond(contrast_first, lambda: _maybe(s[0], p, contrast, image), lambda: image)
-  image = colour(image)
-  image = tf.cond(contrast_first, lambda: image, lambda: _maybe(s[0], p, contrast, image))
-  permutation = tf.random.experimental.stateless_shuffle(tf.range(3), s[9])
-  image = _maybe(s[10], p, lambda x: tf.gather(x, permutation, axis=-1), image)
-  return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def zoom_out(image, boxes, seed, mean_rgb, max_ratio):
-  """Place the image on a mean-filled canvas up to `max_ratio` times its side."""
-  s = _split(seed, 3)
-  shape = tf.shape(image)
-  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-  ratio = _uniform(s[0], 1.0, max_ratio)
-  canvas_h, canvas_w = tf.floor(h * ratio), tf.floor(w * ratio)
-  top = tf.floor(_uniform(s[1], 0.0, canvas_h - h + 1.0))
-  left = tf.floor(_uniform(s[2], 0.0, canvas_w - w + 1.0))
-  mean = tf.constant(mean_rgb, tf.float32)
-  pads = [[tf.cast(top, tf.int32), tf.cast(canvas_h - h - top, tf.int32)],
-          [tf.cast(left, tf.int32), tf.cast(canvas_w - w - left, tf.int32)], [0, 0]]
-  image = tf.pad(image - mean, pads) + mean
-  scale = tf.stack([w, h, w, h])
-  offset = tf.stack([left, top, left, top])
-  boxes = (boxes * scale + offset) / tf.stack([canvas_w, canvas_h, canvas_w, canvas_h])
-  return image, boxes
-
-
-def _iou_patches_boxes(patches, boxes):
-  """f[T, 4] xyxy, f[N, 4] xyxy -> f[T, N] IoU (same unit)."""
-  p, b = patches[:, None, :], boxes[None, :, :]
-  inter_wh = tf.maximum(tf.minimum(p[..., 2:], b[..., 2:]) - tf.maximum(p[..., :2], b[..., :2]), 0)
+  p, b = patches[..., None, :], boxes
+  inter_wh = tf.maximum(tf.minimum(p[..., 2:], b[..., 2:]) - tf.maximum(p[..., :2], b[..., :2]),
+                        0.0)
   inter = inter_wh[..., 0] * inter_wh[..., 1]
   area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
   return inter / tf.maximum(area(p) + area(b) - inter, 1e-12)
 
 
-def centres_inside(boxes, patches):
-  """f[N, 4] xyxy boxes, f[..., 4] xyxy patches -> bool[..., N]: centre in patch."""
-  centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-  lo, hi = patches[..., None, :2], patches[..., None, 2:]
-  return tf.reduce_all((centre >= lo) & (centre <= hi), axis=-1)
+# --- geometry -------------------------------------------------------------------
 
+def expand_canvas(height, width, seed, cfg):
+  """The release's expand: f32 [4], the canvas in source-normalised xyxy.
 
-def crop_to(image, boxes, labels, pixel_patch):
-  """Crop to int32 [x0, y0, x1, y1] pixels; keep boxes whose centre is inside, clipped."""
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  size = tf.stack([shape[1], shape[0], shape[1], shape[0]])
-  patch = tf.cast(pixel_patch, tf.float32) / size
-  keep = centres_inside(boxes, patch)
-  boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
-  patch_wh = patch[2:] - patch[:2]
-  boxes = tf.concat([tf.maximum(boxes[:, :2], patch[:2]), tf.minimum(boxes[:, 2:], patch[2:])],
-                         -1)
-  boxes = (boxes - tf.concat([patch[:2], patch[:2]], 0)) / tf.concat([patch_wh, patch_wh], 0)
-  image = image[pixel_patch[1]:pixel_patch[3], pixel_patch[0]:pixel_patch[2]]
-  return image, boxes, labels
-
-
-def min_iou_crop(image, boxes, labels, seed, cfg):
-  """The SSD patch sampler: choose whole image, a min-IoU in cfg.crop_min_ious, or
-  any patch; try cfg.crop_trials patches of side [cfg.crop_min_scale, 1] and
-  aspect ratio in cfg.crop_aspect_range; take the first that overlaps every box
-  by at least the min IoU and holds at least one box centre; else no crop."""
+  With probability cfg.zoom_out_prob, ratio r ~ U[1, cfg.zoom_out_max_ratio], a
+  canvas of int(H r) x int(W r) pixels with the image at a random whole-pixel
+  offset; else the image itself, (0, 0, 1, 1).
+  """
   s = _split(seed, 4)
-  options = tf.constant([-1.0] + list(cfg.crop_min_ious) + [0.0])  # -1: whole image
-  min_iou = options[tf.random.stateless_uniform((), s[0], 0, len(options), tf.int32)]
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  h, w = shape[0], shape[1]
-  t = cfg.crop_trials
-  pw = _uniform(s[1], cfg.crop_min_scale, 1.0, (t,)) * w
-  ph = _uniform(s[2], cfg.crop_min_scale, 1.0, (t,)) * h
-  offsets = _uniform(s[3], 0.0, 1.0, (t, 2))
-  x0, y0 = tf.floor(offsets[:, 0] * (w - pw)), tf.floor(offsets[:, 1] * (h - ph))
-  pixel = tf.stack([x0, y0, x0 + tf.maximum(tf.floor(pw), 1), y0 + tf.maximum(tf.floor(ph), 1)], -1)
-  aspect = (pixel[:, 2] - pixel[:, 0]) / (pixel[:, 3] - pixel[:, 1])
-  ok = (aspect >= cfg.crop_aspect_range[0]) & (aspect <= cfg.crop_aspect_range[1])
-  size = tf.stack([w, h, w, h])
-  normalised = pixel / size
-  iou = _iou_patches_boxes(normalised, boxes)
-  ok &= tf.reduce_min(tf.concat([iou, tf.ones_like(iou[:, :1])], 1), axis=1) >= min_iou
-  has_centre = tf.reduce_any(centres_inside(boxes, normalised), axis=1)
-  ok &= has_centre | (tf.shape(boxes)[0] == 0)
-  ok &= min_iou >= 0.0
-  first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
-  return tf.cond(tf.reduce_any(ok),
-                 lambda: crop_to(image, boxes, labels, tf.cast(pixel[first], tf.int32)),
-                 lambda: (image, boxes, labels))
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+
+  def expanded():
+    ratio = _uniform(s[1], 1.0, cfg.zoom_out_max_ratio)
+    canvas_h, canvas_w = tf.floor(h * ratio), tf.floor(w * ratio)
+    top = tf.floor(_uniform(s[2], 0.0, canvas_h - h))
+    left = tf.floor(_uniform(s[3], 0.0, canvas_w - w))
+    return tf.stack([-left / w, -top / h, (canvas_w - left) / w, (canvas_h - top) / h])
+
+  if not cfg.zoom_out:
+    return tf.constant(WHOLE)
+  return tf.cond(_uniform(s[0]) < cfg.zoom_out_prob, expanded, lambda: tf.constant(WHOLE))
+
+
+def sampler_constraints(cfg) -> tuple[list[float], list[float]]:
+  """(min IoU, max IoU) of the constrained samplers (besides "whole image"):
+  one per cfg.crop_min_ious, then "any patch" (max IoU 1.0) if cfg.crop_any_patch."""
+  mins = [float(m) for m in cfg.crop_min_ious] + ([-1.0] if cfg.crop_any_patch else [])
+  maxs = [2.0] * len(cfg.crop_min_ious) + ([1.0] if cfg.crop_any_patch else [])
+  return mins, maxs
+
+
+def sample_patch(boxes, seed, cfg):
+  """The release's batch sampling on one (expanded) image: f32 [4] normalised xyxy.
+
+  The whole image always qualifies. Each constrained sampler draws up to
+  cfg.crop_trials patches (scale s ~ U[cfg.crop_min_scale, 1], aspect ratio a
+  ~ U[cfg.crop_aspect_range] clamped to [s^2, 1/s^2], width s sqrt(a), height
+  s / sqrt(a), top-left uniform inside the image) and keeps the first whose
+  IoU with ANY box lies within its [min, max]; an image without boxes
+  satisfies none. One patch is chosen uniformly among those that qualified.
+
+  Args:
+    boxes: f32 [N, 4] normalised xyxy on the (expanded) image; project_boxes
+      clips them to it, which leaves their IoU with any patch unchanged.
+  """
+  mins, maxs = sampler_constraints(cfg)
+  k, t = len(mins), int(cfg.crop_trials)
+  s = _split(seed, 5)
+  scale = _uniform(s[0], cfg.crop_min_scale, 1.0, (k, t))
+  aspect = _uniform(s[1], cfg.crop_aspect_range[0], cfg.crop_aspect_range[1], (k, t))
+  aspect = tf.clip_by_value(aspect, tf.square(scale), 1.0 / tf.square(scale))
+  w, h = scale * tf.sqrt(aspect), scale / tf.sqrt(aspect)
+  x0, y0 = _uniform(s[2], shape=(k, t)) * (1.0 - w), _uniform(s[3], shape=(k, t)) * (1.0 - h)
+  patches = tf.stack([x0, y0, x0 + w, y0 + h], -1)  # [K, T, 4]
+  iou = _iou(patches, boxes)  # [K, T, N]
+  lo, hi = tf.constant(mins)[:, None, None], tf.constant(maxs)[:, None, None]
+  ok = tf.reduce_any((iou >= lo) & (iou <= hi), axis=-1)  # [K, T]; False when N = 0
+  first = tf.argmax(tf.cast(ok, tf.int32), axis=1, output_type=tf.int32)
+  found = tf.reduce_any(ok, axis=1)
+  chosen = tf.gather(patches, first, axis=1, batch_dims=1)  # [K, 4]
+  candidates = tf.concat([tf.constant([WHOLE]), tf.boolean_mask(chosen, found)], 0)
+  pick = tf.random.stateless_uniform((), s[4], 0, tf.shape(candidates)[0], tf.int32)
+  return candidates[pick]
+
+
+def project_boxes(boxes, frame):
+  """f32 [N, 4] boxes -> f32 [N, 4] boxes in the frame's normalised coordinates,
+  clipped to it (boxes and frame normalised xyxy in the same coordinates)."""
+  origin = tf.concat([frame[:2]] * 2, 0)
+  size = tf.concat([frame[2:] - frame[:2]] * 2, 0)
+  return tf.clip_by_value((boxes - origin) / size, 0.0, 1.0)
+
+
+def positive(boxes):
+  """bool [N]: boxes of positive width and height."""
+  return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def centre_inside(boxes, frame):
+  """bool [N]: the release's emit rule, box centre inside the frame (inclusive)."""
+  centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+  return tf.reduce_all((centre >= frame[:2]) & (centre <= frame[2:]), axis=-1)
+
+
+def sample_geometry(boxes, height, width, seed, cfg):
+  """Expand, then batch sampling, composed into one window.
+
+  Args:
+    boxes: f32 [N, 4] normalised xyxy ground truth of the source image.
+    height, width: the source image's size in pixels.
+
+  Returns:
+    window: f32 [4], the output's extent in source-normalised xyxy;
+    boxes: f32 [N, 4] every box projected onto the window and clipped;
+    keep: bool [N], the boxes the crop keeps: centre inside, positive size.
+  """
+  s = _split(seed, 2)
+  boxes = tf.cast(boxes, tf.float32)
+  canvas = expand_canvas(height, width, s[0], cfg)
+  patch = sample_patch(project_boxes(boxes, canvas), s[1], cfg) if cfg.crop else tf.constant(WHOLE)
+  extent = tf.concat([canvas[2:] - canvas[:2]] * 2, 0)
+  window = tf.concat([canvas[:2]] * 2, 0) + patch * extent
+  projected = project_boxes(boxes, window)
+  return window, projected, centre_inside(boxes, window) & positive(projected)
+
+
+# --- pixels ---------------------------------------------------------------------
+
+def place_window(window, height, width, size: int):
+  """Where the window's view of the image goes in the size x size output.
+
+  The window's visible part of the image is rounded to whole source pixels
+  (crop) and its image in the output to whole output pixels (place).
+
+  Returns:
+    crop: i32 [4] y0, x0, y1, x1 source pixels (empty when nothing shows);
+    place: i32 [4] y0, x0, y1, x1 output pixels;
+    effective: f32 [4] the window, normalised xyxy, that maps crop exactly
+      onto place (the window itself when nothing shows).
+  """
+  hw = tf.cast(tf.stack([height, width]), tf.float32)
+  lo, hi = tf.stack([window[1], window[0]]) * hw, tf.stack([window[3], window[2]]) * hw
+  scale = size / (hi - lo)  # output pixels per source pixel, (y, x)
+  crop_lo = tf.round(tf.maximum(lo, 0.0))
+  crop_hi = tf.maximum(tf.round(tf.minimum(hi, hw)), crop_lo)
+  place_lo = tf.clip_by_value(tf.round((crop_lo - lo) * scale), 0.0, size)
+  place_hi = tf.clip_by_value(tf.round((crop_hi - lo) * scale), place_lo, size)
+  shows = tf.reduce_all((crop_hi > crop_lo) & (place_hi > place_lo))
+  ratio = (crop_hi - crop_lo) / tf.maximum(place_hi - place_lo, 1.0)  # source px per output px
+  first, last = (crop_lo - place_lo * ratio) / hw, (crop_lo + (size - place_lo) * ratio) / hw
+  effective = tf.where(shows, tf.stack([first[1], first[0], last[1], last[0]]), window)
+  crop = tf.cast(tf.concat([crop_lo, tf.where(shows, crop_hi, crop_lo)], 0), tf.int32)
+  return crop, tf.cast(tf.concat([place_lo, place_hi], 0), tf.int32), effective
+
+
+def render(image, crop, place, size: int, method_index, methods, mean_rgb, distort=None):
+  """u8 [H, W, 3] -> f32 [size, size, 3] pixels: image[crop] resized into place
+  with methods[method_index], then `distort` (if any) on those pixels; the
+  rest of the output the mean pixel."""
+  mean = tf.constant(mean_rgb, tf.float32)
+  part = tf.cast(image[crop[0]:crop[2], crop[1]:crop[3]], tf.float32)
+  shape = place[2:] - place[:2]
+
+  def draw():
+    branches = [lambda m=m: tf.image.resize(part, shape, m) for m in methods]
+    resized = tf.switch_case(tf.convert_to_tensor(method_index, tf.int32), branches)
+    resized = tf.clip_by_value(resized, 0.0, 255.0)
+    if distort is not None:
+      resized = distort(resized)
+    pads = [[place[0], size - place[2]], [place[1], size - place[3]], [0, 0]]
+    return tf.pad(resized - mean, pads) + mean
+
+  def blank():
+    return tf.zeros([size, size, 3]) + mean
+
+  out = tf.cond(tf.reduce_all(shape > 0) & tf.reduce_all(crop[2:] > crop[:2]), draw, blank)
+  return tf.ensure_shape(out, [size, size, 3])
+
+
+def photometric_distort(image, seed, cfg):
+  """The release's distortion of f32 [..., 3] pixels in [0, 255].
+
+  Brightness (+delta), then contrast (x alpha) either first or last (a fair
+  coin), saturation (S x factor) and hue (rotated by delta on OpenCV's 0..180
+  scale, i.e. 2 delta degrees) in between, then a channel permutation; each
+  step with its own probability. Pixels are clipped to [0, 255] after each step.
+  """
+  s = _split(seed, 11)
+  p = cfg.photometric_prob
+  clip = lambda x: tf.clip_by_value(x, 0.0, 255.0)  # noqa: E731
+  do_brightness, do_contrast = _uniform(s[0]) < p, _uniform(s[1]) < p
+  do_saturation, do_hue = _uniform(s[2]) < p, _uniform(s[3]) < p
+  delta = _uniform(s[4], -cfg.brightness_delta, cfg.brightness_delta)
+  alpha = _uniform(s[5], *cfg.contrast_range)
+  factor = _uniform(s[6], *cfg.saturation_range)
+  hue = _uniform(s[7], -cfg.hue_delta, cfg.hue_delta) / 180.0  # of a full turn
+  contrast_first = _uniform(s[8]) < 0.5
+
+  def step(do, fn, x):  # tf.cond: an undrawn step costs nothing
+    return tf.cond(do, lambda: fn(x), lambda: x)
+
+  def colour(x):  # saturation then hue, in one HSV round trip
+    hsv = tf.image.rgb_to_hsv(x * (1.0 / 255.0))
+    h = tf.math.floormod(hsv[..., 0] + tf.where(do_hue, hue, 0.0), 1.0)
+    sat = tf.minimum(hsv[..., 1] * tf.where(do_saturation, factor, 1.0), 1.0)
+    return clip(tf.image.hsv_to_rgb(tf.stack([h, sat, hsv[..., 2]], -1)) * 255.0)
+
+  x = step(do_brightness, lambda x: clip(x + delta), image)
+  x = step(do_contrast & contrast_first, lambda x: clip(x * alpha), x)
+  x = step(do_saturation | do_hue, colour, x)
+  x = step(do_contrast & ~contrast_first, lambda x: clip(x * alpha), x)
+  if cfg.channel_swap_prob > 0:
+    permutation = tf.random.experimental.stateless_shuffle(tf.range(3), s[9])
+    x = step(_uniform(s[10]) < cfg.channel_swap_prob, lambda x: tf.gather(x, permutation, axis=-1),
+             x)
+  return x
 
 
 def flip(image, boxes):
@@ -151,20 +267,38 @@ def drop_degenerate(boxes, labels, *others):
           *(tf.boolean_mask(o, keep) for o in others))
 
 
-def train_augment(image, boxes, labels, seed, cfg, mean_rgb):
-  """The whole training chain before resizing: distort, zoom out, crop, flip."""
-  s = _split(seed, 6)
-  if cfg.photometric:
-    image = photometric_distort(image, s[0], cfg)
-  if cfg.zoom_out:
-    image, boxes = tf.cond(
-        _uniform(s[1]) < cfg.zoom_out_prob,
-        lambda: zoom_out(image, boxes, s[2], mean_rgb, cfg.zoom_out_max_ratio),
-        lambda: (image, boxes))
-  if cfg.crop:
-    image, boxes, labels = min_iou_crop(image, boxes, labels, s[3], cfg)
-  if cfg.flip:
-    image, boxes = tf.cond(_uniform(s[4]) < cfg.flip_prob, lambda: flip(image, boxes),
-                           lambda: (image, boxes))
-  boxes, labels = drop_degenerate(boxes, labels)
-  return image, boxes, labels
+def to_uint8(pixels):
+  """f32 pixels -> u8, rounded and clipped to [0, 255]."""
+  return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8)
+
+
+def train_augment(image, boxes, labels, seed, cfg, size: int, mean_rgb):
+  """The whole training chain on u8 [H, W, 3] and its ground truth.
+
+  Returns:
+    (u8 [size, size, 3] image; f32 [K, 4] the boxes the crop kept, normalised
+    xyxy on the output; i32 [K] their labels; a dict of the geometry, before
+    any mirroring: 'window' (sampled) and 'effective' f32 [4] source-normalised
+    xyxy, 'place' i32 [4] y0, x0, y1, x1 of the image in the output, and
+    'flipped' bool).
+  """
+  s = _split(seed, 5)
+  shape = tf.shape(image)
+  window, _, keep = sample_geometry(boxes, shape[0], shape[1], s[0], cfg)
+  crop, place, effective = place_window(window, shape[0], shape[1], size)
+  boxes = project_boxes(tf.cast(boxes, tf.float32), effective)
+  keep &= positive(boxes)
+  boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+  methods = tuple(cfg.resize_methods)
+  method = tf.random.stateless_uniform((), s[1], 0, len(methods), tf.int32)
+  distort = ((lambda x: photometric_distort(x, s[2], cfg)) if cfg.photometric else None)
+  out = render(image, crop, place, size, method, methods, mean_rgb, distort)
+  flipped = (_uniform(s[3]) < cfg.flip_prob) if cfg.flip else tf.constant(False)
+  out, boxes = tf.cond(flipped, lambda: flip(out, boxes), lambda: (out, boxes))
+  geometry = {'window': window, 'effective': effective, 'place': place, 'flipped': flipped}
+  return to_uint8(out), boxes, labels, geometry
+
+
+def resize_only(image, size: int):
+  """u8 [H, W, 3] -> u8 [size, size, 3], bilinear (training without augmentation)."""
+  return to_uint8(tf.image.resize(tf.cast(image, tf.float32), (size, size), 'bilinear'))

@@ -1,11 +1,8 @@
 """Custom datasets without code: a Pascal VOC folder or a COCO-format JSON.
 
-Both become lists of `Record`s, then a tf.data.Dataset of the common example
-dict of input_pipeline (image uint8 [H, W, 3], boxes f32 [N, 4] normalised
-xyxy, labels i32 [N] model classes, difficult bool [N], image_id int64).
-Images are decoded with PIL (ssd_jax/images.py): grayscale, RGBA, palette, PNG,
-BMP and large images become RGB; an unreadable image is logged with its path
-and skipped.
+Both become lists of `Record`s (annotations read once, at start), which
+sources.RecordsSource reads by index; images are decoded with PIL
+(ssd_jax/images.py) when used.
 """
 from __future__ import annotations
 
@@ -16,10 +13,6 @@ import xml.etree.ElementTree as ET
 from typing import Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
-
-from ssd_jax.data import augment
-from ssd_jax.images import load_image
 
 
 @dataclasses.dataclass
@@ -118,27 +111,3 @@ def read_coco_json(annotations: str, image_dir: str,
 def _record(path, image_id, boxes, labels, difficult) -> Record:
   return Record(path, image_id, np.asarray(boxes, np.float32).reshape(-1, 4),
                 np.asarray(labels, np.int32), np.asarray(difficult, bool))
-
-
-def records_dataset(records: Sequence[Record], shuffle_seed: Optional[int] = None
-                    ) -> tf.data.Dataset:
-  """Decoded examples, in record order or shuffled (before decoding, each pass anew);
-  unreadable images are skipped (and logged)."""
-  index = tf.data.Dataset.range(len(records))
-  if shuffle_seed is not None:
-    index = index.shuffle(len(records), seed=shuffle_seed, reshuffle_each_iteration=True)
-  paths = tf.constant([r.path for r in records])
-  ids = tf.constant([r.image_id for r in records], tf.int64)
-  boxes = tf.ragged.constant([r.boxes for r in records], dtype=tf.float32, ragged_rank=1,
-                             inner_shape=(4,))
-  labels = tf.ragged.constant([r.labels for r in records], dtype=tf.int32)
-  difficult = tf.ragged.constant([r.difficult for r in records], dtype=tf.bool)
-
-  def example(i):
-    image = tf.numpy_function(lambda p: load_image(p.decode()), [paths[i]], tf.uint8)
-    b, lab, dif = augment.drop_degenerate(boxes[i], labels[i], difficult[i])
-    return {'image': tf.ensure_shape(image, [None, None, 3]), 'boxes': b, 'labels': lab,
-            'difficult': dif, 'image_id': ids[i]}
-
-  ds = index.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.filter(lambda ex: tf.size(ex['image']) > 0)

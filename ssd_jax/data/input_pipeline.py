@@ -1,59 +1,45 @@
-"""tf.data pipelines from TFDS: decoding, augmentation, padding, per-host shards.
+"""tf.data input pipelines: examples read by position, augmented, batched per host.
 
-Every example, after decoding, is a dict:
-  image   uint8 [H, W, 3] RGB
-  boxes   f32 [N, 4] normalised xyxy
-  labels  i32 [N] model classes (dataset label + 1; 0 is background)
-  difficult bool [N]  (VOC "difficult"; COCO "crowd")
-Batches hold images f32 [b, S, S, 3] (mean subtracted), boxes f32 [b, M, 4],
-labels i32 [b, M] padded with 0 (M = data.max_boxes), and for evaluation also
-difficult, mask (real example or padding) and image_id. `b` is the host's
-share of the global batch.
+Order. Training reads the union of data.train_splits (VOC07+12 as one set of
+N examples) in an order that is a pure function of (seed, pass, position):
+global position g is example `index_shuffle(g mod N)` under the permutation of
+pass g div N, drawn anew for each pass. Global batch b holds positions
+[bB, (b+1)B); host h reads its slice [bB + h b_h, bB + (h+1) b_h) and nothing
+else. Resuming at step s starts at position sB: no record before it is read,
+and the batches equal those of an uninterrupted run. Each example's
+augmentation seed is folded from (seed, g), so it does not depend on where a
+run started or on the number of hosts either.
+
+Batches (b = this host's share of train.batch_size, S = model.image_size):
+  training:   image u8 [b, S, S, 3] RGB pixels; boxes f32 [b, M, 4] normalised
+              xyxy; labels i32 [b, M] (0 = padding), M = data.max_boxes;
+              train_dataset also yields num_boxes i32 [b] (before padding) and
+              name (file names), which train_batches checks and strips.
+  evaluation: image f32 [b, S, S, 3] RGB pixels (bilinear resize); mask bool
+              [b] (a real, readable example); image_id i64 [b]; original_size
+              i32 [b, 2]; and the whole ground truth, never cut: boxes f32
+              [b, n, 4] normalised xyxy, labels i32 [b, n] (0 = padding),
+              difficult bool [b, n], n the most boxes of any image in the batch.
+The mean pixel is subtracted on device (builders.normalise_images).
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
-from typing import Optional
+import weakref
+from typing import Iterator, Optional
 
 import jax
 import tensorflow as tf
-import tensorflow_datasets as tfds
+from absl import logging
 
 from ssd_jax import config_lib, labels, sharding
-from ssd_jax.data import augment, custom_data, shapes_dataset
+from ssd_jax.data import augment, custom_data, sources
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def parse_split(spec: str) -> tuple[str, str]:
-  """'voc/2007:train+validation' -> ('voc/2007', 'train+validation')."""
-  name, sep, split = spec.partition(':')
-  if not sep or not name or not split:
-    raise ValueError(f'data split {spec!r} must look like "voc/2007:test" (name:split).')
-  return name, split
-
-
-def prepare_local(name: str, data_dir) -> None:
-  """Generates a built-in dataset (`ssd_shapes`, no download) unless already on disk."""
-  if name.split('/')[0] == shapes_dataset.NAME:
-    tfds.builder(name, data_dir=data_dir).download_and_prepare()
-
-
-def _load(spec: str, data_dir, process_index, process_count, shuffle):
-  name, split = parse_split(spec)
-  prepare_local(name, data_dir)
-  split = tfds.split_for_jax_process(split, process_index=process_index,
-                                     process_count=process_count)
-  try:
-    return tfds.load(name, split=split, data_dir=data_dir, shuffle_files=shuffle,
-                     download=False)
-  except (AssertionError, tfds.core.DatasetNotFoundError) as e:
-    raise FileNotFoundError(
-        f'TFDS dataset {name} was not found in data_dir={data_dir or "the TFDS default"}. '
-        f'Prepare it once with: python -c "import tensorflow_datasets as tfds; '
-        f"tfds.builder('{name}', data_dir={data_dir!r}).download_and_prepare()\" "
-        f'(or set --config.data.data_dir to where it is). ({e})') from e
+# Salts separating the seed streams derived from config.seed.
+_ORDER, _AUGMENT = 0x0D3, 0xA06
 
 
 def _custom_records(config, spec: str) -> list:
@@ -61,9 +47,8 @@ def _custom_records(config, spec: str) -> list:
   d = config.data
   if d.root is None:
     raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
-  names = labels.class_names(config)
   if d.format == 'voc_folder':
-    return custom_data.read_voc_folder(d.root, spec, names)
+    return custom_data.read_voc_folder(d.root, spec, labels.class_names(config))
   annotations, sep, image_dir = spec.partition(':')
   if not sep:
     raise ValueError(f'coco_json split {spec!r} must be "annotations.json:image_dir" '
@@ -72,42 +57,14 @@ def _custom_records(config, spec: str) -> list:
                                     os.path.join(d.root, image_dir), d.class_names or None)
 
 
-def _examples(config, spec: str, index: int, count: int,
-              shuffle: bool) -> tuple[tf.data.Dataset, int]:
-  """Decoded examples (see module docstring) of this host's share of a split,
-  and the number of examples in the whole split (all hosts)."""
+def open_source(config, spec: str) -> sources.Source:
+  """The source of one split of the configured data.format (all hosts see all of it)."""
   fmt = config.data.format
   if fmt == 'tfds':
-    ds = _load(spec, config.data.data_dir, index, count, shuffle)
-    total = int(_load(spec, config.data.data_dir, 0, 1, False).cardinality())
-    return ds.map(decode, num_parallel_calls=AUTOTUNE), total
+    return sources.TfdsSource(spec, config.data.data_dir)
   if fmt in ('voc_folder', 'coco_json'):
-    records = _custom_records(config, spec)
-    ds = custom_data.records_dataset(records[index::count],
-                                     config.seed + index if shuffle else None)
-    return ds, len(records)
+    return sources.RecordsSource(_custom_records(config, spec), spec)
   raise ValueError(f'data.format={fmt!r} is not one of {config_lib.DATA_FORMATS}.')
-
-
-def decode(example) -> dict:
-  """A TFDS voc/coco example -> the common dict (see module docstring).
-
-  Object fields are cut to their common length (real data has equal lengths;
-  mock data may not), boxes of zero area are dropped.
-  """
-  objects = example['objects']
-  flags = objects['is_difficult'] if 'is_difficult' in objects else objects['is_crowd']
-  n = tf.reduce_min([tf.shape(objects['bbox'])[0], tf.shape(objects['label'])[0],
-                     tf.shape(flags)[0]])
-  yxyx = tf.reshape(objects['bbox'][:n], [-1, 4])
-  boxes = tf.stack([yxyx[:, 1], yxyx[:, 0], yxyx[:, 3], yxyx[:, 2]], -1)
-  labels = tf.cast(objects['label'][:n], tf.int32) + 1
-  boxes, labels, difficult = augment.drop_degenerate(boxes, labels, flags[:n])
-  image = example['image']
-  image_id = example.get('image/id', tf.strings.to_hash_bucket_fast(
-      example.get('image/filename', tf.constant('')), 2**62))
-  return {'image': image, 'boxes': boxes, 'labels': labels, 'difficult': difficult,
-          'image_id': tf.cast(image_id, tf.int64)}
 
 
 def _pad(x, size: int):
@@ -117,93 +74,112 @@ def _pad(x, size: int):
   return tf.ensure_shape(tf.pad(x, paddings), [size] + x.shape[1:])
 
 
-def finish(image, image_size: int, mean_rgb):
-  """Resize to the network input and subtract the mean pixel."""
-  image = tf.image.resize(image, (image_size, image_size), method='bilinear')
-  return image - tf.constant(mean_rgb, tf.float32)
-
-
-def shrink(image, max_side: int):
-  """Downscale (keeping the aspect ratio) so the longer side is at most max_side.
-
-  Zoom-out makes a canvas up to 4x the side: a 3000-pixel photo would need
-  gigabytes. Boxes are normalised, so they are unaffected.
-  """
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = tf.minimum(1.0, max_side / tf.reduce_max(shape))
-  return tf.cond(scale < 1.0,
-                 lambda: tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32)),
-                 lambda: image)
-
-
-def train_preprocess(features, seed, config) -> dict:
-  """One training example: augment, resize, subtract the mean, pad the boxes."""
-  image = shrink(tf.cast(features['image'], tf.float32), config.data.max_image_side)
-  boxes, labels = features['boxes'], features['labels']
-  if config.augment.enabled:
-    image, boxes, labels = augment.train_augment(image, boxes, labels, seed, config.augment,
-                                                 config.data.mean_rgb)
-  m = config.data.max_boxes
-  return {'image': finish(image, config.model.image_size, config.data.mean_rgb),
-          'boxes': _pad(boxes, m), 'labels': _pad(labels, m)}
-
-
-def eval_preprocess(features, config) -> dict:
-  """One evaluation example: resize, subtract the mean, pad; mask = True."""
-  m = config.data.max_boxes
-  image = tf.cast(features['image'], tf.float32)
-  return {'image': finish(image, config.model.image_size, config.data.mean_rgb),
-          'boxes': _pad(features['boxes'], m), 'labels': _pad(features['labels'], m),
-          'difficult': _pad(features['difficult'], m), 'image_id': features['image_id'],
-          'original_size': tf.shape(features['image'])[:2], 'mask': tf.constant(True)}
-
-
 def _processes(process_index, process_count):
   return (jax.process_index() if process_index is None else process_index,
           jax.process_count() if process_count is None else process_count)
 
 
+def host_positions(first: int, host_batch: int, global_batch: int,
+                   host: int) -> tf.data.Dataset:
+  """int64 global positions of this host's examples, from its `first` one on:
+  the j-th is (j div b) B + h b + (j mod b)."""
+  def position(j):
+    return (j // host_batch) * global_batch + host * host_batch + j % host_batch
+  return tf.data.Dataset.range(first, 2**62).map(position)
+
+
+def record_at(position, num_records: int, seed: int):
+  """The example index at a global training position: pass position div N is a
+  permutation of [0, N) seeded by (seed, pass)."""
+  n = tf.constant(num_records, tf.int64)
+  pass_seed = tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, _ORDER], tf.int64), position // n)
+  return tf.random.experimental.index_shuffle(position % n, pass_seed, n - 1)
+
+
+def train_example(source: sources.Source, position, config) -> dict:
+  """The augmented training example at a global position (see module docstring)."""
+  ex = source.example(record_at(position, len(source), config.seed))
+  boxes, classes = tf.cond(ex['ok'], lambda: (ex['boxes'], ex['labels']),
+                           lambda: (tf.zeros([0, 4]), tf.zeros([0], tf.int32)))
+  size, m = config.model.image_size, config.data.max_boxes
+  if config.augment.enabled:
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([config.seed, _AUGMENT], tf.int64), position)
+    image, boxes, classes, _ = augment.train_augment(ex['image'], boxes, classes, seed,
+                                                     config.augment, size, config.data.mean_rgb)
+  else:
+    image = augment.resize_only(ex['image'], size)
+  return {'image': tf.ensure_shape(image, [size, size, 3]), 'boxes': _pad(boxes, m),
+          'labels': _pad(classes, m), 'num_boxes': tf.shape(classes)[0], 'name': ex['name']}
+
+
 def train_dataset(config, process_index: Optional[int] = None,
                   process_count: Optional[int] = None, start_step: int = 0) -> tf.data.Dataset:
-  """Endless shuffled, augmented batches of this host's share of the train splits.
-
-  `start_step` resumes the stream exactly where a run that took that many steps
-  left it: the skipped examples are read but not augmented (seeds follow the
-  example's position, so what follows is identical).
-  """
+  """Endless batches of this host's share of the training order (module docstring),
+  from step `start_step` on; no record before it is read."""
   index, count = _processes(process_index, process_count)
   batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
-  parts = [_examples(config, s, index, count, True)[0] for s in config.data.train_splits]
-  ds = parts[0]
-  for part in parts[1:]:
-    ds = ds.concatenate(part)
-  ds = ds.repeat()
-  ds = ds.shuffle(config.data.shuffle_buffer, seed=config.seed + index)
-  host_seed = tf.constant([config.seed, index], tf.int64)
-  ds = ds.enumerate().skip(start_step * batch).map(
-      lambda i, ex: train_preprocess(ex, tf.random.experimental.stateless_fold_in(host_seed, i),
-                                     config),
-      num_parallel_calls=AUTOTUNE)
+  source = sources.Union([open_source(config, s) for s in config.data.train_splits])
+  if not len(source):
+    raise ValueError(f'the training splits {source.description} hold no example.')
+  positions = host_positions(start_step * batch, batch, config.train.batch_size, index)
+  ds = positions.map(lambda g: train_example(source, g, config), num_parallel_calls=AUTOTUNE)
   return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def decoded_eval_examples(config, count: int) -> tf.data.Dataset:
-  """The first `count` examples of the eval split, decoded but not resized
-  (see the module docstring), for drawing detections on."""
-  return _examples(config, config.data.eval_split, 0, 1, False)[0].take(count)
+# Live train_batches streams, closed at exit: a tf.data iterator whose map calls
+# Python (tf.numpy_function reads the data) and that is still alive when the
+# interpreter finalises can hang the process (its pending calls wait for a GIL
+# that finalisation holds); closed earlier, it stops cleanly.
+_LIVE = weakref.WeakSet()
 
 
-def _padding_example(config) -> dict:
-  s, m = config.model.image_size, config.data.max_boxes
-  return {'image': tf.zeros([s, s, 3]), 'boxes': tf.zeros([m, 4]),
-          'labels': tf.zeros([m], tf.int32), 'difficult': tf.zeros([m], tf.bool),
-          'image_id': tf.constant(-1, tf.int64), 'original_size': tf.zeros([2], tf.int32),
-          'mask': tf.constant(False)}
+@atexit.register
+def _close_live_streams() -> None:
+  for stream in list(_LIVE):
+    stream.close()
+
+
+def train_batches(config, start_step: int = 0) -> Iterator[dict]:
+  """This host's training batches as NumPy (image, boxes, labels) from `start_step`.
+
+  Warns once per image when an augmented image holds more than data.max_boxes
+  boxes (the rest are not trained on). Prefer it to iterating train_dataset by
+  hand: it is closed before the interpreter exits (see _LIVE).
+  """
+  stream = _checked_batches(config, start_step)
+  _LIVE.add(stream)
+  return stream
+
+
+def _checked_batches(config, start_step: int) -> Iterator[dict]:
+  warned = set()
+  for batch in train_dataset(config, start_step=start_step).as_numpy_iterator():
+    for name, n in zip(batch.pop('name'), batch.pop('num_boxes')):
+      if n > config.data.max_boxes and name not in warned:
+        warned.add(name)
+        logging.warning('image %s has %d boxes after augmentation; only data.max_boxes=%d are '
+                        'trained on. Raise data.max_boxes to keep them all.', name.decode(), n,
+                        config.data.max_boxes)
+    yield batch
+
+
+def eval_example(source: sources.Source, position, config) -> dict:
+  """The example at an evaluation position, resized; positions past the end
+  repeat the last example with mask False."""
+  n = len(source)
+  ex = source.example(tf.minimum(position, n - 1))
+  size = config.model.image_size
+  image = tf.image.resize(tf.cast(ex['image'], tf.float32), (size, size), 'bilinear')
+  return {'image': image, 'mask': (position < n) & ex['ok'], 'image_id': ex['image_id'],
+          'original_size': tf.shape(ex['image'])[:2], 'boxes': ex['boxes'],
+          'labels': ex['labels'], 'difficult': ex['difficult']}
 
 
 def eval_dataset(config, process_index: Optional[int] = None,
                  process_count: Optional[int] = None) -> tuple[tf.data.Dataset, int]:
-  """This host's share of the eval split, padded so all hosts run the same steps.
+  """This host's share of the eval split, in order, padded so all hosts run the same steps.
 
   Returns:
     (dataset of batches, number of batches), the same number on every host;
@@ -211,9 +187,17 @@ def eval_dataset(config, process_index: Optional[int] = None,
   """
   index, count = _processes(process_index, process_count)
   batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
-  ds, total = _examples(config, config.data.eval_split, index, count, False)
-  steps = math.ceil(math.ceil(total / count) / batch)
-  ds = ds.map(lambda ex: eval_preprocess(ex, config), num_parallel_calls=AUTOTUNE)
-  padding = tf.data.Dataset.from_tensors(_padding_example(config)).repeat()
-  ds = ds.concatenate(padding).take(steps * batch)
-  return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE), steps
+  source = open_source(config, config.data.eval_split)
+  if not len(source):
+    raise ValueError(f'the eval split {source.description} holds no example.')
+  steps = math.ceil(len(source) / config.train.batch_size)
+  positions = host_positions(0, batch, config.train.batch_size, index).take(steps * batch)
+  ds = positions.map(lambda g: eval_example(source, g, config), num_parallel_calls=AUTOTUNE)
+  return ds.padded_batch(batch, drop_remainder=True).prefetch(AUTOTUNE), steps
+
+
+def decoded_eval_examples(config, count: int) -> tf.data.Dataset:
+  """The first `count` examples of the eval split, decoded but not resized
+  (see sources.py), for drawing detections on."""
+  source = open_source(config, config.data.eval_split)
+  return tf.data.Dataset.range(min(count, len(source))).map(source.example)

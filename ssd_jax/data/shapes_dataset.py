@@ -111,8 +111,9 @@ def generate(seed: int, config: ShapesConfig) -> tuple[np.ndarray, np.ndarray, n
 class SsdShapes(tfds.core.GeneratorBasedBuilder):
   """Coloured shapes on textured backgrounds, generated locally (see module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '1.1.0': 'Stored as ArrayRecord, which the pipeline reads by index.'}
   BUILDER_CONFIGS = [
       ShapesConfig(name='default', description='4000 train / 500 test images, 128x128.'),
       ShapesConfig(name='small', description='64 train / 16 test images, for tests.',

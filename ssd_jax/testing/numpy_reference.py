@@ -91,3 +91,65 @@ def postprocess(loc, logits, anchors, threshold, top_k, iou, max_det):
       found.append((probs[top[i], c], c, boxes[top[i]]))
   found.sort(key=lambda f: -f[0])
   return found[:max_det]
+
+
+def jaccard(a, b) -> float:
+  """IoU of two normalised xyxy boxes, one at a time."""
+  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = iw * ih
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def release_crop(boxes, height, width, rng, cfg):
+  """The release's expand and batch sampling for one image, literally.
+
+  Expand (probability cfg.zoom_out_prob): a canvas of int(H r) x int(W r)
+  pixels, r ~ U[1, max ratio], the image at a whole-pixel offset. Then the
+  whole image, and for each constrained sampler up to cfg.crop_trials patches
+  drawn one at a time until one overlaps ANY box within its IoU bounds; one of
+  the qualifying patches uniformly; boxes whose centre lies in it, projected.
+
+  Returns:
+    (window [4] source-normalised xyxy, boxes [N, 4] on the window, keep bool [N]).
+  """
+  canvas = [0.0, 0.0, 1.0, 1.0]
+  if cfg.zoom_out and rng.uniform() < cfg.zoom_out_prob:
+    ratio = rng.uniform(1.0, cfg.zoom_out_max_ratio)
+    canvas_h, canvas_w = int(height * ratio), int(width * ratio)
+    top = np.floor(rng.uniform(0, canvas_h - height))
+    left = np.floor(rng.uniform(0, canvas_w - width))
+    canvas = [-left / width, -top / height, (canvas_w - left) / width,
+              (canvas_h - top) / height]
+  cw, ch = canvas[2] - canvas[0], canvas[3] - canvas[1]
+  on_canvas = [[(b[0] - canvas[0]) / cw, (b[1] - canvas[1]) / ch,
+                (b[2] - canvas[0]) / cw, (b[3] - canvas[1]) / ch] for b in boxes]
+  samplers = [(m, None) for m in cfg.crop_min_ious] + ([(None, 1.0)] if cfg.crop_any_patch else [])
+  found = [[0.0, 0.0, 1.0, 1.0]]
+  for min_iou, max_iou in (samplers if cfg.crop else []):
+    for _ in range(cfg.crop_trials):
+      scale = rng.uniform(cfg.crop_min_scale, 1.0)
+      aspect = rng.uniform(*cfg.crop_aspect_range)
+      aspect = min(max(aspect, scale ** 2), 1 / scale ** 2)
+      w, h = scale * np.sqrt(aspect), scale / np.sqrt(aspect)
+      x0, y0 = rng.uniform(0, max(1 - w, 0.0)), rng.uniform(0, max(1 - h, 0.0))
+      patch = [x0, y0, x0 + w, y0 + h]
+      overlaps = [jaccard(patch, b) for b in on_canvas]
+      if any((min_iou is None or o >= min_iou) and (max_iou is None or o <= max_iou)
+             for o in overlaps):
+        found.append(patch)
+        break
+  patch = found[rng.integers(len(found))]
+  pw, ph = patch[2] - patch[0], patch[3] - patch[1]
+  out, keep = [], []
+  for b in on_canvas:
+    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    p = [min(max((b[0] - patch[0]) / pw, 0.0), 1.0), min(max((b[1] - patch[1]) / ph, 0.0), 1.0),
+         min(max((b[2] - patch[0]) / pw, 0.0), 1.0), min(max((b[3] - patch[1]) / ph, 0.0), 1.0)]
+    out.append(p)
+    keep.append(patch[0] <= cx <= patch[2] and patch[1] <= cy <= patch[3]
+                and p[2] > p[0] and p[3] > p[1])
+  window = [canvas[0] + patch[0] * cw, canvas[1] + patch[1] * ch,
+            canvas[0] + patch[2] * cw, canvas[1] + patch[3] * ch]
+  return np.array(window), np.array(out).reshape(-1, 4), np.array(keep, bool)

@@ -14,7 +14,8 @@ VOC_OBJECT = """<object><name>{name}</name><difficult>{difficult}</difficult>
 
 
 def write_voc_folder(root: pathlib.Path, images, split='trainval'):
-  """images: list of (id, PIL image or raw bytes, [(name, difficult, x0, y0, x1, y1)])."""
+  """images: list of (id, PIL image or raw bytes, [(name, difficult, x0, y0, x1, y1)]);
+  JPEG quality 90 (PNG for grayscale and RGBA)."""
   for sub in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
     (root / sub).mkdir(parents=True, exist_ok=True)
   for image_id, content, objects in images:
@@ -23,7 +24,8 @@ def write_voc_folder(root: pathlib.Path, images, split='trainval'):
       path.write_bytes(content)
       w, h = 40, 30
     else:
-      content.save(path, format='PNG' if content.mode in ('RGBA', 'L') else 'JPEG')
+      content.save(path, format='PNG' if content.mode in ('RGBA', 'L') else 'JPEG',
+                   quality=90)
       w, h = content.size
     xml_objects = ''.join(VOC_OBJECT.format(name=n, difficult=int(d), x0=x0, y0=y0, x1=x1, y1=y1)
                           for n, d, x0, y0, x1, y1 in objects)
@@ -68,15 +70,15 @@ def squares_config(config, root, num_steps):
   also serves as the eval split)."""
   c = tiny_config(config)
   c.data.format, c.data.root, c.data.class_names = 'voc_folder', root, SQUARE_CLASSES
-  c.data.train_splits, c.data.eval_split, c.data.shuffle_buffer = ('trainval',), 'trainval', 16
+  c.data.train_splits, c.data.eval_split = ('trainval',), 'trainval'
   c.train.num_steps, c.train.checkpoint_every, c.train.log_every = num_steps, 2, 1
   c.optim.learning_rate, c.optim.grad_clip_norm = 0.01, 10.0
   return c
 
 
 def synthetic_batch(rng, batch, size=96, max_boxes=3):
-  """Grey images with red (class 1) and green (class 2) squares, mean subtracted."""
-  images = np.full((batch, size, size, 3), 128.0, np.float32)
+  """A training batch: grey uint8 images with red (class 1) and green (class 2) squares."""
+  images = np.full((batch, size, size, 3), 128, np.uint8)
   boxes = np.zeros((batch, max_boxes, 4), np.float32)
   labels = np.zeros((batch, max_boxes), np.int32)
   for b in range(batch):
@@ -87,5 +89,42 @@ def synthetic_batch(rng, batch, size=96, max_boxes=3):
       images[b, y0:y0 + side, x0:x0 + side] = (230, 20, 20) if cls == 1 else (20, 230, 20)
       boxes[b, k] = np.array([x0, y0, x0 + side, y0 + side]) / size
       labels[b, k] = cls
-  return {'image': images - np.array([123.0, 117.0, 104.0], np.float32), 'boxes': boxes,
-          'labels': labels}
+  return {'image': images, 'boxes': boxes, 'labels': labels}
+
+
+PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field',
+          'immunohistochemistry', 'retina')
+
+
+def sample_photos() -> list[np.ndarray]:
+  """scikit-image's bundled colour photographs, uint8 [H, W, 3] (no download)."""
+  import skimage.data
+  return [getattr(skimage.data, name)() for name in PHOTOS]
+
+
+def photo_voc_folder(root: pathlib.Path, n: int, seed: int = 0, size=(500, 375),
+                     class_names=('thing',), split: str = 'trainval') -> list[str]:
+  """n JPEGs (quality 90) cut from sample_photos and resized to `size` (w, h), VOC's
+  typical size, each with 1-6 random boxes; a Pascal VOC folder under root.
+
+  Returns the image ids.
+  """
+  rng = np.random.default_rng(seed)
+  photos, w, h = sample_photos(), size[0], size[1]
+  images = []
+  for i in range(n):
+    photo = photos[i % len(photos)]
+    ph, pw = photo.shape[:2]
+    cut_w = int(rng.uniform(0.6, 1.0) * pw)
+    cut_h = min(ph, int(cut_w * h / w))
+    x0, y0 = int(rng.integers(0, pw - cut_w + 1)), int(rng.integers(0, ph - cut_h + 1))
+    image = Image.fromarray(photo[y0:y0 + cut_h, x0:x0 + cut_w]).resize((w, h), Image.BILINEAR)
+    objects = []
+    for _ in range(rng.integers(1, 7)):
+      bw, bh = int(rng.integers(20, w // 2)), int(rng.integers(20, h // 2))
+      bx, by = int(rng.integers(1, w - bw)), int(rng.integers(1, h - bh))
+      objects.append((class_names[rng.integers(len(class_names))], False, bx, by, bx + bw,
+                      by + bh))
+    images.append((f'{i:06d}', image, objects))
+  write_voc_folder(root, images, split)
+  return [i for i, _, _ in images]

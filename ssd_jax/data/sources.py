@@ -1,0 +1,188 @@
+"""Random-access example sources: TFDS splits (ArrayRecord) and custom datasets.
+
+The input pipeline reads examples by index, so that the training order is a
+pure function of (seed, pass, position) and a resumed run reads nothing it
+does not use. A source is a length and a TensorFlow function from an int64
+index to one decoded example:
+  image      uint8 [H, W, 3] RGB
+  boxes      f32 [N, 4] normalised xyxy
+  labels     i32 [N] model classes (dataset label + 1; 0 is background)
+  difficult  bool [N] (VOC "difficult"; COCO "crowd")
+  image_id   int64
+  name       string: the image's file name, for messages
+  ok         bool: False when the image could not be decoded (then a 1 x 1
+             black image; training gives it no boxes, evaluation skips it)
+Encoded bytes are read by index and decoded only when an example is used.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from ssd_jax import images
+from ssd_jax.data import augment, shapes_dataset
+
+
+class Source:
+  """A sequence of examples readable by index inside tf.data (see module docstring)."""
+
+  description: str
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def example(self, index: tf.Tensor) -> dict:
+    raise NotImplementedError
+
+
+def parse_split(spec: str) -> tuple[str, str]:
+  """'voc/2007:train+validation' -> ('voc/2007', 'train+validation')."""
+  name, sep, split = spec.partition(':')
+  if not sep or not name or not split:
+    raise ValueError(f'data split {spec!r} must look like "voc/2007:test" (name:split).')
+  return name, split
+
+
+def prepare_local(name: str, data_dir: Optional[str]) -> None:
+  """Generates a built-in dataset (`ssd_shapes`, no download) unless already on disk."""
+  if name.split('/')[0] == shapes_dataset.NAME:
+    tfds.builder(name, data_dir=data_dir, file_format='array_record').download_and_prepare()
+
+
+def _prepare_command(name: str, data_dir: Optional[str]) -> str:
+  return (f'python -c "import tensorflow_datasets as tfds; tfds.builder(\'{name}\', '
+          f'data_dir={data_dir!r}, file_format=\'array_record\').download_and_prepare()"')
+
+
+class TfdsSource(Source):
+  """A TFDS split in VOC's or COCO's feature layout, read by index from ArrayRecord files."""
+
+  def __init__(self, spec: str, data_dir: Optional[str]):
+    name, split = parse_split(spec)
+    prepare_local(name, data_dir)
+    where = data_dir or 'the default TFDS folder (~/tensorflow_datasets or $TFDS_DATA_DIR)'
+    missing = FileNotFoundError(
+        f'TFDS dataset {name} was not found in {where}. Prepare it once with: '
+        f'{_prepare_command(name, data_dir)} (or set --config.data.data_dir to where it is).')
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+      self._data = tfds.data_source(
+          name, split=split, data_dir=data_dir, download=False,
+          deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    except (AssertionError, tfds.core.DatasetNotFoundError) as e:
+      raise missing from e
+    except NotImplementedError as e:  # not prepared, or prepared as TFRecord
+      if not builder.is_prepared():
+        raise missing from e
+      raise ValueError(
+          f'TFDS dataset {name} in {where} is stored as TFRecord, which cannot be read by '
+          f'index; ssd_jax needs ArrayRecord files (resuming then reads nothing twice). '
+          f'Prepare it again with: {_prepare_command(name, data_dir)} (TFDS reuses the '
+          f'files it downloaded before).') from e
+    self._features = builder.info.features
+    self.description = spec
+
+  def __len__(self) -> int:
+    return len(self._data)
+
+  def _read(self, index) -> bytes:
+    return self._data[int(index)]
+
+  def example(self, index):
+    raw = tf.numpy_function(self._read, [index], tf.string, stateful=False)
+    ex = self._features.deserialize_example(raw, decoders={'image': tfds.decode.SkipDecoding()})
+    objects = ex['objects']
+    flags = objects['is_difficult'] if 'is_difficult' in objects else objects['is_crowd']
+    yxyx = tf.reshape(objects['bbox'], [-1, 4])
+    boxes = tf.stack([yxyx[:, 1], yxyx[:, 0], yxyx[:, 3], yxyx[:, 2]], -1)
+    labels = tf.cast(objects['label'], tf.int32) + 1
+    boxes, labels, difficult = augment.drop_degenerate(boxes, labels, tf.cast(flags, tf.bool))
+    name = ex.get('image/filename', tf.constant(''))
+    image_id = ex.get('image/id', tf.strings.to_hash_bucket_fast(name, 2**62))
+    return {'image': tf.io.decode_image(ex['image'], channels=3, expand_animations=False),
+            'boxes': boxes, 'labels': labels, 'difficult': difficult,
+            'image_id': tf.cast(image_id, tf.int64), 'name': name, 'ok': tf.constant(True)}
+
+
+class _OnceLog:
+  """Logs an unreadable image once per file however many passes read it."""
+
+  def __init__(self):
+    self._seen, self._lock = set(), threading.Lock()
+
+  def error(self, path: str, message: str) -> None:
+    with self._lock:
+      if path in self._seen:
+        return
+      self._seen.add(path)
+    logging.error('skipping unreadable image (logged once): %s', message)
+
+
+_UNREADABLE = _OnceLog()
+
+
+def _decode_file(path) -> tuple[np.ndarray, bool]:
+  """PIL decoding (images.read_image) for tf.numpy_function: (u8 [H, W, 3], ok).
+
+  `path`: bytes (in tf.data) or a 0-d object array of bytes (eager calls).
+  """
+  path = np.asarray(path).item().decode()
+  try:
+    return images.read_image(path), True
+  except ValueError as e:
+    _UNREADABLE.error(path, str(e))
+    return np.zeros((1, 1, 3), np.uint8), False
+
+
+class RecordsSource(Source):
+  """Custom data (custom_data.Record: a VOC folder or a COCO JSON), images decoded by PIL."""
+
+  def __init__(self, records: Sequence, description: str):
+    self._n = len(records)
+    self._paths = tf.constant([r.path for r in records] or [''])
+    self._ids = tf.constant([r.image_id for r in records] or [0], tf.int64)
+    self._boxes = tf.ragged.constant([r.boxes for r in records], dtype=tf.float32,
+                                     ragged_rank=1, inner_shape=(4,))
+    self._labels = tf.ragged.constant([r.labels for r in records], dtype=tf.int32)
+    self._difficult = tf.ragged.constant([r.difficult for r in records], dtype=tf.bool)
+    self.description = description
+
+  def __len__(self) -> int:
+    return self._n
+
+  def example(self, index):
+    path = self._paths[index]
+    image, ok = tf.numpy_function(_decode_file, [path], (tf.uint8, tf.bool), stateful=False)
+    return {'image': tf.ensure_shape(image, [None, None, 3]), 'boxes': self._boxes[index],
+            'labels': self._labels[index], 'difficult': self._difficult[index],
+            'image_id': self._ids[index], 'name': tf.strings.split(path, '/')[-1],
+            'ok': tf.ensure_shape(ok, [])}
+
+
+class Union(Source):
+  """Sources one after the other: index i of the union is index i - start of one part."""
+
+  def __init__(self, parts: Sequence[Source]):
+    if not parts:
+      raise ValueError('no splits given; set data.train_splits.')
+    self.parts = list(parts)
+    self._starts = np.cumsum([0] + [len(p) for p in parts])
+    self.description = ' + '.join(p.description for p in parts)
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def example(self, index):
+    if len(self.parts) == 1:
+      return self.parts[0].example(index)
+    part = tf.searchsorted(tf.constant(self._starts[1:-1], tf.int64), index[None],
+                           side='right')[0]
+    branches = [functools.partial(p.example, index - int(start))
+                for p, start in zip(self.parts, self._starts[:-1])]
+    return tf.switch_case(tf.cast(part, tf.int32), branches)
