@@ -2,36 +2,49 @@
 
 A workdir holds `config.json` (the config training ran with) and orbax
 checkpoints of the train state in `checkpoints/<step>`. This module writes and
-finds them, restores the whole train state (to resume), the parameters alone
-(to evaluate or detect: no optimiser is built; shapes come from
-`jax.eval_shape(builders.init_params)`), or every parameter that matches a new
-model (to fine-tune, `model.init_checkpoint`).
+finds them, guards a workdir against a second run and against resuming with
+an incompatible config, restores the whole train state (to resume; unreadable
+steps are moved to `unreadable_checkpoints/` and the newest readable one is
+used), the parameters alone (to evaluate or detect: no optimiser is built;
+shapes come from `jax.eval_shape(builders.init_params)`), or every parameter
+that matches a new model (to fine-tune, `model.init_checkpoint`).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
+import shutil
+import socket
+import sys
+import time
 from typing import Optional
 
 import flax
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.sharding import Mesh
 from ml_collections import config_dict
 
 from ssd_jax import builders, config_lib, sharding
 
 CONFIG_FILE = 'config.json'
+LOCK_FILE = 'lock'
+UNREADABLE = 'unreadable_checkpoints'
 
 
 # --- config.json --------------------------------------------------------------
 
 def save_config(config: config_dict.ConfigDict, folder: str) -> str:
-  """Writes the config as folder/config.json (so a workdir describes itself)."""
+  """Writes the config as folder/config.json (so a workdir describes itself);
+  atomically: a crash leaves the old file or the new one, never half of one."""
   path = os.path.join(folder, CONFIG_FILE)
-  with open(path, 'w') as f:
+  with open(path + '.tmp', 'w') as f:
     f.write(config.to_json(indent=2))
+  os.replace(path + '.tmp', path)
   return path
 
 
@@ -73,6 +86,72 @@ def find_config(path: str) -> config_dict.ConfigDict:
     folder = os.path.dirname(folder)
   raise FileNotFoundError(f'no {CONFIG_FILE} in or above {path}; pass the config the model '
                           f'was trained with (--config=... or config=...).')
+
+
+# --- one run per workdir, with the config its checkpoints were made with ------
+
+class WorkdirInUseError(RuntimeError):
+  """Another process is training in this workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Held while a training run uses the workdir; a second run refuses, naming the first.
+
+  An flock on <workdir>/lock: the kernel releases it when its process ends,
+  however it ends (kill -9 included), so a lock a dead run left is taken over
+  without a word. The file names its holder and is removed on release.
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    with open(path) as f:
+      holder = f.read().strip() or 'another process'
+    raise WorkdirInUseError(
+        f'--workdir={workdir} is in use by {holder}. Wait for that run to end, or give this '
+        f'one another --workdir (two runs in one workdir overwrite each other\'s checkpoints).'
+    ) from None
+  os.ftruncate(fd, 0)
+  os.write(fd, (f'process {os.getpid()} on {socket.gethostname()} since '
+                f'{time.strftime("%Y-%m-%d %H:%M:%S")} ({" ".join(sys.argv)})').encode())
+  try:
+    yield path
+  finally:
+    os.unlink(path)
+    os.close(fd)
+
+
+# Fields a resumed run must share with the run that made the checkpoints: they
+# decide the parameters, what the heads predict, and the optimiser state.
+RESUME_SECTIONS = ('model', 'anchors')
+RESUME_FIELDS = ('optim.name',)
+RESUME_FREE = ('model.init_checkpoint',)  # used only by a fresh start
+
+
+def _flat(config: config_dict.ConfigDict) -> dict:
+  return flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
+
+
+def check_resumable(config, workdir: str) -> None:
+  """Refuses, before anything is read or written, to resume the checkpoints in
+  `workdir` with a config whose model differs from their config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not (os.path.isfile(path) and os.path.isdir(os.path.join(workdir, 'checkpoints'))
+          and any(n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints')))):
+    return
+  saved, now = _flat(config_lib.validate(read_config(path))), _flat(config)
+  keys = [k for k in sorted(set(saved) | set(now))
+          if (k.split('.')[0] in RESUME_SECTIONS or k in RESUME_FIELDS) and k not in RESUME_FREE]
+  differ = [f'{k}: {saved.get(k)!r} in {CONFIG_FILE}, {now.get(k)!r} now' for k in keys
+            if saved.get(k) != now.get(k)]
+  if differ:
+    raise ValueError(
+        f'{workdir} holds checkpoints of another model; resuming would not fit them. '
+        f'Differences: {"; ".join(differ)}. Use the values of {path} (it holds the config '
+        f'the checkpoints were made with) or train in a new --workdir. Nothing was changed.')
 
 
 # --- the train state, to resume -------------------------------------------------
@@ -127,6 +206,43 @@ def restore(mngr: ocp.CheckpointManager, target, step: Optional[int] = None):
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def _readable_steps(mngr: ocp.CheckpointManager, load, on_unreadable=None):
+  """(step, load(step)) of the newest step `load` can read; newer unreadable
+  steps are logged and passed to on_unreadable(step). (None, None) if no step."""
+  failures = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      return step, load(step)
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways
+      failures.append(f'step {step}: {type(e).__name__}: {str(e)[:300]}')
+      logging.warning('checkpoint step %d in %s is unreadable (%s); trying the next older one.',
+                      step, mngr.directory, failures[-1])
+      if on_unreadable:
+        on_unreadable(step)
+  if failures:
+    raise RuntimeError(f'no readable checkpoint in {mngr.directory}: {"; ".join(failures)}. '
+                       f'Start a new --workdir, or restore the checkpoint files.')
+  return None, None
+
+
+def restore_newest_readable(mngr: ocp.CheckpointManager, target, workdir: str):
+  """(step, state) of the newest readable checkpoint, or (0, target) if none.
+
+  An unreadable newer step (a truncated file, missing metadata) is moved, whole,
+  to <workdir>/unreadable_checkpoints/<step> (nothing is deleted), so training
+  can save that step again.
+  """
+  def set_aside(step: int) -> None:
+    destination = os.path.join(workdir, UNREADABLE, f'{step}_{time.strftime("%Y%m%d-%H%M%S")}')
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    shutil.move(os.path.join(str(mngr.directory), str(step)), destination)
+    logging.warning('moved unreadable checkpoint step %d to %s', step, destination)
+    mngr.reload()
+
+  step, state = _readable_steps(mngr, lambda s: restore(mngr, target, s), set_aside)
+  return (0, target) if step is None else (step, state)
+
+
 # --- parameters only, to evaluate or detect ------------------------------------
 
 def abstract_params(config) -> dict:
@@ -141,7 +257,8 @@ def restore_params(config, path: str, step: Optional[int] = None,
   Args:
     config: the config the checkpoint was trained with (validated).
     path: a workdir, its checkpoints folder, or one step folder.
-    step: which step (default: the one `path` names, else the latest).
+    step: which step (default: the one `path` names, else the latest readable:
+      a damaged newer step is logged and skipped).
     mesh: where to place them (default: every device).
 
   Returns:
@@ -152,12 +269,19 @@ def restore_params(config, path: str, step: Optional[int] = None,
   target = {'params': jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       abstract_params(config))}
-  with ocp.CheckpointManager(directory) as mngr:
-    step = pick_step(mngr, step if step is not None else named)
-    restored = mngr.restore(step, args=ocp.args.PyTreeRestore(
+
+  def load(step):
+    return mngr.restore(step, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
-  return restored['params'], step
+        partial_restore=True))['params']
+
+  with ocp.CheckpointManager(directory) as mngr:
+    step = step if step is not None else named
+    if step is not None:  # asked for by number: that one or an error
+      return load(pick_step(mngr, step)), step
+    pick_step(mngr)  # a clear error when there is none
+    step, params = _readable_steps(mngr, load)  # the latest readable, read-only
+  return params, step
 
 
 # --- matching parameters, to fine-tune -----------------------------------------

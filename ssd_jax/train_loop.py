@@ -34,6 +34,14 @@ def check_workdir(workdir: str) -> None:
                           f'folder you may write to.') from e
 
 
+class Preempted(Exception):
+  """Raised after SIGTERM once the state is saved: the run can be resumed."""
+
+  def __init__(self, step: int, workdir: str):
+    super().__init__(f'SIGTERM: saved step {step} in {workdir}; run the same command to resume.')
+    self.step = step
+
+
 class Preemption:
   """Set by SIGTERM (a preempted TPU/GPU VM) while in use: the loop saves and exits.
 
@@ -61,10 +69,12 @@ def check_finite(metrics: dict, step: int, mngr) -> None:
   """Stops before a non-finite state can reach a checkpoint."""
   bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
   if bad:
+    last = mngr.latest_step()
+    kept = (f'the last checkpoint, step {last}, is kept and nothing after it was saved'
+            if last is not None else 'no checkpoint had been saved yet, and none was')
     raise FloatingPointError(
-        f'non-finite training metrics at step {step}: {bad}. Nothing after the last '
-        f'checkpoint (step {mngr.latest_step()}) was saved. Lower optim.learning_rate, '
-        f'set optim.grad_clip_norm, or check the input boxes.')
+        f'non-finite training metrics at step {step}: {bad}; {kept}. Lower '
+        f'optim.learning_rate, set optim.grad_clip_norm, or check the input boxes.')
 
 
 def write_summaries(writer, step: int, metrics: dict, images_per_second: float) -> None:
@@ -96,23 +106,23 @@ def initialise_from(state, path: str, mesh):
   return state.replace(params=params)
 
 
-def _run(config, workdir: str, stack: contextlib.ExitStack,
-         with_eval: bool) -> train_step.TrainState:
-  config_lib.validate(config)
-  if config.train.distributed:
-    jax.distributed.initialize()
+def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
+  """(state, checkpoint manager, first step) of a run: resumed from the newest
+  readable checkpoint, or fresh (from model.init_checkpoint if set).
+
+  Nothing in the workdir changes until the run is known to start: a second
+  run, or one whose model does not fit the checkpoints, is refused first, and
+  config.json is written last.
+  """
   check_workdir(workdir)
   if jax.process_index() == 0:
-    checkpoints.save_config(config, workdir)
-  mesh = sharding.make_mesh()
-  sharding.check_mesh_batch(config.train.batch_size, mesh)
-  anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
+    stack.enter_context(checkpoints.workdir_lock(workdir))
+  checkpoints.check_resumable(config, workdir)
   state = train_step.create_state(config, mesh, jax.random.key(config.seed))
   mngr = checkpoints.manager(workdir, config)
   stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
-  start = mngr.latest_step() or 0
+  start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
   if start:
-    state = checkpoints.restore(mngr, state, start)
     logging.info('resumed from step %d in %s', start, workdir)
   elif config.model.init_checkpoint:
     state = initialise_from(state, config.model.init_checkpoint, mesh)
@@ -120,6 +130,20 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
     logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
                     'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
                     'pass --config.model.init_checkpoint=<its output>.')
+  if jax.process_index() == 0:
+    checkpoints.save_config(config, workdir)
+  return state, mngr, start
+
+
+def _run(config, workdir: str, stack: contextlib.ExitStack,
+         with_eval: bool) -> train_step.TrainState:
+  config_lib.validate(config)
+  if config.train.distributed:
+    jax.distributed.initialize()
+  mesh = sharding.make_mesh()
+  sharding.check_mesh_batch(config.train.batch_size, mesh)
+  anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
+  state, mngr, start = _start(config, workdir, mesh, stack)
   data = input_pipeline.train_batches(config, start_step=start)
   step_fn = train_step.jit_train_step(config, mesh)
   preempted = stack.enter_context(Preemption())
@@ -143,8 +167,8 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
     if saving:
       checkpoints.save(mngr, done, state, force=True)
     if preempted:
-      logging.warning('SIGTERM: saved step %d, exiting.', done)
-      break
+      mngr.wait_until_finished()
+      raise Preempted(done, workdir)
     every = config.eval.every_steps
     if with_eval and (done == total or (every and done % every == 0)):
       evaluate.evaluate_and_report(config, state.params, workdir, done, writer, mesh)

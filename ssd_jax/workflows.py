@@ -81,18 +81,27 @@ def find_images(spec: str) -> list[str]:
   return paths
 
 
+def relative_names(paths: list[str], spec: str) -> list[str]:
+  """Names that tell the images apart: paths relative to the folder `spec` names,
+  else to the deepest folder holding them all (a/x.jpg and b/x.jpg, p.jpg and
+  p.png stay distinct)."""
+  base = spec if os.path.isdir(spec) else os.path.commonpath(
+      [os.path.dirname(os.path.abspath(p)) for p in paths])
+  return [os.path.relpath(os.path.abspath(p), os.path.abspath(base)) for p in paths]
+
+
 def predict_files(det: detector.Detector, spec: str, out_dir: str,
                   min_draw_score: float = 0.4) -> dict:
   """Detects on the images `spec` names; writes detections.json (COCO results,
-  image_id = file name) and drawn copies under out_dir/images.
+  image_id = the image's relative name, see relative_names) and drawn copies
+  at the same relative names under out_dir/images.
 
   Unreadable images are logged and listed under "skipped"; if none can be read,
   an error. Returns {'detections': path, 'images': folder, 'count', 'skipped'}.
   """
   paths = find_images(spec)
-  os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
   found, skipped = {}, []
-  for path in paths:
+  for path, name in zip(paths, relative_names(paths, spec)):
     try:
       image = images.read_image(path)
     except ValueError as e:
@@ -100,10 +109,10 @@ def predict_files(det: detector.Detector, spec: str, out_dir: str,
       skipped.append(path)
       continue
     result = det.detect([image])[0]
-    name = os.path.basename(path)
     found[name] = result
-    detector.draw(image, result, min_draw_score).save(
-        os.path.join(out_dir, 'images', os.path.splitext(name)[0] + '.jpg'), quality=92)
+    picture = os.path.join(out_dir, 'images', name)
+    os.makedirs(os.path.dirname(picture), exist_ok=True)
+    detector.draw(image, result, min_draw_score).save(picture, quality=92)
   if not found:
     raise ValueError(f'none of the {len(paths)} images of --input={spec} could be read '
                      f'({", ".join(skipped[:5])}...); see the errors above.')

@@ -75,7 +75,7 @@ def test_predict_writes_coco_results_and_pictures_and_skips_bad_files(trained, t
     x, y, w, h = r['bbox']
     assert r['category_id'] in (1, 2) and 0 <= r['score'] <= 1 and w >= 0 and h >= 0
   assert sorted(p.name for p in (tmp_path / 'out' / 'images').iterdir()) == \
-      ['gray_mode.jpg', 'grey.jpg']
+      ['gray_mode.jpg', 'grey.png']  # the same relative names and formats
 
 
 def test_clear_errors(trained, tmp_path, load_config):

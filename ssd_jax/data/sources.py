@@ -66,7 +66,7 @@ class TfdsSource(Source):
   def __init__(self, spec: str, data_dir: Optional[str]):
     name, split = parse_split(spec)
     prepare_local(name, data_dir)
-    where = data_dir or 'the default TFDS folder (~/tensorflow_datasets or $TFDS_DATA_DIR)'
+    where = data_dir or f'{tfds.core.constants.DATA_DIR} (TFDS\'s default; set data.data_dir)'
     missing = FileNotFoundError(
         f'TFDS dataset {name} was not found in {where}. Prepare it once with: '
         f'{_prepare_command(name, data_dir)} (or set --config.data.data_dir to where it is).')
