@@ -2,7 +2,9 @@
 
 Config files in `configs/` start from `base_config()` and fill in what is
 specific to a dataset and input size. The returned config is locked: assigning
-a field that does not exist (a typo) raises at once, naming the field.
+a field that does not exist (a typo) raises at once, naming the field. Where
+each value of the authors' recipe comes from, and where ssd_jax differs from
+it: docs/recipe.md (tests/test_recipe.py keeps the two in agreement).
 """
 from __future__ import annotations
 
@@ -102,8 +104,9 @@ def base_config() -> config_dict.ConfigDict:
       name='sgd',                                # 'sgd' (momentum, the paper's) or 'adam'
       learning_rate=1e-3,
       momentum=0.9,
-      weight_decay=5e-4,
-      warmup_steps=500,                          # linear warmup, as reproductions add
+      weight_decay=5e-4,                         # kernels and the L2Norm scale, not biases
+      bias_lr_mult=2.0,                          # sgd: biases learn at 2x the rate (Caffe lr_mult)
+      warmup_steps=0,                            # linear warmup; the recipe has none
       boundaries=config_dict.placeholder(tuple), # steps where lr *= decay_factor
       decay_factor=0.1,
       grad_clip_norm=config_dict.placeholder(float),
@@ -203,6 +206,28 @@ def torchvision_ssd300() -> config_dict.ConfigDict:
   c.data.mean_rgb = tuple(255 * m for m in TORCHVISION_MEAN)
   c.eval.update(dict(score_threshold=0.01, top_k=400, nms_iou=0.45, max_detections=200))
   return c
+
+
+def with_sources(config: config_dict.ConfigDict, sources) -> config_dict.ConfigDict:
+  """The config predicting from `sources` only (the paper's Table 3), in place.
+
+  Each kept source keeps its step and aspect ratios; default-box sizes follow
+  the paper's scale rule over the kept sources (s_min to s_max, conv4_3 at
+  anchors.first_scale when it is kept, else no special first scale).
+  """
+  old = tuple(config.model.sources)
+  unknown = [s for s in sources if s not in old]
+  if unknown:
+    raise ValueError(f'with_sources: {unknown} are not sources of this config {old}.')
+  steps = dict(zip(old, config.anchors.steps or (None,) * len(old)))
+  ratios = dict(zip(old, config.anchors.aspect_ratios))
+  config.model.sources = tuple(sources)
+  config.anchors.steps = (tuple(steps[s] for s in sources) if config.anchors.steps else None)
+  config.anchors.aspect_ratios = tuple(ratios[s] for s in sources)
+  config.anchors.min_sizes = config.anchors.max_sizes = None
+  if sources[0] != 'conv4_3':
+    config.anchors.first_scale = None
+  return config
 
 
 def dtype(name: str):

@@ -8,8 +8,8 @@ Two stages, as in the paper and its authors' code:
      the other takes its best remaining default box. Ties go to the lower ground
      truth index, then the lower default box index.
   2. Per default box: every default box not paired in stage 1 whose best IoU with
-     a valid ground truth is > threshold takes that ground truth (ties: lower
-     index).
+     a valid ground truth is >= threshold takes that ground truth (ties: lower
+     index). The authors' code compares with >= (bbox_util.cpp, MatchBBox).
 Padded ground truth (invalid) never matches. Everything else is background.
 
 Stage 1 is a `lax.while_loop` that runs once per matched ground truth (the
@@ -81,7 +81,7 @@ def match_one(gt_boxes, gt_labels, anchors, iou_threshold: float = 0.5,
   best_iou = jnp.max(iou, axis=0)
   is_paired = paired >= 0
   matched_gt = jnp.where(is_paired, paired, best_gt)
-  positive = is_paired | (best_iou > iou_threshold)
+  positive = is_paired | (best_iou >= iou_threshold)
 
   cls_targets = jnp.where(positive, gt_labels[matched_gt], 0).astype(jnp.int32)
   # Background rows encode the anchor against itself: finite, no log(0).

@@ -34,7 +34,8 @@ def voc_match(image_ids: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
   """True and false positives of one class's detections, the VOC devkit's rule.
 
   Detections are taken best score first (ties in input order). One with IoU
-  > iou_threshold to its best ground truth is a true positive if that truth
+  >= iou_threshold to its best ground truth (VOCevaldet.m's ovmax >= minoverlap,
+  with inclusive pixel sizes) is a true positive if that truth
   is not difficult and not yet taken, a false positive (duplicate) if taken,
   and ignored if difficult; below the threshold it is a false positive.
 
@@ -55,7 +56,7 @@ def voc_match(image_ids: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
       continue
     overlaps = voc_iou(np.asarray(boxes[i], np.float64), np.asarray(gt_boxes, np.float64))
     best = int(np.argmax(overlaps))
-    if overlaps[best] <= iou_threshold:
+    if overlaps[best] < iou_threshold:
       fp[rank] = 1
     elif not difficult[best]:
       tp[rank], fp[rank] = (0, 1) if taken[image_ids[i]][best] else (1, 0)

@@ -46,6 +46,12 @@ def layer_order(extras: str) -> tuple[str, ...]:
   return vgg + ('conv6', 'conv7') + tuple(spec[0] for spec in EXTRA_LAYERS[extras])
 
 
+# Caffe's "xavier" filler, which the released recipe gives every new layer:
+# uniform in +-sqrt(3 / fan_in), i.e. variance 1 / fan_in (fan_in = kh kw c_in).
+# Biases start at 0 (Flax's default).
+caffe_xavier = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
+
+
 def _pad(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((p, p), (p, p))
 
@@ -108,7 +114,7 @@ class Backbone(nn.Module):
       raise ValueError(f'model.sources={tuple(self.sources)} must be distinct layer names '
                        f'in network order, chosen from {order}.')
     conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=nn.initializers.xavier_uniform())
+                             kernel_init=caffe_xavier)
     outputs = {}
 
     def emit(name, x):
@@ -169,7 +175,7 @@ class MultiBoxHead(nn.Module):
     """list of f[B, h, w, c] -> (f32[B, A, 4] offsets, f32[B, A, C] logits)."""
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=_pad(1), dtype=self.dtype,
                              param_dtype=self.param_dtype,
-                             kernel_init=nn.initializers.xavier_uniform())
+                             kernel_init=caffe_xavier)
     locs, logits = [], []
     for x, k, name in zip(features, self.boxes_per_location, self.names, strict=True):
       b = x.shape[0]

@@ -107,21 +107,23 @@ def initialise_from(state, path: str, mesh):
 
 
 def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
-  """(state, checkpoint manager, first step) of a run: resumed from the newest
-  readable checkpoint, or fresh (from model.init_checkpoint if set).
+  """(state, checkpoint manager or None, first step) of a run: resumed from the
+  newest readable checkpoint, or fresh (from model.init_checkpoint if set).
 
   Nothing in the workdir changes until the run is known to start: a second
-  run, or one whose model does not fit the checkpoints, is refused first, and
-  config.json is written last.
+  run, or one whose model does not fit the checkpoints, is refused first (the
+  caller writes config.json once its data stream opens).
   """
   check_workdir(workdir)
   if jax.process_index() == 0:
     stack.enter_context(checkpoints.workdir_lock(workdir))
   checkpoints.check_resumable(config, workdir)
   state = train_step.create_state(config, mesh, jax.random.key(config.seed))
-  mngr = checkpoints.manager(workdir, config)
-  stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
-  start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
+  mngr, start = None, 0
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')):  # else opened once data flows
+    mngr = checkpoints.manager(workdir, config)
+    stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
+    start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
   if start:
     logging.info('resumed from step %d in %s', start, workdir)
   elif config.model.init_checkpoint:
@@ -130,8 +132,6 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
     logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
                     'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
                     'pass --config.model.init_checkpoint=<its output>.')
-  if jax.process_index() == 0:
-    checkpoints.save_config(config, workdir)
   return state, mngr, start
 
 
@@ -145,6 +145,11 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
   anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
   state, mngr, start = _start(config, workdir, mesh, stack)
   data = input_pipeline.train_batches(config, start_step=start)
+  if mngr is None:
+    mngr = checkpoints.manager(workdir, config)
+    stack.callback(mngr.close)
+  if jax.process_index() == 0:  # the run starts: the workdir now describes it
+    checkpoints.save_config(config, workdir)
   step_fn = train_step.jit_train_step(config, mesh)
   preempted = stack.enter_context(Preemption())
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None

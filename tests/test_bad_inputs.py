@@ -98,6 +98,14 @@ def test_resuming_with_another_model_changes_nothing(trained, tmp_path, load_con
   assert step == 4
 
 
+def test_a_start_that_fails_on_its_data_writes_nothing(tmp_path, load_config, squares):
+  c = squares_config(load_config, squares, 2)
+  c.data.root = str(tmp_path / 'no_such_folder')
+  with pytest.raises(FileNotFoundError, match='ImageSets/Main/trainval.txt'):
+    train_loop.run(c, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path / 'run') == []  # no config.json, checkpoints/, events or lock
+
+
 # --- 3. predictions of images with the same file name ----------------------------------
 
 def test_predict_keeps_images_whose_names_repeat(tmp_path, load_config):

@@ -152,3 +152,15 @@ def test_hard_negatives_hand_case():
   got = losses.hard_negatives(bg, pos, 3.0)
   # Negatives by loss: index 5 (0.9), 3 (0.7), 2 (0.5); the positive at 1 is skipped.
   np.testing.assert_array_equal(got, [[False, False, True, True, False, True]])
+
+
+def test_stage_two_takes_a_box_at_exactly_the_threshold():
+  """The release compares with >=: IoU exactly 0.5 (exact in float32) is a match."""
+  anchors = np.array([[0.25, 0.5, 0.5, 1.0],   # the ground truth itself: stage 1
+                      [0.5, 0.5, 1.0, 1.0],    # the whole image: IoU 0.5 exactly
+                      [0.9, 0.5, 0.2, 1.0]], np.float32)
+  gt = np.array([[0.0, 0.0, 0.5, 1.0]], np.float32)
+  iou = box_utils.pairwise_iou(gt, box_utils.cxcywh_to_xyxy(anchors))
+  assert iou[0, 1] == 0.5
+  _, cls_t = matching.match_one(gt, np.array([4]), anchors, iou_threshold=0.5)
+  np.testing.assert_array_equal(cls_t, [4, 4, 0])

@@ -86,3 +86,12 @@ def test_coco_counts_a_missed_object():
       d[k] = d[k][:2]
   result = metrics.coco_evaluate(truths, detections, ['a', 'b', 'c'])
   assert result['AR100'] == pytest.approx(2 / 3, abs=0.1) and result['AP'] < 1.0
+
+
+def test_a_detection_at_exactly_half_overlap_is_a_true_positive():
+  """VOCevaldet.m: ovmax >= 0.5, inclusive pixels. [0,0,9,9] is 10x10 = 100 pixels;
+  [0,0,4,9] covers 50 of them: IoU 50 / 100 = 0.5 exactly."""
+  truths = {1: truth([[0, 0, 9, 9]], [1], [False])}
+  detections = {1: dets([[0, 0, 4, 9]], [0.9], [1])}
+  assert metrics.voc_iou(np.array([0, 0, 4, 9.]), np.array([[0, 0, 9, 9.]]))[0] == 0.5
+  assert metrics.voc_evaluate(truths, detections, ['thing'])['AP']['thing'] == 1.0

@@ -136,3 +136,18 @@ def test_config_errors_name_the_field(load_config):
   c.model.dtype = 'float33'
   with pytest.raises(ValueError, match='model.dtype'):
     builders.build_model(c)
+
+
+def test_new_layers_start_as_caffe_xavier(load_config):
+  """Uniform in +-sqrt(3 / fan_in): variance 1 / fan_in within sampling error; biases 0."""
+  params = jax.jit(lambda k: builders.init_params(
+      config_lib.validate(load_config('voc300')), k))(jax.random.key(3))
+  for layer, fan_in in (('conv8_2', 3 * 3 * 256), ('conv6', 3 * 3 * 512),
+                        ('conv10_1', 256)):
+    kernel = np.asarray(params['backbone'][layer]['kernel'], np.float64)
+    n = kernel.size  # a uniform's sample variance has relative std sqrt(0.8 / n)
+    assert abs(kernel.var() * fan_in - 1) < 5 * np.sqrt(0.8 / n), layer
+    assert np.abs(kernel).max() <= np.sqrt(3 / fan_in) + 1e-7
+    np.testing.assert_array_equal(params['backbone'][layer]['bias'], 0.0)
+  head = np.asarray(params['head']['conv7_conf']['kernel'], np.float64)
+  assert abs(head.var() * 3 * 3 * 1024 - 1) < 5 * np.sqrt(0.8 / head.size)

@@ -10,29 +10,58 @@ from ssd_jax.testing.synthetic import synthetic_batch
 
 
 def test_schedule_by_hand(load_config):
-  schedule = optim.learning_rate_schedule(load_config('voc300').optim)
-  for step, want in [(0, 1e-3 / 500), (249, 0.5e-3), (499, 1e-3), (79_999, 1e-3),
-                     (80_000, 1e-4), (99_999, 1e-4), (100_000, 1e-5), (119_999, 1e-5)]:
-    assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step
-
-
-def test_weight_decay_only_on_kernels_and_sgd_by_hand(load_config):
   cfg = load_config('voc300').optim
-  params = {'conv': {'kernel': jnp.array([1.0, -2.0]), 'bias': jnp.array([3.0])},
-            'conv4_3_norm': {'scale': jnp.array([20.0])}}
-  mask = optim.decay_mask(params)
-  assert mask == {'conv': {'kernel': True, 'bias': False}, 'conv4_3_norm': {'scale': False}}
+  schedule = optim.learning_rate_schedule(cfg)
+  for step, want in [(0, 1e-3), (79_999, 1e-3), (80_000, 1e-4), (99_999, 1e-4),
+                     (100_000, 1e-5), (119_999, 1e-5)]:  # no warmup, as released
+    assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step
+  cfg.warmup_steps = 500  # the option reproductions add
+  for step, want in [(0, 1e-3 / 500), (249, 0.5e-3), (499, 1e-3), (80_000, 1e-4)]:
+    assert float(optim.learning_rate_schedule(cfg)(step)) == pytest.approx(want, rel=1e-5)
+
+
+PARAMS = {'conv': {'kernel': jnp.array([1.0, -2.0]), 'bias': jnp.array([3.0])},
+          'conv4_3_norm': {'scale': jnp.array([20.0, 10.0])}}
+
+
+def test_zero_gradient_decays_kernels_and_the_l2norm_scale_but_not_biases(load_config):
+  cfg = load_config('voc300').optim
+  assert optim.decay_mask(PARAMS) == {'conv': {'kernel': True, 'bias': False},
+                                      'conv4_3_norm': {'scale': True}}
   tx = optim.create_optimizer(cfg)
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
-  opt_state = tx.init(params)
-  lr0 = 1e-3 / 500
-  updates, opt_state = tx.update(grads, opt_state, params)
-  np.testing.assert_allclose(updates['conv']['kernel'], -lr0 * (0.5 + 5e-4 * np.array([1, -2])),
+  zero = jax.tree.map(jnp.zeros_like, PARAMS)
+  updates, _ = tx.update(zero, tx.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(updates['conv4_3_norm']['scale'], -1e-3 * 5e-4 * np.array([20, 10]),
                              rtol=1e-6)
-  np.testing.assert_allclose(updates['conv']['bias'], [-lr0 * 0.5], rtol=1e-6)
-  # Second step: momentum 0.9 on the trace, lr of step 1.
-  updates, _ = tx.update(grads, opt_state, params)
-  np.testing.assert_allclose(updates['conv']['bias'], [-(2e-3 / 500) * (0.5 + 0.9 * 0.5)],
+  np.testing.assert_allclose(updates['conv']['kernel'], -1e-3 * 5e-4 * np.array([1, -2]),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(updates['conv']['bias'], [0.0])
+
+
+def test_a_bias_moves_twice_as_far_as_a_kernel(load_config):
+  """Plain SGD (no decay, no momentum): equal gradients, biases at lr_mult 2."""
+  cfg = load_config('voc300').optim
+  cfg.weight_decay, cfg.momentum = 0.0, 0.0
+  tx = optim.create_optimizer(cfg)
+  params = {'conv': {'kernel': jnp.array([0.7]), 'bias': jnp.array([0.7])}}
+  grads = {'conv': {'kernel': jnp.array([0.5]), 'bias': jnp.array([0.5])}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['conv']['kernel'], [-1e-3 * 0.5], rtol=1e-6)
+  np.testing.assert_allclose(updates['conv']['bias'], [-2e-3 * 0.5], rtol=1e-6)
+
+
+def test_momentum_accumulates_learning_rate_scaled_steps_as_caffe(load_config):
+  """v <- m v + lr g: across a learning-rate drop the old velocity keeps its rate
+  (optax.sgd would rescale it: -(lr_1)(g + m g))."""
+  cfg = load_config('voc300').optim
+  cfg.weight_decay, cfg.boundaries = 0.0, (1,)
+  tx = optim.create_optimizer(cfg)
+  params = {'conv': {'kernel': jnp.array([0.7])}}
+  g = {'conv': {'kernel': jnp.array([0.5])}}
+  state = tx.init(params)
+  _, state = tx.update(g, state, params)
+  updates, _ = tx.update(g, state, params)
+  np.testing.assert_allclose(updates['conv']['kernel'], [-(0.9 * 1e-3 * 0.5 + 1e-4 * 0.5)],
                              rtol=1e-6)
 
 

@@ -148,14 +148,15 @@ def train_batches(config, start_step: int = 0) -> Iterator[dict]:
   boxes (the rest are not trained on). Prefer it to iterating train_dataset by
   hand: it is closed before the interpreter exits (see _LIVE).
   """
-  stream = _checked_batches(config, start_step)
+  ds = train_dataset(config, start_step=start_step)  # now: errors before the first batch
+  stream = _checked_batches(ds, config)
   _LIVE.add(stream)
   return stream
 
 
-def _checked_batches(config, start_step: int) -> Iterator[dict]:
+def _checked_batches(ds: tf.data.Dataset, config) -> Iterator[dict]:
   warned = set()
-  for batch in train_dataset(config, start_step=start_step).as_numpy_iterator():
+  for batch in ds.as_numpy_iterator():
     for name, n in zip(batch.pop('name'), batch.pop('num_boxes')):
       if n > config.data.max_boxes and name not in warned:
         warned.add(name)

@@ -28,7 +28,7 @@ def match_image(gt_boxes, gt_labels, anchors, threshold=0.5, variances=(0.1, 0.2
       work[g, :] = -1
       work[:, a] = -1
     for a in range(num_anchors):
-      if not forced[a] and iou[:, a].max() > threshold:
+      if not forced[a] and iou[:, a].max() >= threshold:
         matched[a] = keep[int(np.argmax(iou[:, a]))]
   loc = np.zeros((num_anchors, 4))
   cls = np.zeros(num_anchors, np.int64)
