@@ -3,6 +3,7 @@
   det = Detector.from_checkpoint('/tmp/shapes')   # a workdir, checkpoints/ or a step folder
   found = det.detect([image])                     # uint8 [H, W, 3] RGB NumPy images
   found[0]['boxes'], found[0]['names']            # pixels xyxy, class names
+  det = Detector.from_exported('/tmp/shapes_jax') # or an `ssd_jax.export --format=jax` folder
 
 Images of any size are resized to the network input as in evaluation;
 detections come back in each image's own pixels. Nothing here imports
@@ -11,6 +12,8 @@ TensorFlow: the resize is JAX's (`images.read_image` reads files with PIL).
 from __future__ import annotations
 
 import functools
+import json
+import os
 from typing import Optional, Sequence
 
 import jax
@@ -19,6 +22,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ssd_jax import builders, checkpoints, config_lib, labels, postprocess
+
+EXPORTED_FILE = 'detector.jax'  # in a folder that ssd_jax.export --format=jax writes
+EXPORT_INFO_FILE = 'export.json'  # beside it: class names, how it was exported
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -53,13 +59,38 @@ class Detector:
     params, _ = checkpoints.restore_params(config, path, step)
     return cls(config, params, **kwargs)
 
+  @staticmethod
+  def preprocess_check(image: np.ndarray) -> None:
+    """Raises ValueError unless the image is [H, W, 3]."""
+    shape = np.shape(image)
+    if len(shape) != 3 or shape[-1] != 3 or min(shape[:2]) < 1:
+      raise ValueError(f'images must be [H, W, 3] RGB arrays; got shape {shape}. '
+                       f'Convert grayscale or RGBA first, e.g. PIL .convert("RGB").')
+
   def preprocess(self, image: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> f32 [S, S, 3] pixels at the network's input size."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
-      raise ValueError(f'images must be [H, W, 3] RGB arrays; got shape {image.shape}. '
-                       f'Convert grayscale or RGBA first, e.g. PIL .convert("RGB").')
-    return np.asarray(resize_images(image, self.config.model.image_size))
+    self.preprocess_check(image)
+    return np.asarray(resize_images(np.asarray(image), self.config.model.image_size))
+
+  @classmethod
+  def from_exported(cls, path: str, batch_size: int = 8) -> 'ExportedDetector':
+    """The detector `python -m ssd_jax.export --format=jax` wrote to the folder `path`
+    (detector.jax, config.json, export.json); the same `detect`, no checkpoint."""
+    return ExportedDetector(path, batch_size)
+
+  def pixel_detections(self, images: Sequence[np.ndarray], size: int) -> list[tuple]:
+    """Detections of up to `size` images, one (boxes f32[D, 4] pixels xyxy, scores
+    f32[D], classes i32[D], valid bool[D]) per image, best first. They run as one
+    batch padded to `size`: one compilation per size."""
+    batch = np.zeros((size,) + (self.config.model.image_size,) * 2 + (3,), np.float32)
+    batch[:len(images)] = [self.preprocess(im) for im in images]
+    dets = jax.device_get(self._run(self.params, batch))
+    out = []
+    for i, image in enumerate(images):
+      h, w = np.asarray(image).shape[:2]
+      out.append((dets.boxes[i] * np.array([w, h, w, h], np.float32), dets.scores[i],
+                  dets.classes[i], dets.valid[i]))
+    return out
 
   def detect(self, images: Sequence[np.ndarray], min_score: float = 0.0) -> list[dict]:
     """Detections of each image, best first.
@@ -69,20 +100,45 @@ class Detector:
       i32[N] (model classes, 1..C-1), names (class names); only scores >= min_score.
     """
     results = []
-    size = min(self.batch_size, len(images))  # one compilation per batch size used
+    size = min(self.batch_size, len(images))
     for start in range(0, len(images), size):
-      chunk = images[start:start + size]
-      batch = np.zeros((size,) + (self.config.model.image_size,) * 2 + (3,), np.float32)
-      batch[:len(chunk)] = [self.preprocess(im) for im in chunk]
-      dets = jax.device_get(self._run(self.params, batch))
-      for i, image in enumerate(chunk):
-        keep = dets.valid[i] & (dets.scores[i] >= min_score)
-        h, w = np.asarray(image).shape[:2]
-        classes = dets.classes[i][keep]
-        results.append({'boxes': dets.boxes[i][keep] * np.array([w, h, w, h], np.float32),
-                        'scores': dets.scores[i][keep], 'classes': classes,
-                        'names': [self.class_names[c - 1] for c in classes]})
+      for boxes, scores, classes, valid in self.pixel_detections(images[start:start + size],
+                                                                 size):
+        keep = valid & (scores >= min_score)
+        results.append({'boxes': boxes[keep], 'scores': scores[keep], 'classes': classes[keep],
+                        'names': [self.class_names[c - 1] for c in classes[keep]]})
     return results
+
+
+class ExportedDetector(Detector):
+  """A Detector whose network, resize and post-processing are a jax.export artifact
+  (ssd_jax/export.py): parameters are inside it; the config is the one exported."""
+
+  def __init__(self, path: str, batch_size: int = 8):
+    if not os.path.isfile(os.path.join(path, EXPORTED_FILE)):
+      raise FileNotFoundError(f'{path} has no {EXPORTED_FILE}; give a folder written by '
+                              f'python -m ssd_jax.export --format=jax --output=FOLDER.')
+    with open(os.path.join(path, EXPORTED_FILE), 'rb') as f:
+      self.exported = jax.export.deserialize(bytearray(f.read()))
+    with open(os.path.join(path, EXPORT_INFO_FILE)) as f:
+      self.info = json.load(f)
+    self.config = config_lib.validate(checkpoints.read_config(
+        os.path.join(path, checkpoints.CONFIG_FILE)))
+    self.class_names = tuple(self.info['class_names'])
+    self.params = None
+    self.batch_size = batch_size
+    self._call = jax.jit(self.exported.call)
+
+  def pixel_detections(self, images: Sequence[np.ndarray], size: int = 1) -> list[tuple]:
+    """As Detector's, but each image goes alone and whole (uint8 [1, H, W, 3])
+    through the artifact, which resizes it: one compilation per image size."""
+    out = []
+    for image in images:
+      self.preprocess_check(image)
+      found = jax.device_get(self._call(np.asarray(image, np.uint8)[None]))
+      valid = np.arange(found['scores'].shape[1]) < found['num_detections'][0]
+      out.append((found['boxes'][0], found['scores'][0], found['classes'][0], valid))
+    return out
 
 
 @functools.lru_cache(maxsize=1)

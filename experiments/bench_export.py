@@ -1,0 +1,149 @@
+"""Benchmark: batch-1 latency of the exported detector in each runtime, on CPU.
+
+  python experiments/bench_export.py [--workdir RUN] [--config voc300] [--width 1.0]
+
+In one run, on scikit-image's sample photos (each image whole, any size; the
+artifacts resize inside, the Detector resizes with the same JAX code):
+  jax_detector     Detector: jitted resize, then the jitted network + post-processing;
+  jax_exported     Detector.from_exported: the `--format=jax` artifact (jax.export);
+  saved_model      the SavedModel's serving_default in TensorFlow (XlaCallModule);
+  tflite_float     the TFLite model in tf.lite.Interpreter (XNNPACK);
+  tflite_int8      the same with dynamic-range int8 weights.
+Each runtime sees each photo once untimed (compilation, tensor allocation),
+then --repeats timed calls in a row; the table gives the median and the
+fastest call over all photos, the artifact's size and how many of the JAX
+Detector's detections (same class, box within 0.5 px and score within 1e-3;
+int8: IoU >= 0.5 and score within 0.02) it reproduces. Without --workdir the
+config's model is randomly initialised (the latency is the same as trained;
+the 200 detections per image are the slow case for NMS). `--width 0.25` for a
+quick run.
+"""
+import argparse
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssd_jax import builders, config_lib, detector, export  # noqa: E402
+from ssd_jax.testing import detections  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
+
+
+def latencies(run, images, repeats: int) -> list[float]:
+  """Seconds of each timed call of run(image): per image, one untimed call, then repeats."""
+  seconds = []
+  for image in images:
+    run(image)
+    for _ in range(repeats):
+      start = time.perf_counter()
+      run(image)
+      seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def first(outputs: dict) -> dict:
+  """Batch-of-one outputs -> the image's detections (leading num_detections)."""
+  n = int(np.asarray(outputs['num_detections'])[0])
+  return {k: np.asarray(outputs[k])[0][:n] for k in ('boxes', 'scores', 'classes')}
+
+
+def tf_runner(folder: str):
+  import tensorflow as tf
+  serve = tf.saved_model.load(folder).signatures['serving_default']
+  return lambda image: first({k: v.numpy() for k, v in serve(images=tf.constant(image[None]))
+                              .items()})
+
+
+def tflite_runner(folder: str):
+  import tensorflow as tf
+  interpreter = tf.lite.Interpreter(model_path=os.path.join(folder, export.TFLITE_FILE),
+                                    num_threads=os.cpu_count())
+  serve = interpreter.get_signature_runner('serving_default')
+  return lambda image: first(serve(images=image[None]))
+
+
+def detector_runner(det):
+  return lambda image: det.detect([image])[0]
+
+
+def size_mb(folder: str) -> float:
+  return sum(f.stat().st_size for f in pathlib.Path(folder).rglob('*') if f.is_file()) / 1e6
+
+
+def agreement(reference: list[dict], found: list[dict], int8: bool) -> float:
+  """Share of the reference's detections that `found` reproduces (see the doc)."""
+  kept = []
+  for ours, theirs in zip(reference, found):
+    if int8:
+      kept.append(detections.has_partner(ours, theirs, 0.02, min_iou=0.5))
+    else:
+      kept.append(detections.has_partner(ours, theirs, 1e-3, box_tol=0.5))
+  return float(np.concatenate(kept).mean())
+
+
+def model(args):
+  """(config, params as NumPy): --workdir's latest checkpoint, else a random --config."""
+  if args.workdir:
+    config, params, _ = export.load(args.workdir)
+    return config, params
+  config = config_lib.load(str(ROOT / 'configs' / f'{args.config}.py'))
+  config.model.width = args.width
+  config = config_lib.validate(config)
+  init = jax.jit(lambda rng: builders.init_params(config, rng))
+  return config, jax.device_get(init(jax.random.key(0)))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', default=None, help='a trained run (default: random model)')
+  parser.add_argument('--config', default='voc300')
+  parser.add_argument('--width', type=float, default=1.0)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--photos', nargs='+', default=list(PHOTOS))
+  args = parser.parse_args()
+  import skimage.data
+  import tensorflow as tf
+  images = [getattr(skimage.data, name)() for name in args.photos]
+  config, params = model(args)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  print(f'jax {jax.__version__}, tensorflow {tf.__version__}, device: '
+        f'{jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads; '
+        f'{args.workdir or args.config} width {config.model.width}: {n_params / 1e6:.1f}M '
+        f'parameters, {config.model.num_classes} classes; photos '
+        f'{", ".join(f"{n} {i.shape[1]}x{i.shape[0]}" for n, i in zip(args.photos, images))}',
+        flush=True)
+  rows = [('jax_detector', None, None, 0.0, detector_runner(detector.Detector(config, params)))]
+  with tempfile.TemporaryDirectory() as tmp:
+    for name, fmt, quantize in (('jax_exported', 'jax', 'none'),
+                                ('saved_model', 'saved_model', 'none'),
+                                ('tflite_float', 'tflite', 'none'),
+                                ('tflite_int8', 'tflite', 'int8')):
+      start = time.perf_counter()
+      out = export.write(os.path.join(tmp, name), config, params, fmt, quantize=quantize)
+      seconds = time.perf_counter() - start
+      runner = {'jax': lambda o: detector_runner(detector.Detector.from_exported(o)),
+                'saved_model': tf_runner, 'tflite': tflite_runner}[fmt](out)
+      rows.append((name, out, size_mb(out), seconds, runner))
+    print('\n| runtime | median ms | fastest ms | size MB | export s | agreement |\n'
+          '|---|---:|---:|---:|---:|---:|')
+    reference = None
+    for name, out, size, seconds, run in rows:
+      found = [run(image) for image in images]
+      reference = reference or found
+      t = latencies(run, images, args.repeats)
+      size_text = f'{size:.1f}' if size else '-'
+      print(f'| {name} | {1e3 * statistics.median(t):.1f} | {1e3 * min(t):.1f} | {size_text} '
+            f'| {seconds:.1f} | {agreement(reference, found, name.endswith("int8")):.3f} |',
+            flush=True)
+
+
+if __name__ == '__main__':
+  main()

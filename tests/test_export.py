@@ -1,0 +1,207 @@
+"""ssd_jax.export: each artifact against the JAX Detector, on scikit-image's photos.
+
+The model is the small test SSD (96x96 input, two classes) at its random
+initialisation, written as a workdir. Unnormalised VGG features make its
+scores spread (about 0.75 to 0.99 over the 200 kept per photo) rather than
+uniform, so a matching on class, box and score is a real comparison.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ssd_jax import builders, config_lib, convert, detector, export
+from ssd_jax.testing import detections, synthetic
+
+tf = pytest.importorskip('tensorflow')
+pytestmark = pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCORE_TOL, BOX_TOL = 1e-3, 0.5  # float artifacts: probabilities, pixels
+# int8 (dynamic range): a detection of the Detector with score > INT8_MIN_SCORE is
+# kept when the int8 model has one of the same class, IoU >= 0.5, score within 0.02.
+INT8_MIN_SCORE, INT8_SCORE_TOL, INT8_MIN_IOU = 0.5, 0.02, 0.5
+INT8_FLOOR = 0.85  # share kept, over all photos (0.95 to 0.97 measured)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, load_config):
+  config = synthetic.tiny_config(load_config('voc300'))
+  config.data.class_names = ('thing', 'other')
+  config = config_lib.validate(config)
+  params = jax.device_get(builders.init_params(config, jax.random.key(0)))
+  return convert.save(str(tmp_path_factory.mktemp('run') / 'w'), params, {'format': 'test'},
+                      config)
+
+
+@pytest.fixture(scope='module')
+def photos():
+  return synthetic.sample_photos()[:4]  # astronaut, chelsea, coffee, rocket: 4 sizes
+
+
+@pytest.fixture(scope='module')
+def reference(workdir, photos):
+  return detector.Detector.from_checkpoint(workdir).detect(photos)
+
+
+@pytest.fixture(scope='module')
+def exported(workdir, tmp_path_factory):
+  """(format, quantize) -> its output folder, each exported once."""
+  folders = {}
+
+  def get(fmt, quantize='none'):
+    if (fmt, quantize) not in folders:
+      out = str(tmp_path_factory.mktemp('export') / f'{fmt}_{quantize}')
+      folders[fmt, quantize] = export.export(workdir, fmt, out, quantize=quantize)
+    return folders[fmt, quantize]
+
+  return get
+
+
+def first(outputs: dict) -> dict:
+  """Outputs of a batch of one -> its detections (the num_detections leading ones)."""
+  n = int(np.asarray(outputs['num_detections'])[0])
+  scores = np.asarray(outputs['scores'])[0]
+  assert np.all(scores[n:] == 0) and np.all(scores[:n] > 0)
+  return {k: np.asarray(outputs[k])[0][:n] for k in ('boxes', 'scores', 'classes')}
+
+
+def tflite_detections(path, photos):
+  interpreter = tf.lite.Interpreter(model_path=path)
+  assert interpreter.get_signature_runner('class_names')()['class_names'].tolist() == [
+      b'thing', b'other']
+  run = interpreter.get_signature_runner('serving_default')
+  return [first(run(images=p[None])) for p in photos]
+
+
+def test_saved_model_gives_the_detectors_detections(exported, photos, reference):
+  model = tf.saved_model.load(exported('saved_model'))
+  assert model.signatures['class_names']()['class_names'].numpy().tolist() == [b'thing',
+                                                                               b'other']
+  serve = model.signatures['serving_default']
+  for photo, ours in zip(photos, reference, strict=True):
+    out = serve(images=tf.constant(photo[None]))
+    assert out['boxes'].dtype == tf.float32 and out['classes'].dtype == tf.int32
+    assert out['num_detections'].dtype == tf.int32
+    theirs = first({k: v.numpy() for k, v in out.items()})
+    assert len(theirs['scores']) == len(ours['scores']) > 100
+    assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == []
+
+
+def test_saved_model_takes_the_batch_it_was_exported_for(workdir, photos, tmp_path):
+  crops = np.stack([p[:280, :360] for p in photos[:2]])  # one size, as a batch must be
+  out = export.export(workdir, 'saved_model', str(tmp_path / 'b2'), batch=2)
+  serve = tf.saved_model.load(out).signatures['serving_default']
+  assert serve.structured_input_signature[1]['images'].shape.as_list() == [2, None, None, 3]
+  found = {k: v.numpy() for k, v in serve(images=tf.constant(crops)).items()}
+  ours = detector.Detector.from_checkpoint(workdir).detect(list(crops))
+  for i in range(2):
+    theirs = first({k: v[i:i + 1] for k, v in found.items()})
+    assert detections.unmatched(ours[i], theirs, SCORE_TOL, BOX_TOL) == []
+
+
+def test_tflite_float_gives_the_detectors_detections(exported, photos, reference):
+  path = pathlib.Path(exported('tflite')) / export.TFLITE_FILE
+  assert b'Flex' not in path.read_bytes()  # TFLite builtins only
+  for ours, theirs in zip(reference, tflite_detections(str(path), photos), strict=True):
+    assert len(theirs['scores']) == len(ours['scores']) > 100
+    assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == []
+
+
+def test_int8_tflite_keeps_most_confident_detections(exported, photos, reference):
+  folder = pathlib.Path(exported('tflite', 'int8'))
+  size = (folder / export.TFLITE_FILE).stat().st_size
+  float_size = (pathlib.Path(exported('tflite')) / export.TFLITE_FILE).stat().st_size
+  assert size < 0.45 * float_size
+  kept = []
+  for ours, theirs in zip(reference, tflite_detections(str(folder / export.TFLITE_FILE),
+                                                        photos), strict=True):
+    confident = {k: v[ours['scores'] > INT8_MIN_SCORE] for k, v in ours.items() if k != 'names'}
+    kept.append(detections.has_partner(confident, theirs, INT8_SCORE_TOL,
+                                       min_iou=INT8_MIN_IOU))
+  share = np.concatenate(kept).mean()
+  print(f'int8 TFLite: {share:.3f} of {sum(map(len, kept))} detections with score > '
+        f'{INT8_MIN_SCORE} kept; {size / 1e6:.2f} MB against {float_size / 1e6:.2f} MB')
+  assert share >= INT8_FLOOR
+
+
+def test_bfloat16_jax_artifact_stays_close(workdir, photos, reference, tmp_path):
+  out = export.export(workdir, 'jax', str(tmp_path / 'bf16'), dtype='bfloat16')
+  assert json.loads((pathlib.Path(out) / export.INFO_FILE).read_text())['dtype'] == 'bfloat16'
+  found = detector.Detector.from_exported(out).detect(photos[:2])
+  kept = np.concatenate([detections.has_partner(ours, theirs, INT8_SCORE_TOL,
+                                                min_iou=INT8_MIN_IOU)
+                         for ours, theirs in zip(reference, found)])
+  assert kept.mean() >= INT8_FLOOR  # 0.995 measured
+
+
+FRESH_PROCESS_DETECT = '''
+import json, sys
+for name in ('tensorflow', 'tensorflow_datasets'):  # as on a machine without them
+  sys.modules[name] = None
+import numpy as np
+from ssd_jax import detector
+from ssd_jax.testing import synthetic
+found = detector.Detector.from_exported(sys.argv[1]).detect(synthetic.sample_photos()[:4])
+print(json.dumps([{k: np.asarray(v).tolist() for k, v in f.items()} for f in found]))
+'''
+
+
+def test_jax_artifact_reloads_in_a_fresh_process(workdir, photos, reference, tmp_path):
+  out = tmp_path / 'jax'
+  run = subprocess.run([sys.executable, '-m', 'ssd_jax.export', f'--workdir={workdir}',
+                        '--format=jax', f'--output={out}'], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  params = sum(x.nbytes for x in jax.tree.leaves(export.load(workdir)[1]))
+  assert params < (out / export.JAX_FILE).stat().st_size < 1.2 * params + 1e6  # weights inside
+  run = subprocess.run([sys.executable, '-c', FRESH_PROCESS_DETECT, str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  fresh = json.loads(run.stdout.strip().splitlines()[-1])
+  here = detector.Detector.from_exported(str(out)).detect(photos)
+  for theirs, mine, ours in zip(fresh, here, reference, strict=True):
+    assert theirs['names'] == mine['names']
+    for key in ('boxes', 'scores', 'classes'):
+      np.testing.assert_array_equal(np.asarray(theirs[key], mine[key].dtype), mine[key])
+    assert detections.unmatched(ours, mine, SCORE_TOL, BOX_TOL) == []
+
+
+def run_export(*args):
+  return subprocess.run([sys.executable, '-m', 'ssd_jax.export', *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=300, check=False)
+
+
+def test_bad_command_lines_get_one_line_that_names_the_fix(workdir, tmp_path):
+  missing = run_export(f'--workdir={tmp_path / "nowhere"}', '--format=jax',
+                       f'--output={tmp_path / "o"}')
+  unknown = run_export(f'--workdir={workdir}', '--format=onnx', f'--output={tmp_path / "o"}')
+  for result, text in ((missing, 'nowhere does not exist; give the workdir of a training run'),
+                       (unknown, "--format='onnx' is not one of saved_model, tflite, jax")):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / 'o').exists()
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(workdir, tmp_path):
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='has no config.json; give the workdir'):
+    export.prepare(str(tmp_path / 'empty'), 'jax', str(tmp_path / 'o'))
+  (tmp_path / 'empty' / 'config.json').write_text((pathlib.Path(workdir) / 'config.json')
+                                                  .read_text())
+  with pytest.raises(FileNotFoundError, match='no checkpoint in .*train first'):
+    export.prepare(str(tmp_path / 'empty'), 'jax', str(tmp_path / 'o'))
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'keep.txt').write_text('mine')
+  with pytest.raises(FileExistsError, match='full is not an empty folder; give a new folder'):
+    export.prepare(workdir, 'jax', str(tmp_path / 'full'))
+  with pytest.raises(ValueError, match='--quantize=int8 applies to --format=tflite only'):
+    export.prepare(workdir, 'saved_model', str(tmp_path / 'o'), quantize='int8')
+  with pytest.raises(ValueError, match='--dtype=bfloat16: TFLite has no bfloat16 kernels'):
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), dtype='bfloat16')
+  assert not (tmp_path / 'o').exists()
+  assert [p.name for p in (tmp_path / 'full').iterdir()] == ['keep.txt']
