@@ -8,11 +8,14 @@ images and weights:
              (decode, softmax, per-class top-k, NMS, top 200) in one call;
   network    the jitted network alone (the ceiling post-processing can reach);
   host_nms   the network, then outputs copied to the host and post-processed
-             per image and per class with NumPy (how many ports do it).
-Ratios: ours / host_nms (> 1: faster) and ours / network (<= 1; 1 = free
-post-processing). Random weights give many candidate boxes per class (all 400
-survive the 0.01 threshold), the slow case for NMS. `--width 0.25` for a quick
-run on a CPU.
+             per image and per class with NumPy (how many ports do it);
+  torchvision  (SSD300 at width 1) torchvision's ssd300_vgg16(num_classes=21) in
+             eval mode on the same images: its transform, network and
+             post-processing, under torch.inference_mode, on the same device.
+Ratios: ours / host_nms (> 1: faster), ours / network (<= 1; 1 = free
+post-processing) and ours / torchvision. Random weights give many candidate
+boxes per class (all 400 survive the 0.01 threshold), the slow case for NMS.
+`--width 0.25` for a quick run on a CPU.
 """
 import argparse
 import functools
@@ -61,7 +64,29 @@ def bench(config, batch: int, repeats: int) -> dict:
   seconds = {'ours': timed(lambda: ours(params, images), repeats),
              'network': timed(lambda: network(params, images), repeats),
              'host_nms': timed(lambda: (host_nms(), jnp.zeros(()))[1], host_repeats)}
+  if config.model.image_size == 300 and config.model.width == 1.0:
+    seconds['torchvision'] = torchvision_seconds(np.asarray(images), repeats)
   return {k: batch / v for k, v in seconds.items()}
+
+
+def torchvision_seconds(images: np.ndarray, repeats: int) -> float:
+  """Seconds per batch of torchvision's ssd300_vgg16 detector (eval mode)."""
+  import torch
+  import torchvision
+  device = 'cuda' if torch.cuda.is_available() and jax.default_backend() == 'gpu' else 'cpu'
+  model = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None,
+                                                    num_classes=21).to(device).eval()
+  batch = [torch.tensor(np.clip(im + 128, 0, 255) / 255, dtype=torch.float32).permute(2, 0, 1)
+           .to(device) for im in images]
+
+  def run():
+    with torch.inference_mode():
+      model(batch)
+    if device == 'cuda':
+      torch.cuda.synchronize()
+    return jnp.zeros(())
+
+  return timed(run, repeats)
 
 
 def main():
@@ -73,15 +98,18 @@ def main():
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, width {args.width}')
   print(f'{"config":8} {"batch":>5} {"ours img/s":>11} {"network":>9} {"host_nms":>9} '
-        f'{"ours/host_nms":>14} {"ours/network":>13}')
+        f'{"torchvision":>11} {"ours/host_nms":>14} {"ours/network":>13} {"ours/torchvision":>17}')
   for name in args.configs:
     config = config_lib.load(str(ROOT / 'configs' / f'{name}.py'))
     config.model.width = args.width
     config_lib.validate(config)
     for batch in args.batches:
       r = bench(config, batch, args.repeats)
+      tv = r.get('torchvision')
       print(f'{name:8} {batch:5d} {r["ours"]:11.2f} {r["network"]:9.2f} {r["host_nms"]:9.2f} '
-            f'{r["ours"] / r["host_nms"]:13.2f}x {r["ours"] / r["network"]:12.2f}x', flush=True)
+            f'{tv or float("nan"):11.2f} {r["ours"] / r["host_nms"]:13.2f}x '
+            f'{r["ours"] / r["network"]:12.2f}x '
+            f'{(r["ours"] / tv if tv else float("nan")):16.2f}x', flush=True)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssd_jax import layers
+
 Dtype = Any
 
 # VGG16 convolutions per block (conv1_1 ... conv5_3), all 3x3 pad 1.
@@ -59,7 +61,7 @@ def _pad(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
 def ceil_max_pool(x):
   """2x2 stride-2 max pool rounding up (75 -> 38), as Caffe's pooling does."""
   h, w = x.shape[1:3]
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, h % 2), (0, w % 2)))
+  return layers.max_pool(x, (2, 2), (2, 2), ((0, h % 2), (0, w % 2)))
 
 
 class L2Norm(nn.Module):
@@ -114,7 +116,8 @@ class Backbone(nn.Module):
       raise ValueError(f'model.sources={tuple(self.sources)} must be distinct layer names '
                        f'in network order, chosen from {order}.')
     conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=caffe_xavier)
+                             kernel_init=caffe_xavier,
+                             conv_general_dilated=layers.conv_general_dilated)
     outputs = {}
 
     def emit(name, x):
@@ -134,7 +137,7 @@ class Backbone(nn.Module):
       if b < 5:
         x = ceil_max_pool(x)
     if self.atrous:
-      x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=_pad(1))
+      x = layers.max_pool(x, (3, 3), (1, 1), _pad(1))
       x = conv(self._features(self.fc_features), (3, 3), padding=_pad(6),
                kernel_dilation=(6, 6), name='conv6')(x)
     else:
@@ -174,8 +177,8 @@ class MultiBoxHead(nn.Module):
   def __call__(self, features: Sequence) -> tuple:
     """list of f[B, h, w, c] -> (f32[B, A, 4] offsets, f32[B, A, C] logits)."""
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=_pad(1), dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=caffe_xavier)
+                             param_dtype=self.param_dtype, kernel_init=caffe_xavier,
+                             conv_general_dilated=layers.conv_general_dilated)
     locs, logits = [], []
     for x, k, name in zip(features, self.boxes_per_location, self.names, strict=True):
       b = x.shape[0]

@@ -1,0 +1,214 @@
+"""Benchmark: the jitted train step in images/second, against torchvision's SSD300.
+
+  python experiments/bench_train.py [--configs voc300 voc512] [--batches 8]
+      [--dtypes float32 bfloat16] [--width 1.0] [--xla_gradients] [--end_to_end]
+
+Measured in one run, on the same device (GPU when JAX and torch see one, else CPU):
+  ssd_jax      train_step.jit_train_step: forward, matching, MultiBox loss with hard
+               negative mining, backward, the SGD update; random boxes on random images.
+  xla_grads    (--xla_gradients) the same step with XLA's own convolution and pooling
+               gradients instead of ssd_jax.layers' CPU ones (see that module).
+  torchvision  ssd300_vgg16(num_classes=21) in train mode: forward, its loss, backward
+               and torch.optim.SGD on the same batch (float32; on a GPU also bfloat16
+               autocast), for SSD300 rows only.
+  end_to_end   (--end_to_end, needs TensorFlow) the step fed by the real input pipeline
+               (the release's augmentation on JPEGs cut from scikit-image's photos).
+Model FLOPs per image are XLA's cost analysis of the compiled forward pass at batch 1
+(convolutions and all); a train step counts 3x (the backward's input and weight
+gradients each cost one forward), the convention behind "model FLOP/s". On a GPU the
+share of the device's dense peak is printed when the device is in PEAK_TFLOPS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssd_jax import builders, config_lib, layers, sharding, train_step
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Dense (no sparsity) peak TFLOP/s from the vendors' data sheets, per dtype.
+PEAK_TFLOPS = {'NVIDIA H100 80GB HBM3': {'bfloat16': 989.0, 'float32': 67.0},
+               'NVIDIA H200': {'bfloat16': 989.0, 'float32': 67.0}}
+
+
+def make_config(name: str, width: float, dtype: str, batch: int):
+  config = config_lib.load(str(ROOT / 'configs' / f'{name}.py'))
+  config.model.width, config.model.dtype, config.train.batch_size = width, dtype, batch
+  return config_lib.validate(config)
+
+
+def random_batch(rng: np.random.Generator, batch: int, size: int, boxes: int = 4) -> dict:
+  """uint8 images [B, S, S, 3], normalised xyxy boxes [B, M, 4], labels 1..20 [B, M]."""
+  lo = rng.uniform(0, 0.6, (batch, boxes, 2))
+  hi = lo + rng.uniform(0.1, 0.4, (batch, boxes, 2))
+  return {'image': rng.integers(0, 256, (batch, size, size, 3), np.uint8),
+          'boxes': np.concatenate([lo, hi], -1).astype(np.float32),
+          'labels': rng.integers(1, 21, (batch, boxes)).astype(np.int32)}
+
+
+def forward_flops(config) -> float:
+  """Model FLOPs of one image's forward pass, from XLA's cost analysis."""
+  model, size = builders.build_model(config), config.model.image_size
+  params = jax.eval_shape(lambda rng: builders.init_params(config, rng), jax.random.key(0))
+  image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  compiled = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(params, image).compile()
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)['flops'])
+
+
+def time_steps(step, repeats: int) -> float:
+  """Seconds per call of step() after two warm-up calls (compile, then donation)."""
+  for _ in range(2):
+    jax.block_until_ready(step())
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(step())
+  return (time.perf_counter() - start) / repeats
+
+
+def jax_step_rate(config, batch: dict, repeats: int) -> float:
+  """Images/s of the jitted train step on one fixed batch."""
+  mesh = sharding.make_mesh()
+  state = [train_step.create_state(config, mesh, jax.random.key(0))]
+  step = train_step.jit_train_step(config, mesh)
+  anchors = jnp.asarray(builders.build_default_boxes(config))
+  device_batch = sharding.global_batch(batch, mesh)
+
+  def one():
+    state[0], metrics = step(state[0], device_batch, anchors)
+    return metrics['loss']
+
+  return len(batch['image']) / time_steps(one, repeats)
+
+
+def end_to_end_rate(config, repeats: int) -> float:
+  """Images/s of the train step fed by the input pipeline (JPEG decode, augmentation)."""
+  from ssd_jax.data import input_pipeline
+  from ssd_jax.testing import synthetic
+  root = pathlib.Path(tempfile.mkdtemp(prefix='bench_train_'))
+  synthetic.photo_voc_folder(root, 64, class_names=('thing',))
+  config = config_lib.validate(config.copy_and_resolve_references())
+  config.data.format, config.data.root, config.data.class_names = 'voc_folder', str(root), ('thing',)
+  config.data.train_splits = ('trainval',)
+  mesh = sharding.make_mesh()
+  state = [train_step.create_state(config, mesh, jax.random.key(0))]
+  step = train_step.jit_train_step(config, mesh)
+  anchors = jnp.asarray(builders.build_default_boxes(config))
+  batches = input_pipeline.train_batches(config)
+
+  def one():
+    state[0], metrics = step(state[0], sharding.global_batch(next(batches), mesh), anchors)
+    return metrics['loss']
+
+  return config.train.batch_size / time_steps(one, repeats)
+
+
+def torchvision_rate(batch: dict, repeats: int, device: str, autocast: bool) -> float:
+  """Images/s of torchvision's ssd300_vgg16 train step (forward, loss, backward, SGD)."""
+  import torch
+  import torchvision
+  torch.manual_seed(0)
+  model = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None,
+                                                    num_classes=21).to(device).train()
+  opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+  size = batch['image'].shape[1]
+  images = [torch.tensor(im).permute(2, 0, 1).float().div(255).to(device) for im in batch['image']]
+  targets = [{'boxes': torch.tensor(b * size).to(device), 'labels': torch.tensor(l).long().to(device)}
+             for b, l in zip(batch['boxes'], batch['labels'])]
+
+  def one():
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+      losses = model(images, targets)
+    loss = sum(losses.values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
+    return jnp.zeros(())
+
+  return len(images) / time_steps(one, repeats)
+
+
+def torch_device() -> str:
+  import torch
+  return 'cuda' if torch.cuda.is_available() and jax.default_backend() == 'gpu' else 'cpu'
+
+
+def versions() -> str:
+  names = ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'torchvision')
+  found = []
+  for n in names:
+    try:
+      found.append(f'{n} {metadata.version(n)}')
+    except metadata.PackageNotFoundError:
+      pass
+  return ', '.join(found)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', nargs='+', default=['voc300', 'voc512'])
+  parser.add_argument('--batches', nargs='+', type=int, default=[8])
+  parser.add_argument('--dtypes', nargs='+', default=['float32', 'bfloat16'])
+  parser.add_argument('--width', type=float, default=1.0)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--xla_gradients', action='store_true',
+                      help="also time XLA's own conv/pool gradients")
+  parser.add_argument('--end_to_end', action='store_true',
+                      help='also time the step fed by the input pipeline (needs TensorFlow)')
+  parser.add_argument('--no_torchvision', action='store_true')
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  peak = PEAK_TFLOPS.get(device.device_kind, {})
+  print(f'device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}); '
+        f'{os.cpu_count()} CPU cores; width {args.width}; {versions()}')
+  print('| config | batch | dtype | what | img/s | vs torchvision | model TFLOP/s | of peak |')
+  print('|---|---:|---|---|---:|---:|---:|---:|')
+  rng = np.random.default_rng(0)
+  for name in args.configs:
+    for batch_size in args.batches:
+      base = make_config(name, args.width, 'float32', batch_size)
+      batch = random_batch(rng, batch_size, base.model.image_size)
+      flops = 3 * forward_flops(base)
+      torch_rate = None
+      if name.endswith('300') and args.width == 1.0 and not args.no_torchvision:
+        torch_rate = torchvision_rate(batch, args.repeats, torch_device(), False)
+        row(name, batch_size, 'float32', 'torchvision', torch_rate, torch_rate, flops, {})
+        if torch_device() == 'cuda':
+          row(name, batch_size, 'bfloat16', 'torchvision autocast',
+              torchvision_rate(batch, args.repeats, 'cuda', True), torch_rate, flops, {})
+      for dtype in args.dtypes:
+        config = make_config(name, args.width, dtype, batch_size)
+        runs = [('ssd_jax', True)] + ([('xla_grads', False)] if args.xla_gradients else [])
+        for what, ours in runs:
+          layers.USE_CPU_GRADIENTS = ours
+          rate = jax_step_rate(config, batch, args.repeats)
+          row(name, batch_size, dtype, what, rate, torch_rate, flops, peak)
+        layers.USE_CPU_GRADIENTS = True
+        if args.end_to_end:
+          rate = end_to_end_rate(config, args.repeats)
+          row(name, batch_size, dtype, 'end_to_end', rate, torch_rate, flops, peak)
+
+
+def row(name, batch, dtype, what, rate, torch_rate, flops, peak):
+  ratio = f'{rate / torch_rate:.2f}x' if torch_rate else '-'
+  tflops = rate * flops / 1e12
+  share = f'{tflops / peak[dtype]:.0%}' if dtype in peak else '-'
+  print(f'| {name} | {batch} | {dtype} | {what} | {rate:.2f} | {ratio} | {tflops:.3f} | {share} |',
+        flush=True)
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.exit(main())
