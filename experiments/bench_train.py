@@ -98,8 +98,8 @@ def end_to_end_rate(config, repeats: int) -> float:
   root = pathlib.Path(tempfile.mkdtemp(prefix='bench_train_'))
   synthetic.photo_voc_folder(root, 64, class_names=('thing',))
   config = config_lib.validate(config.copy_and_resolve_references())
-  config.data.format, config.data.root, config.data.class_names = 'voc_folder', str(root), ('thing',)
-  config.data.train_splits = ('trainval',)
+  d = config.data
+  d.format, d.root, d.class_names, d.train_splits = 'voc_folder', str(root), ('thing',), ('trainval',)
   mesh = sharding.make_mesh()
   state = [train_step.create_state(config, mesh, jax.random.key(0))]
   step = train_step.jit_train_step(config, mesh)
@@ -123,7 +123,8 @@ def torchvision_rate(batch: dict, repeats: int, device: str, autocast: bool) -> 
   opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
   size = batch['image'].shape[1]
   images = [torch.tensor(im).permute(2, 0, 1).float().div(255).to(device) for im in batch['image']]
-  targets = [{'boxes': torch.tensor(b * size).to(device), 'labels': torch.tensor(l).long().to(device)}
+  targets = [{'boxes': torch.tensor(b * size).to(device),
+              'labels': torch.tensor(l).long().to(device)}
              for b, l in zip(batch['boxes'], batch['labels'])]
 
   def one():

@@ -31,6 +31,9 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 
 # Set False to use XLA's gradients on every platform (benchmarks compare both).
 USE_CPU_GRADIENTS = True
+# Feature maps smaller than this (pixels) keep XLA's weight gradient, which is the
+# faster one there (batch 8, 19x19x512: 73 ms against 109 for the matrix products).
+MIN_PIXELS = 32 * 32
 
 
 def _plain_conv(x, w, padding: Pads, dilation: tuple[int, int]):
@@ -120,12 +123,12 @@ def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, **kwargs):
   """`lax.conv_general_dilated`, with the CPU weight gradient above for the stride-1,
-  explicitly padded NHWC convolutions SSD is made of (the rest go to lax as is).
+  explicitly padded NHWC convolutions of SSD's large maps (the rest go to lax as is).
   Pass as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`."""
   simple = (USE_CPU_GRADIENTS and tuple(window_strides) == (1, 1) and not isinstance(padding, str)
+            and lhs.ndim == 4 and lhs.shape[1] * lhs.shape[2] >= MIN_PIXELS
             and all(v == 1 for v in (lhs_dilation or (1, 1))) and feature_group_count == 1
-            and not kwargs.get('precision') and lhs.ndim == 4
-            and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
+            and not kwargs.get('precision') and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
   if not simple:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, **kwargs)

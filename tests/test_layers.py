@@ -9,6 +9,12 @@ from ssd_jax import layers
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
+@pytest.fixture(autouse=True)
+def small_maps_take_the_cpu_path(monkeypatch):
+  """The test maps are small; SSD's large ones take the CPU path by default."""
+  monkeypatch.setattr(layers, 'MIN_PIXELS', 0)
+
+
 def _grads(conv, x, w):
   """Gradients of a non-linear function of the convolution's output."""
   return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), (0, 1))(x, w)
@@ -85,3 +91,18 @@ def test_max_pool_gradient_goes_to_the_first_maximum():
   want[0, 0, 0, 0] = 3.0   # tie: the first of four ones
   want[0, 1, 3, 0] = 5.0   # the single maximum
   np.testing.assert_array_equal(grad, want)
+
+
+def test_small_maps_keep_xlas_gradient(monkeypatch):
+  """Below MIN_PIXELS the gradient is lax's own (no per-platform choice in the jaxpr)."""
+  monkeypatch.setattr(layers, 'MIN_PIXELS', 32 * 32)
+  w = jnp.ones((3, 3, 2, 2))
+
+  def grad_jaxpr(side):
+    x = jnp.ones((1, side, side, 2))
+    f = lambda w: jnp.sum(layers.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC))
+    return str(jax.make_jaxpr(jax.grad(f))(w))
+
+  assert 'platform_index' not in grad_jaxpr(19)
+  assert 'platform_index' in grad_jaxpr(38)
