@@ -14,7 +14,10 @@ only the gradients differ, and only on CPU:
   output's gradient goes to the first input (row-major in the window) equal to
   the maximum, as Caffe and PyTorch do.
 
-On GPU and TPU (`jax.lax.platform_dependent`), XLA's gradients are used unchanged.
+On GPU and TPU (`jax.lax.platform_dependent`), XLA's gradients are used unchanged,
+and so they are with several CPU devices (simulated ones in tests, or several
+processes): there the row-block loop beside XLA:CPU's cross-device all-reduce
+aborted train steps with a collective rendezvous timeout in our tests.
 `experiments/bench_train.py` measures the train step with and without these.
 """
 from __future__ import annotations
@@ -115,6 +118,11 @@ def _conv_bwd(padding, dilation, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def cpu_gradients_apply() -> bool:
+  """Whether the CPU gradients are used: on, and not several devices (see the module doc)."""
+  return USE_CPU_GRADIENTS and jax.device_count() == 1
+
+
 def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
   want = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
   return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == want
@@ -125,7 +133,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   """`lax.conv_general_dilated`, with the CPU weight gradient above for the stride-1,
   explicitly padded NHWC convolutions of SSD's large maps (the rest go to lax as is).
   Pass as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`."""
-  simple = (USE_CPU_GRADIENTS and tuple(window_strides) == (1, 1) and not isinstance(padding, str)
+  simple = (cpu_gradients_apply() and tuple(window_strides) == (1, 1)
+            and not isinstance(padding, str)
             and lhs.ndim == 4 and lhs.shape[1] * lhs.shape[2] >= MIN_PIXELS
             and all(v == 1 for v in (lhs_dilation or (1, 1))) and feature_group_count == 1
             and not kwargs.get('precision') and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
@@ -197,6 +206,6 @@ def max_pool(x, window: Sequence[int], strides: Sequence[int], padding: Sequence
   """f[B, H, W, C] -> f[B, Ho, Wo, C]: max pooling with explicit (-inf) padding,
   as `flax.linen.max_pool`, with the CPU gradient above."""
   args = (tuple(window), tuple(strides), tuple((int(lo), int(hi)) for lo, hi in padding))
-  if not USE_CPU_GRADIENTS:
+  if not cpu_gradients_apply():
     return _plain_pool(x, *args)
   return _pool(x, *args)

@@ -9,10 +9,17 @@ from ssd_jax import layers
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
-@pytest.fixture(autouse=True)
-def small_maps_take_the_cpu_path(monkeypatch):
-  """The test maps are small; SSD's large ones take the CPU path by default."""
+def test_several_devices_keep_xlas_gradients():
+  assert jax.device_count() == 8, 'conftest sets 8 simulated CPU devices'
+  assert not layers.cpu_gradients_apply()
+
+
+@pytest.fixture
+def cpu_path(monkeypatch):
+  """The CPU gradients on for these tests' small maps, whatever the device count
+  (no collectives run here)."""
   monkeypatch.setattr(layers, 'MIN_PIXELS', 0)
+  monkeypatch.setattr(layers, 'cpu_gradients_apply', lambda: layers.USE_CPU_GRADIENTS)
 
 
 def _grads(conv, x, w):
@@ -26,7 +33,7 @@ def _grads(conv, x, w):
     (1, 0, 1, (5, 3)),    # 1x1
     (3, 0, 1, (2, 4)),    # SSD300's unpadded conv10_2 / conv11_2
 ])
-def test_conv_gradients_equal_xla(kernel, pad, dilation, channels):
+def test_conv_gradients_equal_xla(kernel, pad, dilation, channels, cpu_path):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, 11, 9, channels[0])), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel) + channels), jnp.float32)
@@ -41,6 +48,7 @@ def test_conv_gradients_equal_xla(kernel, pad, dilation, channels):
                                         dimension_numbers=NHWC)
 
   np.testing.assert_array_equal(ours(x, w), xla(x, w))
+  assert 'platform_index' in str(jax.make_jaxpr(lambda x, w: _grads(ours, x, w))(x, w))
   for got, want in zip(_grads(ours, x, w), _grads(xla, x, w)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
@@ -66,7 +74,7 @@ def test_weight_gradient_against_numpy(patch_bytes, monkeypatch):
     (75, 2, 2, ((0, 1), (0, 1))),   # Caffe's ceil mode: 75 -> 38
     (9, 3, 1, ((1, 1), (1, 1))),    # pool5: 3x3 stride 1, overlapping windows
 ])
-def test_max_pool_gradient_equals_xla(size, window, stride, padding):
+def test_max_pool_gradient_equals_xla(size, window, stride, padding, cpu_path):
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, size, size, 3)), jnp.float32)
 
   def xla(x):
@@ -77,11 +85,12 @@ def test_max_pool_gradient_equals_xla(size, window, stride, padding):
     return layers.max_pool(x, (window, window), (stride, stride), padding)
 
   np.testing.assert_array_equal(ours(x), xla(x))
+  assert 'platform_index' in str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(ours(x))))(x))
   loss = lambda pool: lambda x: jnp.sum(jnp.sin(pool(x)))  # noqa: E731
   np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(xla))(x), rtol=1e-6)
 
 
-def test_max_pool_gradient_goes_to_the_first_maximum():
+def test_max_pool_gradient_goes_to_the_first_maximum(cpu_path):
   """A window of equal values: PyTorch and Caffe give the whole gradient to its
   first (top-left) element, never split or duplicated."""
   x = jnp.ones((1, 2, 4, 1), jnp.float32).at[0, 1, 3, 0].set(2.0)
@@ -93,7 +102,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum():
   np.testing.assert_array_equal(grad, want)
 
 
-def test_small_maps_keep_xlas_gradient(monkeypatch):
+def test_small_maps_keep_xlas_gradient(cpu_path, monkeypatch):
   """Below MIN_PIXELS the gradient is lax's own (no per-platform choice in the jaxpr)."""
   monkeypatch.setattr(layers, 'MIN_PIXELS', 32 * 32)
   w = jnp.ones((3, 3, 2, 2))

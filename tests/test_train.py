@@ -132,13 +132,13 @@ def test_tiny_model_drives_its_loss_down(load_config):
 
 
 def _loss_curve(config, steps: int) -> np.ndarray:
-  """Losses of `steps` train steps on one synthetic batch, on one device."""
+  """Losses of `steps` train steps on a fixed stream of synthetic batches, one device."""
   mesh = sharding.make_mesh(jax.devices()[:1])
   state = train_step.create_state(config, mesh, jax.random.key(0))
   anchors = jnp.asarray(builders.build_default_boxes(config))
-  step, losses = train_step.jit_train_step(config, mesh), []
-  batch = sharding.global_batch(synthetic_batch(np.random.default_rng(1), 8), mesh)
+  step, losses, rng = train_step.jit_train_step(config, mesh), [], np.random.default_rng(1)
   for _ in range(steps):
+    batch = sharding.global_batch(synthetic_batch(rng, 16), mesh)
     state, metrics = step(state, batch, anchors)
     losses.append(float(metrics['loss']))
   return np.asarray(losses)
@@ -155,7 +155,7 @@ def test_bfloat16_training_follows_float32(load_config):
   bf16 = _loss_curve(config, 40)
   print('float32 ', np.round(f32[::5], 2), '\nbfloat16', np.round(bf16[::5], 2))
   assert np.all(np.isfinite(bf16))
-  assert np.mean(f32[-5:]) < 0.4 * np.mean(f32[:5])  # it learns, so the curves say something
+  assert np.mean(f32[-5:]) < 0.6 * np.mean(f32[:5])  # it learns, so the curves say something
   windows = lambda x: x.reshape(4, 10).mean(1)  # noqa: E731  (10-step means)
   print('10-step means', np.round(windows(f32), 2), np.round(windows(bf16), 2))
   np.testing.assert_allclose(windows(bf16), windows(f32), rtol=0.15)
