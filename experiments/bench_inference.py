@@ -21,7 +21,6 @@ import argparse
 import functools
 import os
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +29,9 @@ import numpy as np
 from ssd_jax import builders, config_lib, postprocess
 from ssd_jax.testing import numpy_reference
 
+import common  # experiments/common.py, beside this script
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def timed(fn, repeats: int) -> float:
-  """Seconds per call, after one warm-up (compile) call."""
-  jax.block_until_ready(fn())
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn())
-  return (time.perf_counter() - start) / repeats
 
 
 def bench(config, batch: int, repeats: int) -> dict:
@@ -61,6 +53,7 @@ def bench(config, batch: int, repeats: int) -> dict:
             for i in range(batch)]
 
   host_repeats = max(1, repeats // 4)
+  timed = common.seconds_per_call
   seconds = {'ours': timed(lambda: ours(params, images), repeats),
              'network': timed(lambda: network(params, images), repeats),
              'host_nms': timed(lambda: (host_nms(), jnp.zeros(()))[1], host_repeats)}
@@ -72,21 +65,18 @@ def bench(config, batch: int, repeats: int) -> dict:
 def torchvision_seconds(images: np.ndarray, repeats: int) -> float:
   """Seconds per batch of torchvision's ssd300_vgg16 detector (eval mode)."""
   import torch
-  import torchvision
-  device = 'cuda' if torch.cuda.is_available() and jax.default_backend() == 'gpu' else 'cpu'
-  model = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None,
-                                                    num_classes=21).to(device).eval()
+  device = common.torch_device()
+  model = common.torchvision_ssd300(device).eval()
   batch = [torch.tensor(np.clip(im + 128, 0, 255) / 255, dtype=torch.float32).permute(2, 0, 1)
            .to(device) for im in images]
 
   def run():
     with torch.inference_mode():
       model(batch)
-    if device == 'cuda':
-      torch.cuda.synchronize()
+    common.torch_sync(device)
     return jnp.zeros(())
 
-  return timed(run, repeats)
+  return common.seconds_per_call(run, repeats)
 
 
 def main():

@@ -18,7 +18,6 @@ many times) against starting at step 0.
 """
 import argparse
 import json
-from importlib import metadata
 import os
 import pathlib
 import resource
@@ -26,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import common  # experiments/common.py, beside this script (imports nothing heavy)
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 MEAN = (123, 117, 104)
@@ -166,8 +167,7 @@ def main():
         'seconds_to_first_batch'] for _ in range(2))
   print(f'{os.cpu_count()} CPU cores; {args.images} JPEGs of 500x375 from scikit-image photos '
         f'-> 300x300, batch {args.batch}, {args.batches} batches timed after the first')
-  print('versions: ' + ', '.join(f'{p} {metadata.version(p)}' for p in (
-      'tensorflow-cpu', 'torch', 'torchvision', 'pillow')))
+  print('versions: ' + common.versions('tensorflow-cpu', 'torch', 'torchvision', 'pillow'))
   print(f'{"pipeline":<44} {"images/s":>9} {"ratio":>6} {"peak RSS MiB (main / worker)":>30}')
   for name, r in (('torchvision v2 SSD augmentation, DataLoader', tv),
                   ('ssd_jax, the release\'s augmentation', ours)):

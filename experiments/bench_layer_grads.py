@@ -11,13 +11,14 @@ step's time goes, and what layers.py changes.
 """
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax import layers
+
+import common  # experiments/common.py, beside this script
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 # name, input side, input channels, output channels, dilation (3x3, pad = dilation)
@@ -29,11 +30,8 @@ POOLS = (('pool1', 300, 64, 2, 2, 0), ('pool3', 75, 256, 2, 2, 1), ('pool5', 19,
 
 
 def ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - start) / repeats * 1e3
+  """Milliseconds per call of fn(*args), after a warm-up call."""
+  return common.seconds_per_call(lambda: fn(*args), repeats) * 1e3
 
 
 def conv_row(batch, side, cin, cout, dil, repeats) -> dict:

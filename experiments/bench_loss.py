@@ -18,6 +18,8 @@ import numpy as np
 from ssd_jax import builders, config_lib, losses, matching
 from ssd_jax.testing import numpy_reference
 
+import common  # experiments/common.py, beside this script
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -37,14 +39,6 @@ def loss_fn(loc_pred, logits, boxes, labels, anchors):
   return losses.multibox_loss(loc_pred, logits, loc_t, cls_t)[0]
 
 
-def timed(fn, repeats):
-  jax.block_until_ready(fn())  # compile and warm up
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn())
-  return (time.perf_counter() - start) / repeats
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--batch', type=int, default=32)
@@ -59,12 +53,13 @@ def main():
   boxes, labels, loc_pred, logits = (jax.device_put(x) for x in data)
 
   grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
-  batched = timed(lambda: grad(loc_pred, logits, boxes, labels, anchors), args.repeats)
+  batched = common.seconds_per_call(lambda: grad(loc_pred, logits, boxes, labels, anchors),
+                                    args.repeats)
 
   def per_image():
     return [grad(loc_pred[i:i + 1], logits[i:i + 1], boxes[i:i + 1], labels[i:i + 1], anchors)
             for i in range(args.batch)]
-  looped = timed(per_image, max(1, args.repeats // 5))
+  looped = common.seconds_per_call(per_image, max(1, args.repeats // 5))
 
   def numpy_loops():
     targets = [numpy_reference.match_image(data[0][i], data[1][i], anchors)

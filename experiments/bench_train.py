@@ -25,14 +25,14 @@ import os
 import pathlib
 import sys
 import tempfile
-import time
-from importlib import metadata
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax import builders, config_lib, layers, sharding, train_step
+
+import common  # experiments/common.py, beside this script
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -66,16 +66,6 @@ def forward_flops(config) -> float:
   return float((cost[0] if isinstance(cost, list) else cost)['flops'])
 
 
-def time_steps(step, repeats: int) -> float:
-  """Seconds per call of step() after two warm-up calls (compile, then donation)."""
-  for _ in range(2):
-    jax.block_until_ready(step())
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(step())
-  return (time.perf_counter() - start) / repeats
-
-
 def jax_step_rate(config, batch: dict, repeats: int) -> float:
   """Images/s of the jitted train step on one fixed batch."""
   mesh = sharding.make_mesh()
@@ -88,7 +78,7 @@ def jax_step_rate(config, batch: dict, repeats: int) -> float:
     state[0], metrics = step(state[0], device_batch, anchors)
     return metrics['loss']
 
-  return len(batch['image']) / time_steps(one, repeats)
+  return len(batch['image']) / common.seconds_per_call(one, repeats, warmups=2)
 
 
 def end_to_end_rate(config, repeats: int) -> float:
@@ -99,7 +89,8 @@ def end_to_end_rate(config, repeats: int) -> float:
   synthetic.photo_voc_folder(root, 64, class_names=('thing',))
   config = config_lib.validate(config.copy_and_resolve_references())
   d = config.data
-  d.format, d.root, d.class_names, d.train_splits = 'voc_folder', str(root), ('thing',), ('trainval',)
+  d.format, d.root, d.class_names = 'voc_folder', str(root), ('thing',)
+  d.train_splits = ('trainval',)
   mesh = sharding.make_mesh()
   state = [train_step.create_state(config, mesh, jax.random.key(0))]
   step = train_step.jit_train_step(config, mesh)
@@ -110,16 +101,13 @@ def end_to_end_rate(config, repeats: int) -> float:
     state[0], metrics = step(state[0], sharding.global_batch(next(batches), mesh), anchors)
     return metrics['loss']
 
-  return config.train.batch_size / time_steps(one, repeats)
+  return config.train.batch_size / common.seconds_per_call(one, repeats, warmups=2)
 
 
 def torchvision_rate(batch: dict, repeats: int, device: str, autocast: bool) -> float:
   """Images/s of torchvision's ssd300_vgg16 train step (forward, loss, backward, SGD)."""
   import torch
-  import torchvision
-  torch.manual_seed(0)
-  model = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None,
-                                                    num_classes=21).to(device).train()
+  model = common.torchvision_ssd300(device).train()
   opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
   size = batch['image'].shape[1]
   images = [torch.tensor(im).permute(2, 0, 1).float().div(255).to(device) for im in batch['image']]
@@ -134,27 +122,10 @@ def torchvision_rate(batch: dict, repeats: int, device: str, autocast: bool) -> 
     opt.zero_grad()
     loss.backward()
     opt.step()
-    if device == 'cuda':
-      torch.cuda.synchronize()
+    common.torch_sync(device)
     return jnp.zeros(())
 
-  return len(images) / time_steps(one, repeats)
-
-
-def torch_device() -> str:
-  import torch
-  return 'cuda' if torch.cuda.is_available() and jax.default_backend() == 'gpu' else 'cpu'
-
-
-def versions() -> str:
-  names = ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'torchvision')
-  found = []
-  for n in names:
-    try:
-      found.append(f'{n} {metadata.version(n)}')
-    except metadata.PackageNotFoundError:
-      pass
-  return ', '.join(found)
+  return len(images) / common.seconds_per_call(one, repeats, warmups=2)
 
 
 def main():
@@ -171,9 +142,11 @@ def main():
   parser.add_argument('--no_torchvision', action='store_true')
   args = parser.parse_args()
   device = jax.devices()[0]
+  packages = common.versions('jax', 'jaxlib', 'flax', 'optax', 'torch', 'torchvision')
+  torch_device = None if args.no_torchvision else common.torch_device()
   peak = PEAK_TFLOPS.get(device.device_kind, {})
   print(f'device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}); '
-        f'{os.cpu_count()} CPU cores; width {args.width}; {versions()}')
+        f'{os.cpu_count()} CPU cores; width {args.width}; {packages}')
   print('| config | batch | dtype | what | img/s | vs torchvision | model TFLOP/s | of peak |')
   print('|---|---:|---|---|---:|---:|---:|---:|')
   rng = np.random.default_rng(0)
@@ -184,9 +157,9 @@ def main():
       flops = 3 * forward_flops(base)
       torch_rate = None
       if name.endswith('300') and args.width == 1.0 and not args.no_torchvision:
-        torch_rate = torchvision_rate(batch, args.repeats, torch_device(), False)
+        torch_rate = torchvision_rate(batch, args.repeats, torch_device, False)
         row(name, batch_size, 'float32', 'torchvision', torch_rate, torch_rate, flops, {})
-        if torch_device() == 'cuda':
+        if torch_device == 'cuda':
           row(name, batch_size, 'bfloat16', 'torchvision autocast',
               torchvision_rate(batch, args.repeats, 'cuda', True), torch_rate, flops, {})
       for dtype in args.dtypes:

@@ -25,7 +25,8 @@ def shapes_examples(first_seed: int, n: int, image_size: int):
 
 
 def side(boxes: np.ndarray) -> np.ndarray:
-  return np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+  """f[N] square root of the area of f[N, 4] xyxy boxes."""
+  return np.sqrt(box_utils.area(boxes))
 
 
 def test_every_object_size_has_a_default_box_at_the_matching_threshold(load_config):

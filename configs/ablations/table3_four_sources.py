@@ -10,7 +10,7 @@ Run:
 Layers after the last source are not built. Default-box sizes follow the
 paper's scale rule over the kept sources (0.2 to 0.9; conv4_3 at 0.1); each
 source keeps SSD300's steps and aspect ratios (38^2*4 + 19^2*6 + 10^2*6 + 5^2*6
-= 8692 default boxes). The paper kept about 8732 boxes (8942 here) by
+= 8692 default boxes). The paper kept about 8732 boxes (8942 in this row of its table) by
 stacking more scales on the remaining layers, which it does not list; ssd_jax
 gives each source one scale, so this row has fewer boxes than the paper's.
 """
