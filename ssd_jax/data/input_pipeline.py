@@ -24,10 +24,8 @@ The mean pixel is subtracted on device (builders.normalise_images).
 """
 from __future__ import annotations
 
-import atexit
 import math
 import os
-import weakref
 from typing import Iterator, Optional
 
 import jax
@@ -128,30 +126,15 @@ def train_dataset(config, process_index: Optional[int] = None,
   return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-# Live train_batches streams, closed at exit: a tf.data iterator whose map calls
-# Python (tf.numpy_function reads the data) and that is still alive when the
-# interpreter finalises can hang the process (its pending calls wait for a GIL
-# that finalisation holds); closed earlier, it stops cleanly.
-_LIVE = weakref.WeakSet()
-
-
-@atexit.register
-def _close_live_streams() -> None:
-  for stream in list(_LIVE):
-    stream.close()
-
-
 def train_batches(config, start_step: int = 0) -> Iterator[dict]:
   """This host's training batches as NumPy (image, boxes, labels) from `start_step`.
 
   Warns once per image when an augmented image holds more than data.max_boxes
-  boxes (the rest are not trained on). Prefer it to iterating train_dataset by
-  hand: it is closed before the interpreter exits (see _LIVE).
+  boxes (the rest are not trained on). Like every stream of this module, it
+  may be left open at the interpreter's exit (see sources.PythonCalls).
   """
   ds = train_dataset(config, start_step=start_step)  # now: errors before the first batch
-  stream = _checked_batches(ds, config)
-  _LIVE.add(stream)
-  return stream
+  return _checked_batches(ds, config)
 
 
 def _checked_batches(ds: tf.data.Dataset, config) -> Iterator[dict]:

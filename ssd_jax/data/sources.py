@@ -13,11 +13,17 @@ index to one decoded example:
   ok         bool: False when the image could not be decoded (then a 1 x 1
              black image; training gives it no boxes, evaluation skips it)
 Encoded bytes are read by index and decoded only when an example is used.
+
+Reading calls Python from tf.data's threads (tf.numpy_function): every such
+call goes through `python_call`, which the interpreter's exit closes (see
+PythonCalls), so a stream left open however it was driven never hangs exit.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,6 +33,61 @@ from absl import logging
 
 from ssd_jax import images
 from ssd_jax.data import augment, shapes_dataset
+
+
+class PythonCalls:
+  """The gate of every Python call made from tf.data's threads.
+
+  Why: a tf.data iterator still alive when the interpreter finalises (a
+  script's `it = iter(ds)`) is destroyed then, and waits for its worker
+  threads; a worker that calls into Python at that moment can never take the
+  interpreter again, so the process hangs. `close()` runs when the interpreter
+  starts to exit, before finalisation: it waits for the calls in flight, and
+  every later call returns its caller's stand-in value at once without
+  running, so the workers soon fill their buffers and wait outside Python
+  when the iterators go.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._in_flight = 0
+    self._last_call = 0.0
+    self.closed = False
+
+  def call(self, fn, stand_in, *args):
+    with self._lock:
+      if self.closed:
+        return stand_in
+      self._in_flight += 1
+      self._last_call = time.monotonic()
+    try:
+      return fn(*args)
+    finally:
+      with self._lock:
+        self._in_flight -= 1
+
+  def close(self, quiet_s: float = 0.2, timeout_s: float = 30.0) -> None:
+    """Refuses new calls; returns once none has run for `quiet_s` (at most `timeout_s`)."""
+    with self._lock:
+      self.closed = True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+      with self._lock:
+        idle = self._in_flight == 0 and time.monotonic() - self._last_call > quiet_s
+      if idle:
+        return
+      time.sleep(0.02)
+
+
+PYTHON_CALLS = PythonCalls()
+atexit.register(PYTHON_CALLS.close)
+
+
+def python_call(fn, inputs, Tout, stand_in):
+  """tf.numpy_function(fn, inputs, Tout) through the exit gate (PythonCalls);
+  `stand_in` (a valid output of fn) is returned instead once the interpreter exits."""
+  return tf.numpy_function(functools.partial(PYTHON_CALLS.call, fn, stand_in), inputs, Tout,
+                           stateful=False)
 
 
 class Source:
@@ -86,6 +147,7 @@ class TfdsSource(Source):
           f'Prepare it again with: {_prepare_command(name, data_dir)} (TFDS reuses the '
           f'files it downloaded before).') from e
     self._features = builder.info.features
+    self._stand_in = self._data[0] if len(self._data) else b''  # see PythonCalls
     self.description = spec
 
   def __len__(self) -> int:
@@ -95,7 +157,7 @@ class TfdsSource(Source):
     return self._data[int(index)]
 
   def example(self, index):
-    raw = tf.numpy_function(self._read, [index], tf.string, stateful=False)
+    raw = python_call(self._read, [index], tf.string, self._stand_in)
     ex = self._features.deserialize_example(raw, decoders={'image': tfds.decode.SkipDecoding()})
     objects = ex['objects']
     flags = objects['is_difficult'] if 'is_difficult' in objects else objects['is_crowd']
@@ -127,6 +189,9 @@ class _OnceLog:
 _UNREADABLE = _OnceLog()
 
 
+_NO_IMAGE = (np.zeros((1, 1, 3), np.uint8), np.bool_(False))
+
+
 def _decode_file(path) -> tuple[np.ndarray, bool]:
   """PIL decoding (images.read_image) for tf.numpy_function: (u8 [H, W, 3], ok).
 
@@ -137,7 +202,7 @@ def _decode_file(path) -> tuple[np.ndarray, bool]:
     return images.read_image(path), True
   except ValueError as e:
     _UNREADABLE.error(path, str(e))
-    return np.zeros((1, 1, 3), np.uint8), False
+    return _NO_IMAGE
 
 
 class RecordsSource(Source):
@@ -158,7 +223,7 @@ class RecordsSource(Source):
 
   def example(self, index):
     path = self._paths[index]
-    image, ok = tf.numpy_function(_decode_file, [path], (tf.uint8, tf.bool), stateful=False)
+    image, ok = python_call(_decode_file, [path], (tf.uint8, tf.bool), _NO_IMAGE)
     return {'image': tf.ensure_shape(image, [None, None, 3]), 'boxes': self._boxes[index],
             'labels': self._labels[index], 'difficult': self._difficult[index],
             'image_id': self._ids[index], 'name': tf.strings.split(path, '/')[-1],
