@@ -16,10 +16,11 @@ import fcntl
 import functools
 import json
 import os
-import shutil
 import socket
 import sys
+import threading
 import time
+import uuid
 from typing import Optional
 
 import flax
@@ -29,7 +30,7 @@ from absl import logging
 from jax.sharding import Mesh
 from ml_collections import config_dict
 
-from ssd_jax import builders, config_lib, sharding
+from ssd_jax import builders, cluster, config_lib, paths, sharding
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'lock'
@@ -41,11 +42,9 @@ UNREADABLE = 'unreadable_checkpoints'
 def save_config(config: config_dict.ConfigDict, folder: str) -> str:
   """Writes the config as folder/config.json (so a workdir describes itself);
   atomically: a crash leaves the old file or the new one, never half of one."""
-  path = os.path.join(folder, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json(indent=2))
-  os.replace(path + '.tmp', path)
-  return path
+  target = paths.path(folder) / CONFIG_FILE
+  paths.write_text_atomic(target, config.to_json(indent=2))
+  return str(target)
 
 
 def _tuples(value):
@@ -64,8 +63,7 @@ REMOVED_FIELDS = (('data', 'shuffle_buffer'), ('data', 'max_image_side'))
 
 def read_config(path: str) -> config_dict.ConfigDict:
   """A config written by `save_config`, on the current schema (unknown fields are errors)."""
-  with open(path) as f:
-    values = _tuples(json.load(f))
+  values = _tuples(json.loads(paths.path(path).read_text()))
   clip = values.get('anchors', {}).get('clip')
   if isinstance(clip, bool):  # before anchors.clip named its mode
     values['anchors']['clip'] = 'cxcywh' if clip else 'none'
@@ -78,12 +76,12 @@ def read_config(path: str) -> config_dict.ConfigDict:
 
 def find_config(path: str) -> config_dict.ConfigDict:
   """The config.json saved by training in a workdir (or above a checkpoints folder)."""
-  folder = os.path.abspath(path)
+  folder = paths.path(path)
   for _ in range(3):
-    candidate = os.path.join(folder, CONFIG_FILE)
-    if os.path.isfile(candidate):
-      return read_config(candidate)
-    folder = os.path.dirname(folder)
+    candidate = folder / CONFIG_FILE
+    if candidate.is_file():
+      return read_config(str(candidate))
+    folder = folder.parent
   raise FileNotFoundError(f'no {CONFIG_FILE} in or above {path}; pass the config the model '
                           f'was trained with (--config=... or config=...).')
 
@@ -94,34 +92,148 @@ class WorkdirInUseError(RuntimeError):
   """Another process is training in this workdir."""
 
 
-@contextlib.contextmanager
-def workdir_lock(workdir: str):
-  """Held while a training run uses the workdir; a second run refuses, naming the first.
+def _holder() -> str:
+  return (f'process {os.getpid()} on {socket.gethostname()} since '
+          f'{time.strftime("%Y-%m-%d %H:%M:%S")} ({" ".join(sys.argv)})')
 
-  An flock on <workdir>/lock: the kernel releases it when its process ends,
+
+def _in_use(workdir: str, holder: str, extra: str = '') -> WorkdirInUseError:
+  return WorkdirInUseError(
+      f'--workdir={workdir} is in use by {holder}. Wait for that run to end, or give this '
+      f'one another --workdir (two runs in one workdir overwrite each other\'s checkpoints).'
+      f'{extra}')
+
+
+class _NoCheck:
+  """An flock cannot be lost while its process lives."""
+
+  def check(self) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _flock(workdir: str):
+  """An flock on <workdir>/lock: the kernel releases it when its process ends,
   however it ends (kill -9 included), so a lock a dead run left is taken over
-  without a word. The file names its holder and is removed on release.
-  """
-  path = os.path.join(workdir, LOCK_FILE)
+  without a word. The file names its holder and is removed on release."""
+  path = os.path.join(str(paths.path(workdir)), LOCK_FILE)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
     os.close(fd)
     with open(path) as f:
-      holder = f.read().strip() or 'another process'
-    raise WorkdirInUseError(
-        f'--workdir={workdir} is in use by {holder}. Wait for that run to end, or give this '
-        f'one another --workdir (two runs in one workdir overwrite each other\'s checkpoints).'
-    ) from None
+      raise _in_use(workdir, f.read().strip() or 'another process') from None
   os.ftruncate(fd, 0)
-  os.write(fd, (f'process {os.getpid()} on {socket.gethostname()} since '
-                f'{time.strftime("%Y-%m-%d %H:%M:%S")} ({" ".join(sys.argv)})').encode())
+  os.write(fd, _holder().encode())
   try:
-    yield path
+    yield _NoCheck()
   finally:
     os.unlink(path)
     os.close(fd)
+
+
+class Lease:
+  """The run lock where the filesystem has no flock (a bucket): <workdir>/lock
+  holds {holder, token, renewed (wall-clock seconds), lease_s}, rewritten every
+  `renew_s` by a thread while the run lives.
+
+  Taking it: a lock renewed less than lease_s ago refuses the run, naming its
+  holder; else (none, or a dead run's, stale) this run writes its token, waits
+  `settle_s`, and reads it back: of two runs that both found it free, the one
+  whose write landed last holds it, the other is refused.
+
+  What it guarantees, given a store with read-after-write consistency (GCS,
+  S3) and host clocks within a few seconds: a run started while another renews
+  the lock is refused; two runs started at once end with one holder, provided
+  each write lands within settle_s. A run killed without release blocks the
+  workdir for at most lease_s (the error says until when). A holder whose token
+  was replaced (it stalled past lease_s and another run took over) learns it at
+  its next renewal, and `check()` then stops it before it saves again.
+  """
+
+  def __init__(self, workdir: str, renew_s: float = 30.0, lease_s: float = 120.0,
+               settle_s: float = 3.0):
+    self.file = paths.path(workdir) / LOCK_FILE
+    self.workdir, self.renew_s, self.lease_s, self.settle_s = workdir, renew_s, lease_s, settle_s
+    self.token = uuid.uuid4().hex
+    self.holder = _holder()
+    self._stop, self._lost = threading.Event(), threading.Event()
+    self._thread = threading.Thread(target=self._renew_forever, daemon=True)
+
+  def _read(self) -> Optional[dict]:
+    try:
+      return json.loads(self.file.read_text())
+    except (FileNotFoundError, ValueError):
+      return None
+
+  def _write(self) -> None:
+    self.file.write_text(json.dumps({'holder': self.holder, 'token': self.token,
+                                     'renewed': time.time(), 'lease_s': self.lease_s}))
+
+  def _refuse_if_live(self, lease: Optional[dict]) -> None:
+    if lease and time.time() - lease['renewed'] < lease['lease_s']:
+      until = time.strftime('%H:%M:%S', time.localtime(lease['renewed'] + lease['lease_s']))
+      raise _in_use(self.workdir, lease['holder'],
+                    f' Its lease runs until {until} unless renewed; a run that was killed '
+                    f'without releasing it stops blocking the workdir then.')
+
+  def acquire(self) -> 'Lease':
+    self._refuse_if_live(self._read())
+    self._write()
+    time.sleep(self.settle_s)
+    lease = self._read()
+    if not lease or lease['token'] != self.token:
+      self._refuse_if_live(lease or {'holder': 'another run', 'renewed': time.time(),
+                                     'lease_s': self.lease_s})
+    self._thread.start()
+    return self
+
+  def _renew_forever(self) -> None:
+    while not self._stop.wait(self.renew_s):
+      lease = self._read()
+      if not lease or lease['token'] != self.token:
+        logging.error('the lock of --workdir=%s was taken by %s', self.workdir,
+                      (lease or {}).get('holder', 'nobody (deleted)'))
+        self._lost.set()
+        return
+      self._write()
+
+  def check(self) -> None:
+    """Raises if another run took the lock (see the class docstring)."""
+    if self._lost.is_set():
+      lease = self._read() or {}
+      raise _in_use(self.workdir, lease.get('holder', 'another run'),
+                    ' This run stalled past its lease and another took over; it stops '
+                    'here, without saving.')
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread.is_alive():
+      self._thread.join()
+    lease = self._read()
+    if lease and lease['token'] == self.token:
+      self.file.unlink()
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, kind: Optional[str] = None):
+  """Held while a training run uses the workdir; a second run refuses, naming the first.
+
+  kind: 'flock' (local paths, the default there) or 'lease' (URLs, whose
+  stores have no flock; see Lease). Yields an object whose check() raises
+  if the lock was lost.
+  """
+  kind = kind or ('lease' if paths.is_url(workdir) else 'flock')
+  if kind == 'flock':
+    with _flock(workdir) as held:
+      yield held
+    return
+  lease = Lease(workdir).acquire()
+  try:
+    yield lease
+  finally:
+    lease.release()
 
 
 # Fields a resumed run must share with the run that made the checkpoints: they
@@ -138,11 +250,11 @@ def _flat(config: config_dict.ConfigDict) -> dict:
 def check_resumable(config, workdir: str) -> None:
   """Refuses, before anything is read or written, to resume the checkpoints in
   `workdir` with a config whose model differs from their config.json."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not (os.path.isfile(path) and os.path.isdir(os.path.join(workdir, 'checkpoints'))
-          and any(n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints')))):
+  path, saved_steps = paths.path(workdir) / CONFIG_FILE, paths.path(workdir) / 'checkpoints'
+  if not (path.is_file() and saved_steps.is_dir()
+          and any(p.name.isdigit() for p in saved_steps.iterdir())):
     return
-  saved, now = _flat(config_lib.validate(read_config(path))), _flat(config)
+  saved, now = _flat(config_lib.validate(read_config(str(path)))), _flat(config)
   keys = [k for k in sorted(set(saved) | set(now))
           if (k.split('.')[0] in RESUME_SECTIONS or k in RESUME_FIELDS) and k not in RESUME_FREE]
   differ = [f'{k}: {saved.get(k)!r} in {CONFIG_FILE}, {now.get(k)!r} now' for k in keys
@@ -163,8 +275,7 @@ def manager(workdir: str, config) -> ocp.CheckpointManager:
       save_interval_steps=config.train.checkpoint_every,
       max_to_keep=config.train.keep_checkpoints,
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options)
+  return ocp.CheckpointManager(paths.path(workdir) / 'checkpoints', options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
@@ -176,16 +287,15 @@ def location(path: str) -> tuple[str, Optional[int]]:
 
   The step is None (latest) unless `path` names one step's folder.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path} does not exist; pass a workdir of a training run, its '
+  folder = paths.path(path)
+  if not folder.is_dir():
+    raise FileNotFoundError(f'{folder} does not exist; pass a workdir of a training run, its '
                             f'checkpoints/ folder, or one step folder inside it.')
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return os.path.join(path, 'checkpoints'), None
-  name = os.path.basename(path)
-  if name.isdigit() and os.path.basename(os.path.dirname(path)) == 'checkpoints':
-    return os.path.dirname(path), int(name)
-  return path, None
+  if (folder / 'checkpoints').is_dir():
+    return str(folder / 'checkpoints'), None
+  if folder.name.isdigit() and folder.parent.name == 'checkpoints':
+    return str(folder.parent), int(folder.name)
+  return str(folder), None
 
 
 def pick_step(mngr: ocp.CheckpointManager, step: Optional[int] = None) -> int:
@@ -232,14 +342,21 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, target, workdir: str):
   to <workdir>/unreadable_checkpoints/<step> (nothing is deleted), so training
   can save that step again.
   """
-  def set_aside(step: int) -> None:
-    destination = os.path.join(workdir, UNREADABLE, f'{step}_{time.strftime("%Y%m%d-%H%M%S")}')
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    shutil.move(os.path.join(str(mngr.directory), str(step)), destination)
-    logging.warning('moved unreadable checkpoint step %d to %s', step, destination)
-    mngr.reload()
+  moved = []
+
+  def set_aside(step: int) -> None:  # host 0 moves it; every host then reloads
+    if jax.process_index() == 0:
+      destination = paths.path(workdir) / UNREADABLE / (
+          f'{step}_{time.strftime("%Y%m%d-%H%M%S")}')
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      (paths.path(mngr.directory) / str(step)).rename(destination)
+      logging.warning('moved unreadable checkpoint step %d to %s', step, destination)
+    moved.append(step)
 
   step, state = _readable_steps(mngr, lambda s: restore(mngr, target, s), set_aside)
+  if moved:
+    cluster.barrier('unreadable checkpoints set aside')
+    mngr.reload()
   return (0, target) if step is None else (step, state)
 
 

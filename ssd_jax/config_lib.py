@@ -118,7 +118,19 @@ def base_config() -> config_dict.ConfigDict:
       log_every=50,                              # steps between summaries (and NaN checks)
       checkpoint_every=5000,                     # steps between checkpoints
       keep_checkpoints=3,
-      distributed=False,                         # call jax.distributed.initialize()
+      distributed=False,                         # several hosts: join them (see cluster)
+  ))
+
+  # Several hosts (train.distributed=True; see ssd_jax/cluster.py and the README).
+  # Unset fields fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  # JAX_PROCESS_ID, then to what JAX detects (Cloud TPU, SLURM, Open MPI, k8s).
+  c.cluster = config_dict.ConfigDict(dict(
+      coordinator_address=config_dict.placeholder(str),  # host:port of process 0
+      num_processes=config_dict.placeholder(int),
+      process_id=config_dict.placeholder(int),
+      initialization_timeout_s=300,              # how long hosts wait for each other to join
+      heartbeat_timeout_s=20,                    # a silent host is declared dead after this
+      shutdown_timeout_s=60,                     # how long a finished host waits for the rest
   ))
 
   c.eval = config_dict.ConfigDict(dict(

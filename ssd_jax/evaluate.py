@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Optional
 
 import jax
 import numpy as np
 from absl import logging
 
-from ssd_jax import builders, config_lib, labels, metrics, postprocess, sharding
+from ssd_jax import builders, config_lib, labels, metrics, paths, postprocess, sharding
 from ssd_jax.data import input_pipeline
 
 
 def eval_dir(workdir: str, step: int) -> str:
-  """Where the evaluation of `step` writes its files."""
-  return os.path.join(workdir, f'eval_{step}')
+  """Where the evaluation of `step` writes its files (a local path or a URL)."""
+  return str(paths.path(workdir) / f'eval_{step}')
 
 
 def make_evaluator(config) -> metrics.Evaluator:
@@ -121,15 +120,16 @@ def table(result: dict) -> str:
 
 
 def report(result: dict, out_dir: str, step: Optional[int] = None) -> str:
-  """Writes metrics.json and pr_curves.png into out_dir; returns the table."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes metrics.json and pr_curves.png into out_dir (a local path or a URL);
+  returns the table."""
+  folder = paths.path(out_dir)
+  folder.mkdir(parents=True, exist_ok=True)
   serialisable = {k: v for k, v in result.items() if k != 'curves'}
   serialisable['step'] = step
-  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-    json.dump(serialisable, f, indent=2)  # a class without ground truth: NaN
+  # a class without ground truth: NaN
+  paths.write_text_atomic(folder / 'metrics.json', json.dumps(serialisable, indent=2))
   if result['curves']:
-    plot_curves(result['curves'], os.path.join(out_dir, 'pr_curves.png'),
-                result['per_class_AP'])
+    plot_curves(result['curves'], str(folder / 'pr_curves.png'), result['per_class_AP'])
   return table(result)
 
 
@@ -171,4 +171,5 @@ def plot_curves(curves: dict, path: str, ap: Optional[dict] = None) -> None:
   for ax in list(axes.flat)[n:]:
     ax.axis('off')
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  with paths.path(path).open('wb') as f:
+    fig.savefig(f, format='png', dpi=80)

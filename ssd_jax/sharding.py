@@ -75,6 +75,13 @@ def host_rows(num_rows: int) -> slice:
   return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
 
 
+def local_copy(tree):
+  """A replicated tree (every device of every host holds the whole value) as this
+  host's NumPy copy, for work one host does alone (drawing, exporting)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
+                      else x, tree)
+
+
 def gather_objects(obj) -> list:
   """Every host's `obj` (any picklable value), in process order, on every host."""
   if jax.process_count() == 1:

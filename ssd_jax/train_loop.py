@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
+import socket
 import time
 
 import jax
@@ -17,21 +16,24 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from ssd_jax import builders, checkpoints, config_lib, evaluate, sharding, train_step
+from ssd_jax import builders, checkpoints, cluster, config_lib, evaluate, paths, sharding
+from ssd_jax import train_step
 from ssd_jax.data import input_pipeline
 
 
 def check_workdir(workdir: str) -> None:
-  """Creates the workdir; a clear error when it cannot be written."""
+  """Creates the workdir (a local path or a URL such as gs://...); a clear error
+  when this host cannot write it. The probe file is named for the host and
+  process, so hosts sharing one workdir never touch each other's."""
+  folder = paths.path(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f'.write_test.{socket.gethostname()}.{os.getpid()}'
+    probe.write_text('ok')
+    probe.unlink()
   except OSError as e:
-    raise PermissionError(f'--workdir={workdir} cannot be written ({e.strerror}); choose a '
-                          f'folder you may write to.') from e
+    raise PermissionError(f'--workdir={workdir} cannot be written ({e.strerror or e}); choose '
+                          f'a folder you may write to.') from e
 
 
 class Preempted(Exception):
@@ -40,29 +42,6 @@ class Preempted(Exception):
   def __init__(self, step: int, workdir: str):
     super().__init__(f'SIGTERM: saved step {step} in {workdir}; run the same command to resume.')
     self.step = step
-
-
-class Preemption:
-  """Set by SIGTERM (a preempted TPU/GPU VM) while in use: the loop saves and exits.
-
-  A context manager: the previous SIGTERM handler comes back on exit.
-  """
-
-  def __init__(self):
-    self.event = threading.Event()
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def __bool__(self):
-    return self.event.is_set()
 
 
 def check_finite(metrics: dict, step: int, mngr) -> None:
@@ -90,10 +69,18 @@ def run(config, workdir: str, with_eval: bool = False) -> train_step.TrainState:
 
   with_eval: also evaluate every config.eval.every_steps (if > 0) and at the
   end (evaluate.evaluate_and_report: <workdir>/eval_<step>/ and summaries).
-  Returns the final state.
+  Returns the final state. On several hosts, an error ends the process at
+  once (cluster.fail): the other hosts may be gone, or waiting in a collective.
   """
   with contextlib.ExitStack() as stack:
-    return _run(config, workdir, stack, with_eval)
+    try:
+      return _run(config, workdir, stack, with_eval)
+    except Preempted:
+      raise  # every host stops at the same step: the normal way out
+    except Exception as e:
+      if cluster.is_multihost():  # before the stack waits on hosts that may be gone
+        cluster.fail(e)
+      raise
 
 
 def initialise_from(state, path: str, mesh):
@@ -106,24 +93,58 @@ def initialise_from(state, path: str, mesh):
   return state.replace(params=params)
 
 
+def _claim_workdir(workdir: str, stack: contextlib.ExitStack):
+  """Host 0 creates the workdir, takes the run lock and leaves a marker there;
+  returns the lock and the marker's name (None on other hosts)."""
+  if jax.process_index() != 0:
+    return None, None
+  check_workdir(workdir)
+  lock = stack.enter_context(checkpoints.workdir_lock(workdir))
+  marker = f'.hosts_see_{os.getpid()}_{int(time.time())}'
+  if cluster.is_multihost():
+    (paths.path(workdir) / marker).write_text('written by host 0')
+  return lock, marker
+
+
+def _check_host(config, workdir: str, marker: str):
+  """What each host checks on its own before the run starts: it can write the
+  workdir and sees host 0's marker there (one shared workdir), the checkpoints
+  fit the config, and its training data opens. Returns the data source."""
+  if jax.process_index() != 0:
+    check_workdir(workdir)
+    if not (paths.path(workdir) / marker).exists():
+      raise FileNotFoundError(
+          f'--workdir={workdir} on this host is not the folder host 0 created: every host '
+          f'must see one shared workdir (a shared filesystem or a bucket such as gs://...).')
+  checkpoints.check_resumable(config, workdir)
+  return input_pipeline.train_source(config)
+
+
 def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
-  """(state, checkpoint manager or None, first step) of a run: resumed from the
-  newest readable checkpoint, or fresh (from model.init_checkpoint if set).
+  """(state, checkpoint manager or None, first step, data source, run lock) of
+  a run: resumed from the newest readable checkpoint, or fresh (from
+  model.init_checkpoint if set).
 
   Nothing in the workdir changes until the run is known to start: a second
   run, or one whose model does not fit the checkpoints, is refused first (the
-  caller writes config.json once its data stream opens).
+  caller writes config.json once its data stream opens). On several hosts
+  each check runs on every host, and all stop if one fails (cluster.agree),
+  before any host enters a collective.
   """
-  check_workdir(workdir)
-  if jax.process_index() == 0:
-    stack.enter_context(checkpoints.workdir_lock(workdir))
-  checkpoints.check_resumable(config, workdir)
+  lock, marker = cluster.agree('claiming the workdir', lambda: _claim_workdir(workdir, stack))
+  marker = sharding.gather_objects(marker)[0]
+  source = cluster.agree('checking the workdir and the data',
+                         lambda: _check_host(config, workdir, marker))
   state = train_step.create_state(config, mesh, jax.random.key(config.seed))
   mngr, start = None, 0
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')):  # else opened once data flows
+  if (paths.path(workdir) / 'checkpoints').is_dir():  # else opened once data flows
     mngr = checkpoints.manager(workdir, config)
     stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
     start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
+  if cluster.is_multihost():
+    cluster.barrier('every host saw the workdir')
+    if jax.process_index() == 0:
+      (paths.path(workdir) / marker).unlink()
   if start:
     logging.info('resumed from step %d in %s', start, workdir)
   elif config.model.init_checkpoint:
@@ -132,26 +153,26 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
     logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
                     'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
                     'pass --config.model.init_checkpoint=<its output>.')
-  return state, mngr, start
+  return state, mngr, start, source, lock
 
 
 def _run(config, workdir: str, stack: contextlib.ExitStack,
          with_eval: bool) -> train_step.TrainState:
   config_lib.validate(config)
   if config.train.distributed:
-    jax.distributed.initialize()
+    cluster.initialize(config)
   mesh = sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
-  state, mngr, start = _start(config, workdir, mesh, stack)
-  data = input_pipeline.train_batches(config, start_step=start)
+  state, mngr, start, source, lock = _start(config, workdir, mesh, stack)
+  data = input_pipeline.train_batches(config, start_step=start, source=source)
   if mngr is None:
     mngr = checkpoints.manager(workdir, config)
     stack.callback(mngr.close)
   if jax.process_index() == 0:  # the run starts: the workdir now describes it
     checkpoints.save_config(config, workdir)
   step_fn = train_step.jit_train_step(config, mesh)
-  preempted = stack.enter_context(Preemption())
+  preemption = stack.enter_context(cluster.Preemption(mngr))
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
   total = config.train.num_steps
   last_time, last_step = time.perf_counter(), start
@@ -160,6 +181,7 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
   for step in bar:
     state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
     done = step + 1
+    preempted = preemption.reached(done)  # on several hosts: the same step on each
     saving = done % config.train.checkpoint_every == 0 or done == total or preempted
     if saving or done % config.train.log_every == 0:
       metrics = jax.device_get(metrics)
@@ -170,6 +192,8 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
       if writer:
         write_summaries(writer, done, metrics, rate)
     if saving:
+      if lock:
+        lock.check()
       checkpoints.save(mngr, done, state, force=True)
     if preempted:
       mngr.wait_until_finished()

@@ -13,6 +13,8 @@ import jax
 from absl import logging
 
 from ssd_jax import checkpoints, config_lib, detector, evaluate, images, labels, metrics
+from ssd_jax import sharding
+from ssd_jax.paths import path as run_path
 from ssd_jax import train_loop
 from ssd_jax.data import input_pipeline
 
@@ -20,14 +22,18 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.
 
 
 def render_eval_images(config, params, out_dir: str) -> str:
-  """Draws detections on the first eval.num_rendered eval images into out_dir."""
-  os.makedirs(out_dir, exist_ok=True)
-  det = detector.Detector(config, params)
+  """Draws detections on the first eval.num_rendered eval images into out_dir
+  (a local folder or a URL). `params` may be replicated over several hosts:
+  this host draws with its own copy."""
+  folder = run_path(out_dir)
+  folder.mkdir(parents=True, exist_ok=True)
+  det = detector.Detector(config, sharding.local_copy(params))
   for example in input_pipeline.decoded_eval_examples(
       config, config.eval.num_rendered).as_numpy_iterator():
     found = det.detect([example['image']])[0]
-    detector.draw(example['image'], found, config.eval.draw_score).save(
-        os.path.join(out_dir, f'{example["image_id"]}.jpg'), quality=92)
+    with (folder / f'{example["image_id"]}.jpg').open('wb') as f:
+      detector.draw(example['image'], found, config.eval.draw_score).save(
+          f, format='JPEG', quality=92)
   return out_dir
 
 
@@ -43,10 +49,9 @@ def run_training(config, workdir: str, with_eval: bool = False) -> dict:
   out = {'state': state, 'step': int(state.step)}
   if with_eval and jax.process_index() == 0:
     out['eval_dir'] = evaluate.eval_dir(workdir, out['step'])
-    with open(os.path.join(out['eval_dir'], 'metrics.json')) as f:
-      out['result'] = json.load(f)
+    out['result'] = json.loads((run_path(out['eval_dir']) / 'metrics.json').read_text())
     out['pictures'] = render_eval_images(config, state.params,
-                                         os.path.join(workdir, 'detections'))
+                                         str(run_path(workdir) / 'detections'))
   return out
 
 

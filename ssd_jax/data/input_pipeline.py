@@ -112,28 +112,37 @@ def train_example(source: sources.Source, position, config) -> dict:
           'labels': _pad(classes, m), 'num_boxes': tf.shape(classes)[0], 'name': ex['name']}
 
 
-def train_dataset(config, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None, start_step: int = 0) -> tf.data.Dataset:
-  """Endless batches of this host's share of the training order (module docstring),
-  from step `start_step` on; no record before it is read."""
-  index, count = _processes(process_index, process_count)
-  batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
+def train_source(config) -> sources.Source:
+  """The union of data.train_splits, opened (errors now, before any batch)."""
   source = sources.Union([open_source(config, s) for s in config.data.train_splits])
   if not len(source):
     raise ValueError(f'the training splits {source.description} hold no example.')
+  return source
+
+
+def train_dataset(config, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None, start_step: int = 0,
+                  source: Optional[sources.Source] = None) -> tf.data.Dataset:
+  """Endless batches of this host's share of the training order (module docstring),
+  from step `start_step` on; no record before it is read. `source`: the
+  train_source(config) when already opened."""
+  index, count = _processes(process_index, process_count)
+  batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
+  source = source or train_source(config)
   positions = host_positions(start_step * batch, batch, config.train.batch_size, index)
   ds = positions.map(lambda g: train_example(source, g, config), num_parallel_calls=AUTOTUNE)
   return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def train_batches(config, start_step: int = 0) -> Iterator[dict]:
+def train_batches(config, start_step: int = 0,
+                  source: Optional[sources.Source] = None) -> Iterator[dict]:
   """This host's training batches as NumPy (image, boxes, labels) from `start_step`.
 
   Warns once per image when an augmented image holds more than data.max_boxes
   boxes (the rest are not trained on). Like every stream of this module, it
   may be left open at the interpreter's exit (see sources.PythonCalls).
   """
-  ds = train_dataset(config, start_step=start_step)  # now: errors before the first batch
+  ds = train_dataset(config, start_step=start_step, source=source)  # errors now, not later
   return _checked_batches(ds, config)
 
 
