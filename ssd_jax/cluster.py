@@ -115,11 +115,14 @@ def agree(what: str, fn: Callable[[], T]) -> T:
                                      f'{error}')
   failed = {host: text for host, text in enumerate(outcomes) if text is not None}
   if error is not None:
+    error.agreed = True  # every host knows: they can all end the normal way (see fail)
     raise error
   if failed:
     lines = '; '.join(f'host {h}: {t}' for h, t in failed.items())
-    raise HostFailed(f'{what} failed on {len(failed)} of {len(outcomes)} hosts ({lines}). '
-                     f'Fix it there and start the same command on every host again.')
+    stop = HostFailed(f'{what} failed on {len(failed)} of {len(outcomes)} hosts ({lines}). '
+                      f'Fix it there and start the same command on every host again.')
+    stop.agreed = True
+    raise stop
   return result
 
 
@@ -218,17 +221,32 @@ def explain(error: BaseException, wait_s: float = 30.0) -> str:
 
 
 def fail(error: BaseException, exit_code: int = 1) -> None:
-  """Ends this process of a multi-host run at once: reports `error` to the other
-  hosts (unless it came from another host's failure), prints what happened, and
-  exits without JAX's shutdown barrier, which would wait for hosts that are gone."""
+  """Ends this process of a multi-host run: prints what happened, from this host's side.
+
+  An error every host learnt of (cluster.agree) ends the normal way, every
+  host through JAX's shutdown barrier (SystemExit). Any other error ends the
+  process at once, without that barrier, which would wait for hosts that are
+  gone or stuck in a collective: this host's own error is first reported to
+  the others (the coordination service's key-value store); a collective
+  that failed because another host went says so before asking which.
+  """
   me = jax.process_index()
-  message = explain(error, wait_s=_HEARTBEAT_TIMEOUT_S['value'] + 5)
-  if not is_peer_failure(error):  # this host's own failure: tell the others
+  if getattr(error, 'agreed', False):
+    _say(me, explain(error))
+    raise SystemExit(exit_code)
+  if is_peer_failure(error):
+    _say(me, f'a collective failed because another host stopped ({str(error)[:200]}); '
+             f'asking the coordination service which host.')
+  else:
     try:
       _client().key_value_set(f'{_FAILED_KEY}{me}', f'{type(error).__name__}: {error}'[:4000])
     except Exception:  # noqa: BLE001
       pass
+  _say(me, explain(error, wait_s=_HEARTBEAT_TIMEOUT_S['value'] + 5))
+  os._exit(exit_code)  # noqa: SLF001 - see the docstring
+
+
+def _say(me: int, message: str) -> None:
   logging.error('%s', message)
   print(f'[host {me}] {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
-  os._exit(exit_code)  # noqa: SLF001 - skip the shutdown barrier: other hosts are gone
