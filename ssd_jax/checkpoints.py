@@ -94,6 +94,10 @@ class WorkdirInUseError(RuntimeError):
   """Another process is training in this workdir."""
 
 
+class NoReadableCheckpointError(RuntimeError):
+  """Every checkpoint step of a folder failed to load."""
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
   """Held while a training run uses the workdir; a second run refuses, naming the first.
@@ -220,8 +224,9 @@ def _readable_steps(mngr: ocp.CheckpointManager, load, on_unreadable=None):
       if on_unreadable:
         on_unreadable(step)
   if failures:
-    raise RuntimeError(f'no readable checkpoint in {mngr.directory}: {"; ".join(failures)}. '
-                       f'Start a new --workdir, or restore the checkpoint files.')
+    raise NoReadableCheckpointError(
+        f'no readable checkpoint in {mngr.directory}: {"; ".join(failures)}. Start a new '
+        f'--workdir, or restore the checkpoint files.')
   return None, None
 
 
