@@ -41,8 +41,8 @@ def get_config():
   config.augment.zoom_out = False
   o = config.optim
   o.name, o.learning_rate, o.weight_decay = 'adam', 2e-3, 1e-5
-  o.warmup_steps, o.boundaries, o.grad_clip_norm = 100, (530, 690), 10.0
+  o.warmup_steps, o.boundaries, o.grad_clip_norm = 100, (800, 1040), 10.0
   t = config.train
-  t.batch_size, t.num_steps, t.log_every, t.checkpoint_every = 32, 800, 100, 400
+  t.batch_size, t.num_steps, t.log_every, t.checkpoint_every = 32, 1200, 100, 400
   config.eval.metric = 'voc07'  # the paper's VOC2007 11-point AP, the stricter here
   return config
