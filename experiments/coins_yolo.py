@@ -15,7 +15,10 @@ of it is inside the crop and leaving out crops that cut a coin more than that.
   python -m ssd_jax.main --config=configs/shapes.py --workdir=/tmp/coins_run \\
       --mode=train_and_eval --config.data.format=yolo --config.data.root=/tmp/coins \\
       --config.data.train_splits='("train",)' --config.data.eval_split=val \\
-      --config.model.num_classes=None --config.data.name=None ...
+      --config.train.num_steps=400 --config.optim.boundaries='(270,350)' \\
+      --config.train.checkpoint_every=200 --config.eval.num_rendered=8
+
+The class name (coin) comes from data.yaml and model.num_classes (2) from it.
 """
 import argparse
 import os
