@@ -23,6 +23,7 @@ setup(
         'tqdm',                   # progress bar with rate and ETA
         'tensorboard',            # tf.summary writes TensorBoard events; also the viewer
         'pycocotools>=2.0.8',
+        'pyyaml',                 # Ultralytics data.yaml (data.format=yolo); flax brings it too
         'matplotlib',
     ],
     extras_require={

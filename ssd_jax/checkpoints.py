@@ -92,6 +92,10 @@ class WorkdirInUseError(RuntimeError):
   """Another process is training in this workdir."""
 
 
+class NoReadableCheckpointError(RuntimeError):
+  """Every checkpoint step of a folder failed to load."""
+
+
 def _holder() -> str:
   return (f'process {os.getpid()} on {socket.gethostname()} since '
           f'{time.strftime("%Y-%m-%d %H:%M:%S")} ({" ".join(sys.argv)})')
@@ -330,8 +334,9 @@ def _readable_steps(mngr: ocp.CheckpointManager, load, on_unreadable=None):
       if on_unreadable:
         on_unreadable(step)
   if failures:
-    raise RuntimeError(f'no readable checkpoint in {mngr.directory}: {"; ".join(failures)}. '
-                       f'Start a new --workdir, or restore the checkpoint files.')
+    raise NoReadableCheckpointError(
+        f'no readable checkpoint in {mngr.directory}: {"; ".join(failures)}. Start a new '
+        f'--workdir, or restore the checkpoint files.')
   return None, None
 
 

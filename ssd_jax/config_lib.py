@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from ssd_jax import anchors, labels, models
+from ssd_jax.data import custom_data
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
 MEAN_RGB = (123.0, 117.0, 104.0)
@@ -24,7 +25,8 @@ def base_config() -> config_dict.ConfigDict:
 
   c.model = config_dict.ConfigDict(dict(
       image_size=config_dict.placeholder(int),   # side of the square input, pixels
-      num_classes=config_dict.placeholder(int),  # including background (class 0)
+      # Including background (class 0); None: the class names (config_lib.validate).
+      num_classes=config_dict.placeholder(int),
       extras='ssd300',                           # layout of the extra layers
       sources=models.SSD300_SOURCES,             # prediction source layers
       width=1.0,                                 # channel multiplier (tiny models < 1)
@@ -58,11 +60,15 @@ def base_config() -> config_dict.ConfigDict:
 
   c.data = config_dict.ConfigDict(dict(
       # 'tfds': splits are 'name/config:split' (e.g. 'voc/2007:test');
-      # 'voc_folder': splits are ImageSets/Main names under data.root;
+      # 'voc_folder': splits are ImageSets/Main names under data.root, or, in a
+      #   folder without ImageSets (images and XML files), 'train' and 'val';
+      # 'yolo': data.root is an Ultralytics data.yaml (or its folder); splits
+      #   are its keys ('train', 'val', 'test');
       # 'coco_json': splits are 'annotations.json:image_dir' under data.root.
       format='tfds',
       root=config_dict.placeholder(str),         # custom dataset folder
-      class_names=config_dict.placeholder(tuple),  # custom classes; None: VOC's
+      # Custom classes; None: the YOLO YAML's names, else the label map of data.name.
+      class_names=config_dict.placeholder(tuple),
       # Dataset category id of each model class 1..C-1 in COCO-format files;
       # None: COCO's official ids for COCO's classes, else the model class.
       category_ids=config_dict.placeholder(tuple),
@@ -70,6 +76,11 @@ def base_config() -> config_dict.ConfigDict:
       train_splits=config_dict.placeholder(tuple),
       eval_split=config_dict.placeholder(str),
       data_dir=config_dict.placeholder(str),     # TFDS data_dir; None: TFDS default
+      # A voc_folder without ImageSets: the share of its images in split 'val'
+      # (seeded by seed; custom_data.split_stems) and the JSON file recording the
+      # split (training sets <workdir>/data_split.json; evaluation reads it).
+      val_fraction=0.1,
+      split_file=config_dict.placeholder(str),
       mean_rgb=MEAN_RGB,
       max_boxes=100,                             # training ground truth padded to this many
   ))
@@ -258,7 +269,7 @@ def _optional_tuple(values):
   return tuple(values)
 
 
-DATA_FORMATS = ('tfds', 'voc_folder', 'coco_json')
+DATA_FORMATS = ('tfds', 'voc_folder', 'yolo', 'coco_json')
 METRICS = ('voc07', 'voc12', 'coco')
 OPTIMIZERS = ('sgd', 'adam')
 
@@ -271,14 +282,41 @@ CHOICES = {
 }
 
 
+def _num_classes(config) -> int:
+  """model.num_classes, or, when unset, the class names plus background.
+
+  Set, it must agree with data.class_names, except when it is the class count of
+  data.name's label map (the dataset preset's value, e.g. voc300's 21): then the
+  custom class names decide.
+  """
+  n, d = config.model.num_classes, config.data
+  if d.class_names:
+    preset = labels.LABEL_MAPS.get(d.name)
+    if n is None or (preset is not None and n == len(preset) + 1):
+      return len(d.class_names) + 1
+    if n != len(d.class_names) + 1:
+      raise ValueError(f'model.num_classes={n} but data.class_names has {len(d.class_names)} '
+                       f'names; set model.num_classes={len(d.class_names) + 1} (the classes '
+                       f'plus background) or unset it (--config.model.num_classes=None).')
+    return n
+  if n is None:
+    if d.name not in labels.LABEL_MAPS:
+      raise ValueError('config field model.num_classes is not set and neither data.class_names '
+                       'nor data.name gives the classes; set one of them (e.g. '
+                       '--config.data.class_names=\'("cat","dog")\').')
+    return labels.num_model_classes(d.name)
+  return n
+
+
 def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   """Checks what the schema cannot and normalises command-line values, in place.
 
   Entry points (main, the training loop, evaluation, Detector, convert, export)
   call it once; builders then trust the config. Normalised: optional lists
   ((), (None,) -> None), nested lists -> tuples. Checked: required fields,
-  one anchor entry per source, class names against num_classes, named choices
-  and dtypes. Returns the config.
+  one anchor entry per source, named choices and dtypes. Filled in: a YOLO
+  dataset's class names from its YAML when data.class_names is unset, and
+  model.num_classes from the class names (see _num_classes). Returns the config.
   """
   a, d = config.anchors, config.data
   for name in ('min_sizes', 'max_sizes', 'steps'):
@@ -287,14 +325,17 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   config.model.sources = tuple(config.model.sources)
   d.class_names = _optional_tuple(d.class_names)
   d.category_ids = _optional_tuple(d.category_ids)
-  for field in ('model.image_size', 'model.num_classes'):
-    section, name = field.split('.')
-    if config[section][name] is None:
-      raise ValueError(f'config field {field} is not set; set it in the config file or '
-                       f'with --config.{field}=...')
   for (section, name), choices in CHOICES.items():
     if config[section][name] not in choices:
       raise ValueError(f'{section}.{name}={config[section][name]!r} is not one of {choices}.')
+  if d.format != 'tfds' and d.root is None:
+    raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
+  if d.format == 'yolo' and not d.class_names:
+    d.class_names = custom_data.yolo_class_names(d.root)
+  config.model.num_classes = _num_classes(config)
+  if config.model.image_size is None:
+    raise ValueError('config field model.image_size is not set; set it in the config file or '
+                     'with --config.model.image_size=...')
   n = len(config.model.sources)
   for name in ('min_sizes', 'max_sizes', 'steps', 'aspect_ratios'):
     if a[name] is not None and len(a[name]) != n:
@@ -302,10 +343,6 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
                        f'{config.model.sources}; give one entry per source.')
   if config.model.num_classes < 2:
     raise ValueError('model.num_classes counts background too and must be >= 2.')
-  if d.class_names and config.model.num_classes != len(d.class_names) + 1:
-    raise ValueError(f'model.num_classes={config.model.num_classes} but data.class_names has '
-                     f'{len(d.class_names)} names; set model.num_classes='
-                     f'{len(d.class_names) + 1} (the classes plus background).')
   if d.category_ids and len(d.category_ids) != config.model.num_classes - 1:
     raise ValueError(f'data.category_ids has {len(d.category_ids)} ids for '
                      f'{config.model.num_classes - 1} foreground classes (model.num_classes - '

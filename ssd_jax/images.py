@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
+# File extensions (lower case) read as images wherever a folder is searched for them:
+# custom datasets, `--mode=predict --input=FOLDER`. Matched in either case.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
 # PIL modes whose pixels are integers wider than 8 bits, with their full scale.
 _WIDE_INTEGER_MODES = {'I;16': 65535, 'I;16B': 65535, 'I;16L': 65535, 'I;16N': 65535,
                        'I': 65535}

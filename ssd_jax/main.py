@@ -9,12 +9,14 @@ Modes:
   predict         detect on --input (an image, a folder or a glob): COCO results
                   JSON and drawn images in --output (default DIR/predictions)
 
-Fields of the config can be overridden, e.g. --config.train.batch_size=64. For
-eval and predict, --config defaults to the config.json that training saved.
+Fields of the config can be overridden, e.g. --config.train.batch_size=64, and
+optional ones unset, e.g. --config.optim.grad_clip_norm=None. For eval and
+predict, --config defaults to the config.json that training saved.
 
-Exit status: 0 done; 1 an error (its message says what to fix); 2 a bad
-command line; 75 (EX_TEMPFAIL) preempted by SIGTERM after saving a checkpoint:
-run the same command again to resume.
+Exit status: 0 done; 1 an error (its message says what to fix; an expected one,
+see expected_errors, is printed alone, with its traceback under --verbose); 2 a
+bad command line; 75 (EX_TEMPFAIL) preempted by SIGTERM after saving a
+checkpoint: run the same command again to resume.
 """
 import os
 import sys
@@ -29,7 +31,20 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'train_and_eval', 'eval', '
 _STEP = flags.DEFINE_integer('step', None, 'eval/predict: checkpoint step (default latest).')
 _INPUT = flags.DEFINE_string('input', None, 'predict: an image file, a folder or a glob.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the traceback of an expected error too.')
+EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_PREEMPTED = os.EX_TEMPFAIL  # 75: try again (resume) later
+UNSET = 'None'  # --config.<field>=None unsets an optional field
+
+
+def expected_errors() -> tuple:
+  """Exceptions that end the command with their message alone: what a user can fix
+  (missing or unprepared data, unreadable annotations, a bad config value, a
+  workdir in use, a bad checkpoint, a diverged loss). Add new kinds here."""
+  from ssd_jax import checkpoints, cluster
+  return (OSError, ValueError, FloatingPointError, checkpoints.WorkdirInUseError,
+          checkpoints.NoReadableCheckpointError, cluster.HostFailed)
 
 
 def _config(workdir):
@@ -45,6 +60,18 @@ def _print_evaluation(out: dict) -> None:
 
 
 def main(argv):
+  """Runs the mode; an expected error (see expected_errors) exits 1 with its message."""
+  try:
+    _main(argv)
+  except expected_errors() as e:
+    if _VERBOSE.value:
+      raise
+    print(f'{os.path.basename(sys.argv[0])}: error: {e}\n(--verbose shows where it was '
+          f'raised)', file=sys.stderr, flush=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   import tensorflow as tf  # keep TensorFlow (data only) off the accelerators
@@ -77,15 +104,51 @@ def main(argv):
           f'{out["images"]}{skipped}', flush=True)
 
 
+def split_unsets(argv: list) -> tuple[list, list]:
+  """(argv without its --config.<field>=None arguments, those fields' names)."""
+  rest, unset = [], []
+  for arg in argv:
+    name, sep, value = arg.partition('=')
+    if sep and value == UNSET and name.startswith('--config.'):
+      unset.append(name[len('--config.'):])
+    else:
+      rest.append(arg)
+  return rest, unset
+
+
+def unset_fields(config, fields: list) -> None:
+  """Sets each dotted field to None; only fields whose default (config_lib.base_config)
+  is None may be unset. ValueError naming the field otherwise."""
+  from ssd_jax import config_lib
+  defaults = config_lib.base_config()
+  for field in fields:
+    *sections, name = field.split('.')
+    parent, default = config, defaults
+    for section in sections:
+      parent, default = parent[section], default[section]
+    if name not in parent:
+      raise KeyError(f'{field!r}: no such config field')
+    if default[name] is not None:
+      raise ValueError(f'--config.{field}=None: {field} is not optional (default '
+                       f'{default[name]!r}); give it a value')
+    parent[name] = None
+
+
 def parse_flags(argv):
   """absl's flag parsing, with a one-line error (not three chained tracebacks) when
-  a --config.* override names no field or holds a bad value."""
+  a --config.* override names no field or holds a bad value; --config.<field>=None
+  unsets an optional field (one whose default is None)."""
   program = os.path.basename(argv[0])
+  argv, unset = split_unsets(argv)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if unset and _CONFIG.value is None:
+      raise ValueError(f'--config.{unset[0]}=None needs --config=<file>')
+    unset_fields(_CONFIG.value, unset)
+    return rest
   except flags.Error as e:
     print(f'{program}: {e}\nPass --helpfull to see the flags.', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USAGE)
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     chain = [e]
     while chain[-1].__context__ is not None:
@@ -94,7 +157,7 @@ def parse_flags(argv):
     message = next((t for t in reversed(texts) if 'Did you mean' in t), texts[0])
     print(f'{program}: a --config override failed: {" ".join(message.split())}',
           file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USAGE)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ tf.io.gfile or gcsfs). Local paths become absolute and behave as before.
 from __future__ import annotations
 
 import os
+import socket
 
 from etils import epath
 
@@ -31,6 +32,7 @@ def write_text_atomic(target: epath.Path, text: str) -> None:
   if is_url(target):
     target.write_text(text)
     return
-  partial = target.parent / (target.name + '.tmp')
+  partial = target.parent / f'{target.name}.{socket.gethostname()}.{os.getpid()}.tmp'
+  # (named per process: hosts writing the same file at once never share one)
   partial.write_text(text)
   partial.replace(target)

@@ -18,7 +18,17 @@ from ssd_jax.paths import path as run_path
 from ssd_jax import train_loop
 from ssd_jax.data import input_pipeline
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+# In the workdir: the train/val split made of a voc_folder without ImageSets.
+SPLIT_FILE = 'data_split.json'
+
+
+def record_split_in(config, workdir: str):
+  """Points data.split_file at <workdir>/SPLIT_FILE (unless set) for a voc_folder,
+  so that training records the split it makes there and evaluation reads it back
+  (see custom_data.recorded_split). Returns the config, changed in place."""
+  if config.data.format == 'voc_folder' and not config.data.split_file:
+    config.data.split_file = str(run_path(workdir) / SPLIT_FILE)
+  return config
 
 
 def render_eval_images(config, params, out_dir: str) -> str:
@@ -45,7 +55,7 @@ def run_training(config, workdir: str, with_eval: bool = False) -> dict:
     evaluation 'result' (see metrics.Evaluator), its 'eval_dir' and the folder
     of drawn detections ('pictures').
   """
-  state = train_loop.run(config, workdir, with_eval=with_eval)
+  state = train_loop.run(record_split_in(config, workdir), workdir, with_eval=with_eval)
   out = {'state': state, 'step': int(state.step)}
   if with_eval and jax.process_index() == 0:
     out['eval_dir'] = evaluate.eval_dir(workdir, out['step'])
@@ -61,7 +71,7 @@ def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
   Returns:
     {'result': see metrics.Evaluator, 'step': int, 'eval_dir': where it was written}.
   """
-  config_lib.validate(config)
+  config_lib.validate(record_split_in(config, workdir))
   params, step = checkpoints.restore_params(config, workdir, step)
   logging.info('evaluating step %d of %s', step, workdir)
   result = evaluate.evaluate_and_report(config, params, workdir, step)
@@ -72,10 +82,10 @@ def find_images(spec: str) -> list[str]:
   """An image file, a folder (its images, sorted) or a glob -> image paths."""
   if os.path.isdir(spec):
     paths = sorted(os.path.join(spec, n) for n in os.listdir(spec)
-                   if n.lower().endswith(IMAGE_EXTENSIONS))
+                   if n.lower().endswith(images.IMAGE_EXTENSIONS))
     if not paths:
       raise FileNotFoundError(f'folder {spec} holds no images (looked for '
-                              f'{", ".join(IMAGE_EXTENSIONS)}); point --input at images.')
+                              f'{", ".join(images.IMAGE_EXTENSIONS)}); point --input at images.')
     return paths
   if os.path.isfile(spec):
     return [spec]

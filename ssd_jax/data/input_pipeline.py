@@ -41,12 +41,16 @@ _ORDER, _AUGMENT = 0x0D3, 0xA06
 
 
 def _custom_records(config, spec: str) -> list:
-  """Records of a custom split: VOC folder split name, or 'annotations.json:image_dir'."""
+  """Records of a custom split: a VOC folder's split name, a YOLO YAML's split key,
+  or 'annotations.json:image_dir'."""
   d = config.data
   if d.root is None:
     raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
   if d.format == 'voc_folder':
-    return custom_data.read_voc_folder(d.root, spec, labels.class_names(config))
+    return custom_data.read_voc_folder(d.root, spec, labels.class_names(config), config.seed,
+                                       d.val_fraction, d.split_file)
+  if d.format == 'yolo':
+    return custom_data.read_yolo(d.root, spec, d.class_names)
   annotations, sep, image_dir = spec.partition(':')
   if not sep:
     raise ValueError(f'coco_json split {spec!r} must be "annotations.json:image_dir" '
@@ -60,7 +64,7 @@ def open_source(config, spec: str) -> sources.Source:
   fmt = config.data.format
   if fmt == 'tfds':
     return sources.TfdsSource(spec, config.data.data_dir)
-  if fmt in ('voc_folder', 'coco_json'):
+  if fmt in ('voc_folder', 'yolo', 'coco_json'):
     return sources.RecordsSource(_custom_records(config, spec), spec)
   raise ValueError(f'data.format={fmt!r} is not one of {config_lib.DATA_FORMATS}.')
 

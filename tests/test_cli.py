@@ -1,0 +1,92 @@
+"""The command line as a user meets it: an expected error is one clear line (its
+traceback only under --verbose), optional fields can be unset with None, and
+drawn labels stay readable and inside the picture."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssd_jax import config_lib, detector, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, '-m', 'ssd_jax.main', *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=300)
+
+
+def test_missing_data_is_one_clear_line_and_verbose_shows_the_traceback(tmp_path):
+  args = [f'--config={ROOT}/configs/voc300.py', f'--workdir={tmp_path / "run"}',
+          f'--config.data.data_dir={tmp_path}']
+  quiet = run_main(*args)
+  assert quiet.returncode == 1, quiet.stderr[-2000:]
+  assert 'Traceback' not in quiet.stderr
+  errors = [line for line in quiet.stderr.splitlines() if ': error: ' in line]
+  assert len(errors) == 1 and 'TFDS dataset voc/2007 was not found in' in errors[0]
+  assert 'download_and_prepare()' in errors[0]  # the fix is on the same line
+  verbose = run_main(*args, '--verbose')
+  assert verbose.returncode == 1
+  assert 'Traceback (most recent call last)' in verbose.stderr
+  assert 'FileNotFoundError: TFDS dataset voc/2007 was not found' in verbose.stderr
+
+
+def test_none_unsets_an_optional_field_and_is_refused_for_others(tmp_path):
+  args = [f'--config={ROOT}/configs/shapes.py', f'--workdir={tmp_path / "run"}',
+          '--config.data.format=voc_folder', f'--config.data.root={tmp_path / "nothing"}']
+  run = run_main(*args, '--config.optim.grad_clip_norm=None')  # 10.0 in shapes.py
+  assert run.returncode == 1 and 'Traceback' not in run.stderr
+  logged = run.stderr.split('config:\n', 1)[1]
+  assert '  grad_clip_norm: null' in logged.splitlines()
+  assert 'nothing does not exist: give a Pascal VOC folder' in run.stderr
+  refused = run_main(*args, '--config.optim.learning_rate=None')
+  assert refused.returncode == 2
+  assert 'optim.learning_rate is not optional (default 0.001); give it a value' in refused.stderr
+
+
+def test_unset_fields_in_process(load_config):
+  argv, unset = main.split_unsets(['prog', '--config.optim.grad_clip_norm=None',
+                                   '--config.train.batch_size=4', '--mode=None'])
+  assert argv == ['prog', '--config.train.batch_size=4', '--mode=None']
+  assert unset == ['optim.grad_clip_norm']
+  c = load_config('shapes')
+  main.unset_fields(c, ['optim.grad_clip_norm', 'model.num_classes', 'anchors.min_sizes'])
+  assert c.optim.grad_clip_norm is None and c.anchors.min_sizes is None
+  assert config_lib.validate(c).model.num_classes == 5  # back from data.name's classes
+  with pytest.raises(KeyError, match='grad_clip_nrm'):
+    main.unset_fields(c, ['optim.grad_clip_nrm'])
+
+
+# --- drawn labels ---------------------------------------------------------------------
+
+def test_label_text_colour_has_the_higher_contrast():
+  assert detector.text_colour((255, 255, 0)) == (0, 0, 0)        # yellow: black text
+  assert detector.text_colour((31, 119, 180)) == (255, 255, 255)  # tab:blue: white text
+  assert detector.text_colour((0, 0, 0)) == (255, 255, 255)
+  assert detector.relative_luminance((255, 255, 255)) == pytest.approx(1.0)
+  assert detector.relative_luminance((128, 128, 128)) == pytest.approx(0.2159, abs=1e-4)
+
+
+def test_labels_stay_inside_the_image():
+  image = (200, 100)
+  assert detector.label_origin((50, 40, 90, 90), (30, 12), image) == (50, 28)  # above the box
+  assert detector.label_origin((50, 5, 90, 90), (30, 12), image) == (50, 5)    # inside its top
+  assert detector.label_origin((190, 40, 199, 60), (30, 12), image) == (170, 28)  # right edge
+  assert detector.label_origin((-5, 95, 20, 99), (30, 12), image) == (0, 83)    # corner
+
+
+def test_drawn_label_has_a_filled_background_in_the_box_colour():
+  image = np.full((120, 160, 3), 250, np.uint8)  # a light photo
+  found = {'boxes': np.array([[0.0, 0.0, 80.0, 60.0]]), 'scores': np.array([0.9]),
+           'classes': np.array([1]), 'names': ['cat']}
+  drawn = np.asarray(detector.draw(image, found))
+  colour = detector._palette()[1]
+  label = drawn[0:8, 0:30]  # the label sits inside the box's top-left corner
+  assert not np.any(np.all(label == 250, axis=-1))  # filled: no photo shows through
+  assert np.all(label[0] == colour)  # its top margin, in the box's colour
+  ink = np.asarray(detector.text_colour(colour), float)
+  nearer_ink = (np.abs(label - ink).sum(-1) < np.abs(label - np.asarray(colour, float)).sum(-1))
+  assert nearer_ink.sum() > 10  # the text (anti-aliased), in its contrasting colour
+  assert np.all(drawn[100:, 100:] == 250)  # nothing drawn away from the box
