@@ -176,8 +176,13 @@ def _dead_hosts(wait_s: float) -> list[int]:
   of the live hosts, answered once a dead host misses its heartbeats, so it
   runs in a thread and gives up (no names) after `wait_s`."""
   answer: list = []
+
   def ask():
-    answer.append(_client().get_live_nodes(list(range(jax.process_count()))))
+    try:
+      answer.append(_client().get_live_nodes(list(range(jax.process_count()))))
+    except Exception:  # noqa: BLE001 - the coordination service may be gone too
+      pass
+
   thread = threading.Thread(target=ask, daemon=True)
   thread.start()
   thread.join(wait_s)

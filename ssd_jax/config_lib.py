@@ -366,3 +366,36 @@ def load(path: str) -> config_dict.ConfigDict:
   if not hasattr(module, 'get_config'):
     raise ValueError(f'config file {path} defines no get_config().')
   return module.get_config()
+
+
+# --config.<field>=None on the command line unsets an optional field.
+UNSET = 'None'
+
+
+def split_unsets(argv: list) -> tuple[list, list]:
+  """(argv without its --config.<field>=None arguments, those fields' names)."""
+  rest, unset = [], []
+  for arg in argv:
+    name, sep, value = arg.partition('=')
+    if sep and value == UNSET and name.startswith('--config.'):
+      unset.append(name[len('--config.'):])
+    else:
+      rest.append(arg)
+  return rest, unset
+
+
+def unset_fields(config, fields: list) -> None:
+  """Sets each dotted field to None; only fields whose default (config_lib.base_config)
+  is None may be unset. ValueError naming the field otherwise."""
+  defaults = base_config()
+  for field in fields:
+    *sections, name = field.split('.')
+    parent, default = config, defaults
+    for section in sections:
+      parent, default = parent[section], default[section]
+    if name not in parent:
+      raise KeyError(f'{field!r}: no such config field')
+    if default[name] is not None:
+      raise ValueError(f'--config.{field}=None: {field} is not optional (default '
+                       f'{default[name]!r}); give it a value')
+    parent[name] = None

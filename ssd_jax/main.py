@@ -35,7 +35,6 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the traceback of an expecte
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PREEMPTED = os.EX_TEMPFAIL  # 75: try again (resume) later
-UNSET = 'None'  # --config.<field>=None unsets an optional field
 
 
 def expected_errors() -> tuple:
@@ -104,47 +103,18 @@ def _main(argv):
           f'{out["images"]}{skipped}', flush=True)
 
 
-def split_unsets(argv: list) -> tuple[list, list]:
-  """(argv without its --config.<field>=None arguments, those fields' names)."""
-  rest, unset = [], []
-  for arg in argv:
-    name, sep, value = arg.partition('=')
-    if sep and value == UNSET and name.startswith('--config.'):
-      unset.append(name[len('--config.'):])
-    else:
-      rest.append(arg)
-  return rest, unset
-
-
-def unset_fields(config, fields: list) -> None:
-  """Sets each dotted field to None; only fields whose default (config_lib.base_config)
-  is None may be unset. ValueError naming the field otherwise."""
-  from ssd_jax import config_lib
-  defaults = config_lib.base_config()
-  for field in fields:
-    *sections, name = field.split('.')
-    parent, default = config, defaults
-    for section in sections:
-      parent, default = parent[section], default[section]
-    if name not in parent:
-      raise KeyError(f'{field!r}: no such config field')
-    if default[name] is not None:
-      raise ValueError(f'--config.{field}=None: {field} is not optional (default '
-                       f'{default[name]!r}); give it a value')
-    parent[name] = None
-
-
 def parse_flags(argv):
   """absl's flag parsing, with a one-line error (not three chained tracebacks) when
   a --config.* override names no field or holds a bad value; --config.<field>=None
   unsets an optional field (one whose default is None)."""
+  from ssd_jax import config_lib
   program = os.path.basename(argv[0])
-  argv, unset = split_unsets(argv)
+  argv, unset = config_lib.split_unsets(argv)
   try:
     rest = flags.FLAGS(argv)
     if unset and _CONFIG.value is None:
       raise ValueError(f'--config.{unset[0]}=None needs --config=<file>')
-    unset_fields(_CONFIG.value, unset)
+    config_lib.unset_fields(_CONFIG.value, unset)
     return rest
   except flags.Error as e:
     print(f'{program}: {e}\nPass --helpfull to see the flags.', file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`python -m ssd_jax.main` whose training data fails after five batches: one
+"""`python -m ssd_jax.main` whose training data fails after nine batches: one
 host's own fault in the middle of a multi-host run (tests/test_multihost.py).
 
 Usage: python tests/faulty_host.py <the flags of ssd_jax.main>
@@ -13,7 +13,7 @@ _checked_batches = input_pipeline._checked_batches  # noqa: SLF001
 
 def _failing_batches(ds, config):
   for i, batch in enumerate(_checked_batches(ds, config)):
-    if i == 5:
+    if i == 9:
       raise OSError('reading the training data failed (injected by the test)')
     yield batch
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from ssd_jax import config_lib, detector, main
+from ssd_jax import config_lib, detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,16 +47,16 @@ def test_none_unsets_an_optional_field_and_is_refused_for_others(tmp_path):
 
 
 def test_unset_fields_in_process(load_config):
-  argv, unset = main.split_unsets(['prog', '--config.optim.grad_clip_norm=None',
+  argv, unset = config_lib.split_unsets(['prog', '--config.optim.grad_clip_norm=None',
                                    '--config.train.batch_size=4', '--mode=None'])
   assert argv == ['prog', '--config.train.batch_size=4', '--mode=None']
   assert unset == ['optim.grad_clip_norm']
   c = load_config('shapes')
-  main.unset_fields(c, ['optim.grad_clip_norm', 'model.num_classes', 'anchors.min_sizes'])
+  config_lib.unset_fields(c, ['optim.grad_clip_norm', 'model.num_classes', 'anchors.min_sizes'])
   assert c.optim.grad_clip_norm is None and c.anchors.min_sizes is None
   assert config_lib.validate(c).model.num_classes == 5  # back from data.name's classes
   with pytest.raises(KeyError, match='grad_clip_nrm'):
-    main.unset_fields(c, ['optim.grad_clip_nrm'])
+    config_lib.unset_fields(c, ['optim.grad_clip_nrm'])
 
 
 # --- drawn labels ---------------------------------------------------------------------

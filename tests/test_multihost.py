@@ -24,8 +24,12 @@ from ssd_jax import checkpoints, config_lib
 from ssd_jax.testing import synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-STEPS = 12
+STEPS = 24
 HEARTBEAT_S = 5
+# One CPU device a host; LLVM's cheap passes only: compiling the initialisation
+# then takes 3 s instead of 20 (every run here compiles with the same flags).
+XLA_FLAGS = ('--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 '
+             '--xla_llvm_disable_expensive_passes=true')
 
 CONFIG = '''
 from ssd_jax import config_lib
@@ -34,7 +38,8 @@ from ssd_jax.testing import synthetic
 
 def get_config():
   c = synthetic.squares_config(config_lib.load({voc300!r}), {root!r}, {steps})
-  c.train.checkpoint_every, c.train.log_every, c.train.keep_checkpoints = 2, 2, 20
+  c.model.sources, c.anchors.aspect_ratios = ('conv4_3', 'conv7'), ((2,), (2, 3))  # no extras
+  c.train.checkpoint_every, c.train.log_every, c.train.keep_checkpoints = 4, 2, 20
   c.eval.num_rendered = 2
   return c
 '''
@@ -81,7 +86,7 @@ class Hosts:
     for i in range(n):
       env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
                  JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i), PYTHONUNBUFFERED='1',
-                 XLA_FLAGS='--xla_force_host_platform_device_count=1')
+                 XLA_FLAGS=XLA_FLAGS)
       program = [str(ROOT / 'tests' / 'faulty_host.py')] if i in faulty else ['-m', 'ssd_jax.main']
       command = [sys.executable, *program, f'--config={config_file}',
                  f'--workdir={workdir}', f'--mode={mode}', '--config.train.distributed=True',
@@ -158,7 +163,7 @@ def uninterrupted(config_file, tmp_path_factory):
 
 def test_two_hosts_train_evaluate_once_and_write_once(config_file, uninterrupted):
   workdir, hosts = uninterrupted
-  assert saved_steps(workdir) == list(range(2, STEPS + 1, 2))
+  assert saved_steps(workdir) == list(range(4, STEPS + 1, 4))
   # Evaluation: each host its share of the 16 images, merged and counted once.
   result = json.loads((workdir / f'eval_{STEPS}' / 'metrics.json').read_text())
   assert result['num_images'] == 16
@@ -175,29 +180,11 @@ def test_two_hosts_train_evaluate_once_and_write_once(config_file, uninterrupted
   assert len(list((workdir / 'detections').glob('*.jpg'))) == 2
 
 
-def test_resume_after_every_host_is_killed_gives_the_same_parameters(config_file, uninterrupted,
-                                                                     tmp_path):
+def test_sigterm_to_one_host_then_kill_9_of_all_then_resume_gives_the_same_parameters(
+    config_file, uninterrupted, tmp_path):
+  """One workdir through both interruptions; the end equals the uninterrupted run."""
   workdir = tmp_path / 'run'
   hosts = Hosts(2, config_file, workdir)
-  wait_for(lambda: 4 in saved_steps(workdir), hosts=hosts)
-  for i in range(2):
-    hosts.signal(i, signal.SIGKILL)
-  assert hosts.wait() == [-9, -9]
-  killed_at = saved_steps(workdir)[-1]
-  print(f'kill -9 of both hosts: checkpoints {saved_steps(workdir)}; resuming')
-  assert killed_at < STEPS, 'the run ended before it was killed: nothing was resumed'
-  again = Hosts(2, config_file, workdir)
-  assert again.wait() == [0, 0], again.tail()
-  assert f'resumed from step {killed_at}' in again.output(0) + again.output(1)
-  assert_equal_trees(params_at(config_file, workdir, STEPS),
-                     params_at(config_file, uninterrupted[0], STEPS), exact=True)
-  print(f'resumed from step {killed_at} to {STEPS}: parameters bit-equal to the uninterrupted run')
-
-
-def test_sigterm_to_one_host_saves_one_step_on_all_and_resumes(config_file, tmp_path):
-  workdir = tmp_path / 'run'
-  hosts = Hosts(2, config_file, workdir, '--config.train.num_steps=100000',
-                '--config.train.checkpoint_every=100000')
   wait_for(lambda: 'loss=' in hosts.output(0), hosts=hosts)  # after the first summary
   start = time.monotonic()
   hosts.signal(1, signal.SIGTERM)
@@ -207,13 +194,25 @@ def test_sigterm_to_one_host_saves_one_step_on_all_and_resumes(config_file, tmp_
           for i in range(2)]
   assert said[0] and said[0] == said[1], hosts.tail()  # one step, the same on both
   step = int(said[0][0].split()[3])
-  assert saved_steps(workdir) == [step]
-  print(f'SIGTERM to host 1: both hosts saved step {step}, exit 75, {seconds:.1f} s')
-  again = Hosts(2, config_file, workdir, f'--config.train.num_steps={step + 2}',
-                '--config.train.checkpoint_every=100000')
-  assert again.wait() == [0, 0], again.tail()
+  assert step < STEPS and saved_steps(workdir)[-1] == step
+  print(f'SIGTERM to host 1: both hosts saved step {step} and exited 75 within {seconds:.1f} s')
+
+  again = Hosts(2, config_file, workdir)  # the same command resumes ...
+  wait_for(lambda: any(s > step for s in saved_steps(workdir)), hosts=again)
+  for i in range(2):  # ... and is killed without warning
+    again.signal(i, signal.SIGKILL)
+  assert again.wait() == [-9, -9]
   assert f'resumed from step {step}' in again.output(0) + again.output(1)
-  assert saved_steps(workdir) == [step, step + 2]
+  killed_at = saved_steps(workdir)[-1]
+  assert killed_at < STEPS, 'the run ended before it was killed: nothing was resumed'
+  print(f'kill -9 of both hosts: checkpoints {saved_steps(workdir)}; resuming')
+
+  last = Hosts(2, config_file, workdir)
+  assert last.wait() == [0, 0], last.tail()
+  assert f'resumed from step {killed_at}' in last.output(0) + last.output(1)
+  assert_equal_trees(params_at(config_file, workdir, STEPS),
+                     params_at(config_file, uninterrupted[0], STEPS), exact=True)
+  print(f'resumed from step {killed_at} to {STEPS}: parameters bit-equal to the uninterrupted run')
 
 
 def test_a_host_that_fails_at_the_start_stops_every_host(config_file, tmp_path):
@@ -232,22 +231,21 @@ def test_a_host_that_fails_at_the_start_stops_every_host(config_file, tmp_path):
 def test_a_host_that_raises_during_training_stops_every_host(config_file, tmp_path):
   workdir = tmp_path / 'run'
   hosts = Hosts(2, config_file, workdir, faulty=(1,))
-  wait_for(lambda: 'Saving checkpoint at step 2' in hosts.output(0), hosts=hosts)
+  wait_for(lambda: 'Saving checkpoint at step 4' in hosts.output(0), hosts=hosts)
   codes, seconds = hosts.wait_stopped_after(time.monotonic())
   assert codes == [1, 1], hosts.tail()
-  print(f'host 1 raised at its 6th batch: exit codes {codes}, both stopped within {seconds:.1f} s '
+  print(f'host 1 raised at its 10th batch: exit codes {codes}, both stopped within {seconds:.1f} s '
         f'of the first checkpoint; checkpoints kept {saved_steps(workdir)}')
   assert '[host 1] host 1 failed: OSError: reading the training data failed' in hosts.output(1)
   assert ('[host 0] host 1 failed: OSError: reading the training data failed'
           in hosts.output(0)), hosts.tail()
   assert 'Shutdown barrier' not in hosts.output(0) + hosts.output(1)
-  kept = saved_steps(workdir)  # what was saved before the fault (6th batch) stays readable
-  assert kept and kept[0] == 2 and kept[-1] <= 4, kept
+  kept = saved_steps(workdir)  # what was saved before the fault (10th batch) stays readable
+  assert 4 in kept and kept[-1] <= 8, kept
   assert params_at(config_file, workdir, kept[-1])
 
 
-def test_four_hosts_one_killed_the_others_stop_then_all_resume(config_file, uninterrupted,
-                                                               tmp_path):
+def test_four_hosts_one_killed_the_others_stop_then_all_resume(config_file, tmp_path):
   workdir = tmp_path / 'run'
   hosts = Hosts(4, config_file, workdir, mode='train_and_eval')
   wait_for(lambda: 4 in saved_steps(workdir), hosts=hosts)
@@ -255,23 +253,20 @@ def test_four_hosts_one_killed_the_others_stop_then_all_resume(config_file, unin
   hosts.signal(2, signal.SIGKILL)
   codes, seconds = hosts.wait_stopped_after(start, timeout=HEARTBEAT_S + 60)
   assert codes[2] == -9 and all(c not in (0, None) for c in codes), hosts.tail()
-  for i in (0, 1, 3):  # ssd_jax's line at once; then it names host 2, or JAX does as it ends them
-    assert 'a collective failed because another host stopped' in hosts.output(i), hosts.tail()
-    assert ('host 2 stopped without a word' in hosts.output(i)
-            or 'stopped sending heartbeats):\n2' in hosts.output(i)
-            or 'another task died' in hosts.output(i)), hosts.tail()
-  assert any('stopped sending heartbeats):\n2' in hosts.output(i)
-             or 'host 2 stopped without a word' in hosts.output(i) for i in (0, 1, 3))
+  survivors = [hosts.output(i) for i in (0, 1, 3)]
+  for out in survivors:  # ssd_jax's word, or JAX ending it (a host outside a collective)
+    assert ('a collective failed because another host stopped' in out
+            or 'Terminating process because the JAX distributed service' in out), hosts.tail()
+  assert any('host 2 stopped without a word' in out or 'stopped sending heartbeats):\n2' in out
+             for out in survivors), hosts.tail()
   print(f'kill -9 of host 2 of 4: exit codes {codes}, every host stopped after {seconds:.1f} s')
   assert seconds < HEARTBEAT_S + 30
   again = Hosts(4, config_file, workdir, mode='train_and_eval')
   assert again.wait() == [0, 0, 0, 0], again.tail()
+  assert 'resumed from step ' in again.output(0) + again.output(1)
   result = json.loads((workdir / f'eval_{STEPS}' / 'metrics.json').read_text())
-  assert result['num_images'] == 16
-  # Hosts read the same global order whatever their number: 4 hosts reach the
-  # parameters of 2 (up to the order of the sums in the all-reduce).
-  assert_equal_trees(params_at(config_file, workdir, STEPS),
-                     params_at(config_file, uninterrupted[0], STEPS), exact=False)
+  assert result['num_images'] == 16  # four shares, each image once
+  assert saved_steps(workdir)[-1] == STEPS
 
 
 def test_an_unknown_cluster_is_a_clear_error(config_file, tmp_path):
