@@ -92,6 +92,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.xdist_group('hosts')  # see pytest.ini
 def test_two_processes_give_the_one_process_step(tmp_path):
   """jax.distributed on loopback (gloo CPU collectives): 2 processes x 2 devices
   take the same step as 1 process x 4 devices."""

@@ -24,6 +24,7 @@ from ssd_jax import checkpoints, config_lib
 from ssd_jax.testing import synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.xdist_group('hosts')  # see pytest.ini
 STEPS = 24
 HEARTBEAT_S = 5
 # One CPU device a host; LLVM's cheap passes only: compiling the initialisation
