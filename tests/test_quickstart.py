@@ -4,6 +4,7 @@ finds large shapes as well as small ones."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from PIL import Image
 
 from ssd_jax import box_utils, builders, detector, sharding, train_step
@@ -56,6 +57,7 @@ def recall_by_size(found, examples, min_score: float) -> list[float]:
   return [float(hits[(sides >= lo) & (sides < hi)].mean()) for lo, hi in SIZE_BINS]
 
 
+@pytest.mark.xdist_group('hosts')  # the heaviest test: never beside several JAX processes
 def test_a_briefly_trained_quickstart_model_finds_large_and_small_shapes(load_config):
   """The quickstart's model, trained from scratch on the dataset's generator
   (no augmentation, one device) for a fifth of its steps, recalls large
