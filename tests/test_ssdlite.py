@@ -1,0 +1,261 @@
+"""ssd_jax.ssdlite against torchvision's ssdlite320_mobilenet_v3_large and
+mobilenet_v3_large, randomly initialised (nothing downloaded)."""
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch', reason='torch is not installed; pip install -e ".[test]" '
+                            'installs it for the converter tests')
+torchvision = pytest.importorskip('torchvision', reason='torchvision is not installed; pip '
+                                  'install -e ".[test]" installs it')
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from torchvision.models.detection import ssdlite320_mobilenet_v3_large  # noqa: E402
+
+from ssd_jax import ssdlite  # noqa: E402
+
+BATCH = 2
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+  """torch's threads beside XLA's on a small CPU slowed torch's float64 pass 10x
+  (up to minutes under load); one thread takes about a second."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+def randomise_batch_norms(model, forward, x, seed):
+  """Running stats from one train-mode forward(x) (activations stay O(1) through
+  the net), then every BatchNorm's weight, bias, running mean and var perturbed."""
+  bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  momenta = [m.momentum for m in bns]
+  for m in bns:
+    m.reset_running_stats()
+    m.momentum = None  # cumulative average: one batch's statistics
+  model.train()
+  with torch.no_grad():
+    forward(x)
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m, momentum in zip(bns, momenta):
+      m.momentum = momentum
+      c = m.num_features
+      m.weight.copy_(torch.empty(c).uniform_(0.5, 1.5, generator=g))
+      m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+      m.running_mean.add_(torch.randn(c, generator=g) * 0.1 * m.running_var.sqrt())
+      m.running_var.mul_(torch.empty(c).uniform_(0.8, 1.25, generator=g))
+  return model.eval()
+
+
+def numpy_state_dict(model):
+  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def nchw(a):
+  return np.asarray(a).transpose(0, 3, 1, 2)
+
+
+def max_error(ours, theirs):
+  """Largest |ours - theirs| relative to theirs' largest magnitude."""
+  theirs = np.asarray(theirs)
+  return float(np.abs(np.asarray(ours) - theirs).max() / np.abs(theirs).max())
+
+
+@pytest.fixture(scope='module')
+def images():
+  return np.random.default_rng(0).uniform(-1, 1, (BATCH, 320, 320, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def torch_ssdlite(images):
+  torch.manual_seed(0)
+  model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=91)
+  calibration = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (2, 3, 320, 320))
+                                 .astype(np.float32))
+  return randomise_batch_norms(
+      model, lambda x: model.head(list(model.backbone(x).values())), calibration, seed=2)
+
+
+def ssdlite_forward(dtype):
+  """A jitted (variables, images) -> (6 maps, (offsets, logits)) of our modules."""
+  kw = dict(dtype=dtype, param_dtype=dtype)
+  backbone = ssdlite.MobileNetV3LargeFeatures(**kw)
+  head = ssdlite.SSDLiteHead(91, ssdlite.SSDLITE_BOXES_PER_LOCATION, **kw)
+
+  @jax.jit
+  def forward(variables, images):
+    maps = backbone.apply({k: v['backbone'] for k, v in variables.items()}, images)
+    return maps, head.apply({k: v['head'] for k, v in variables.items()}, maps)
+
+  return forward
+
+
+# float64 on both sides shows the layers are the same (errors ~1e-13; the head's
+# outputs are cast to float32). In float32 both sides round differently, and this
+# random net amplifies that from extra_0 on (its depthwise BatchNorm multiplies by
+# up to 74, running var 4e-4): torch float32 is itself up to 1.8e-4 (relative to
+# the map's largest value) off its own float64 result there.
+F32_MAPS_TOL = 1e-3
+
+
+@pytest.mark.parametrize('dtype,maps_tol,head_tol', [('float64', 1e-10, 1e-6),
+                                                     ('float32', F32_MAPS_TOL, 1e-4)])
+def test_converted_ssdlite_gives_torchvisions_maps_and_head(torch_ssdlite, images, dtype,
+                                                            maps_tol, head_tol):
+  model = copy.deepcopy(torch_ssdlite).to(getattr(torch, dtype))
+  x = images.astype(dtype)
+  with torch.no_grad():
+    features = list(model.backbone(torch.from_numpy(nchw(x))).values())
+    expected = model.head(features)
+  variables = ssdlite.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
+  with jax.enable_x64(dtype == 'float64'):
+    variables = jax.tree.map(lambda a: a.astype(dtype), variables)
+    maps, (locs, logits) = ssdlite_forward(jnp.dtype(dtype))(variables, x)
+    assert maps[0].dtype == dtype
+  assert len(maps) == len(features) == 6
+  errors, abs_errors = [], []
+  for ours, theirs in zip(maps, features, strict=True):
+    assert nchw(ours).shape == tuple(theirs.shape)
+    assert theirs.abs().max() > 0.1  # the BatchNorms keep the maps from vanishing
+    errors.append(max_error(nchw(ours), theirs.numpy()))
+    abs_errors.append(float(np.abs(nchw(ours) - theirs.numpy()).max()))
+  head = [(np.asarray(locs), expected['bbox_regression'].numpy()),
+          (np.asarray(logits), expected['cls_logits'].numpy())]
+  head_errors = [max_error(ours, theirs) for ours, theirs in head]
+  abs_errors += [float(np.abs(ours - theirs).max()) for ours, theirs in head]
+  print(f'{dtype}: relative max errors, 6 maps:', ['%.1e' % e for e in errors],
+        'offsets, logits:', ['%.1e' % e for e in head_errors],
+        '; absolute:', ['%.1e' % e for e in abs_errors])
+  assert locs.shape == (BATCH, 3234, 4) and logits.shape == (BATCH, 3234, 91)
+  assert max(errors) < maps_tol and max(head_errors) < head_tol
+
+
+def test_train_mode_updates_batch_stats_like_torch(torch_ssdlite, images):
+  """Train mode normalises with the batch's statistics on both sides and moves the
+  running mean alike. The running variance differs: torch mixes in the unbiased
+  batch variance (n / (n - 1) times the biased one), Flax the biased one; each is
+  checked against its own formula. float64: a BatchNorm over a 1x1 map (n = 2)
+  amplifies float32 rounding too much for a close comparison."""
+  model = copy.deepcopy(torch_ssdlite.backbone).double().train()
+  layers = {('features_0', 'bn'): model.features[0][0][1],
+            ('features_13', 'expand', 'bn'): model.features[0][13][1],
+            ('extra_3', 'project', 'bn'): model.extra[3][2][1]}  # a 1x1 map: n = BATCH
+  inputs, old = {}, {}
+  for key, bn in layers.items():
+    old[key] = (bn.running_mean.numpy().copy(), bn.running_var.numpy().copy())
+    bn.register_forward_hook(lambda m, args, out, key=key: inputs.__setitem__(
+        key, args[0].numpy()))
+  x = images.astype(np.float64)
+  with torch.no_grad():
+    features = list(model(torch.from_numpy(nchw(x))).values())
+
+  variables = ssdlite.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
+  with jax.enable_x64(True):
+    variables = {k: jax.tree.map(lambda a: a.astype(np.float64), v['backbone'])
+                 for k, v in variables.items()}
+    backbone = ssdlite.MobileNetV3LargeFeatures(dtype=jnp.float64, param_dtype=jnp.float64)
+    maps, updates = jax.jit(lambda v, x: backbone.apply(v, x, train=True,
+                                                        mutable=['batch_stats']))(variables, x)
+  for ours, theirs in zip(maps, features, strict=True):
+    assert max_error(nchw(ours), theirs.numpy()) < 1e-10
+  stats = flax.traverse_util.flatten_dict(updates['batch_stats'])
+  torch_momentum = 1 - ssdlite.BN_MOMENTUM  # 0.03
+  for key, bn in layers.items():
+    batch = inputs[key]
+    mean = (1 - torch_momentum) * old[key][0] + torch_momentum * batch.mean((0, 2, 3))
+    np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=1e-10)
+    np.testing.assert_allclose(stats[key + ('mean',)], mean, rtol=1e-10, atol=1e-14)
+    for ddof, got in ((1, bn.running_var.numpy()), (0, stats[key + ('var',)])):
+      var = (1 - torch_momentum) * old[key][1] + torch_momentum * batch.var((0, 2, 3), ddof=ddof)
+      np.testing.assert_allclose(got, var, rtol=1e-9)
+    if batch.size // batch.shape[1] == BATCH:  # unbiased = 2x biased: the rules differ
+      assert not np.allclose(bn.running_var.numpy(), stats[key + ('var',)], rtol=1e-2)
+
+
+def test_map_sizes_box_count_and_parameter_count(torch_ssdlite):
+  backbone = ssdlite.MobileNetV3LargeFeatures()
+  head = ssdlite.SSDLiteHead(91, ssdlite.SSDLITE_BOXES_PER_LOCATION)
+  images = jax.ShapeDtypeStruct((1, 320, 320, 3), jnp.float32)
+  key = jax.random.key(0)
+  bb_vars = jax.eval_shape(backbone.init, key, images)
+  maps = jax.eval_shape(backbone.apply, bb_vars, images)
+  assert [m.shape[1:] for m in maps] == [(s, s, c) for s, c in zip(
+      ssdlite.SSDLITE_FEATURE_SIZES, ssdlite.source_channels())]
+  assert ssdlite.source_channels() == (672, 480, 512, 256, 256, 128)
+  head_vars = jax.eval_shape(head.init, key, maps)
+  locs, logits = jax.eval_shape(head.apply, head_vars, maps)
+  assert locs.shape == (1, 3234, 4) and logits.shape == (1, 3234, 91)
+
+  torch_params = sum(p.numel() for p in torch_ssdlite.parameters())
+  torch_stats = sum(b.numel() for name, b in torch_ssdlite.named_buffers()
+                    if not name.endswith('num_batches_tracked'))
+  ours = ssdlite.count(bb_vars['params']) + ssdlite.count(head_vars['params'])
+  assert ours == torch_params == 3_440_060  # torchvision's meta num_params
+  assert ssdlite.count(bb_vars['batch_stats']) + ssdlite.count(head_vars['batch_stats']) \
+      == torch_stats
+  converted = ssdlite.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
+  for collection in ('params', 'batch_stats'):  # the same names and shapes
+    expected = {'backbone': bb_vars[collection], 'head': head_vars[collection]}
+    assert jax.tree.map(np.shape, converted[collection]) == jax.tree.map(np.shape, expected)
+
+
+def test_initialisers_follow_torchvisions_normal_init():
+  features = [jnp.ones((1, 4, 4, 96)), jnp.ones((1, 2, 2, 32))]
+  variables = jax.jit(ssdlite.SSDLiteHead(91, (6, 6)).init)(jax.random.key(0), features)
+  params = variables['params']
+  kernel = np.asarray(params['cls_0']['project']['kernel'])
+  assert kernel.shape == (1, 1, 96, 546)
+  assert abs(kernel.std() - 0.03) < 1e-3 and abs(kernel.mean()) < 1e-3
+  assert not np.any(params['cls_0']['project']['bias'])
+  np.testing.assert_array_equal(params['reg_1']['depthwise']['bn']['scale'], 1)
+  np.testing.assert_array_equal(variables['batch_stats']['reg_1']['depthwise']['bn']['var'], 1)
+
+
+def test_imagenet_mobilenet_features_convert():
+  torch.manual_seed(3)
+  model = torchvision.models.mobilenet_v3_large()
+  rng = np.random.default_rng(4)
+  calibration = torch.from_numpy(rng.uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32))
+  model = randomise_batch_norms(model, model, calibration, seed=5)
+  sd = numpy_state_dict(model)
+  with pytest.raises(ValueError, match='reduced_tail=False'):
+    ssdlite.mobilenet_v3_large_variables(sd, reduced_tail=True)
+  converted = ssdlite.mobilenet_v3_large_variables(sd)
+  assert 'extra_0' not in converted['params']['backbone']
+
+  backbone = ssdlite.MobileNetV3LargeFeatures(reduced_tail=False)
+  images = rng.uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
+  init = jax.eval_shape(backbone.init, jax.random.key(0), images)
+  variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
+  for collection in variables:  # the converted layers replace their zeros, shape for shape
+    layers = converted[collection]['backbone']
+    assert jax.tree.map(np.shape, layers) == jax.tree.map(
+        np.shape, {k: variables[collection][k] for k in layers})
+    variables[collection].update(layers)
+  maps = jax.jit(backbone.apply)(variables, images)
+
+  taps = []
+  model.features[13].block[0].register_forward_hook(lambda m, a, out: taps.append(out))
+  with torch.no_grad():
+    end = model.features(torch.from_numpy(nchw(images)))
+  for ours, theirs in ((maps[0], taps[0]), (maps[1], end)):
+    assert nchw(ours).shape == tuple(theirs.shape)
+    assert max_error(nchw(ours), theirs.numpy()) < 1e-4
+  assert maps[1].shape[-1] == 960  # the full tail
+
+
+def test_converter_errors_name_the_problem(torch_ssdlite):
+  sd = numpy_state_dict(torch_ssdlite)
+  with pytest.raises(ValueError, match='num_classes=21'):
+    ssdlite.torchvision_ssdlite320_variables(sd, num_classes=21)
+  del sd['backbone.extra.1.1.0.weight']
+  with pytest.raises(ValueError, match='backbone.extra.1.1.0.weight'):
+    ssdlite.torchvision_ssdlite320_variables(sd)
+  reduced = torchvision.models.mobilenet_v3_large(reduced_tail=True)
+  with pytest.raises(ValueError, match='reduced_tail=True'):
+    ssdlite.mobilenet_v3_large_variables(numpy_state_dict(reduced))
