@@ -90,14 +90,14 @@ def agreement(reference: list[dict], found: list[dict], int8: bool) -> float:
 
 
 def model(args):
-  """(config, params as NumPy): --workdir's latest checkpoint, else a random --config."""
+  """(config, variables as NumPy): --workdir's latest checkpoint, else a random --config."""
   if args.workdir:
     config, params, _ = export.load(args.workdir)
     return config, params
   config = config_lib.load(str(ROOT / 'configs' / f'{args.config}.py'))
   config.model.width = args.width
   config = config_lib.validate(config)
-  init = jax.jit(lambda rng: builders.init_params(config, rng))
+  init = jax.jit(lambda rng: builders.init_variables(config, rng))
   return config, jax.device_get(init(jax.random.key(0)))
 
 

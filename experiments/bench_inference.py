@@ -40,8 +40,8 @@ def bench(config, batch: int, repeats: int) -> dict:
   size = config.model.image_size
   images = jnp.asarray(np.random.default_rng(0).normal(0, 50, (batch, size, size, 3)),
                        jnp.float32)
-  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
-  network = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])  # variables: BatchNorm too
+  network = jax.jit(model.apply)
   ours = jax.jit(functools.partial(postprocess.network_detections, model=model,
                                    anchors=anchors, config=config))
   e, anchors_np = config.eval, np.asarray(anchors)

@@ -59,9 +59,10 @@ def random_batch(rng: np.random.Generator, batch: int, size: int, boxes: int = 4
 def forward_flops(config) -> float:
   """Model FLOPs of one image's forward pass, from XLA's cost analysis."""
   model, size = builders.build_model(config), config.model.image_size
-  params = jax.eval_shape(lambda rng: builders.init_params(config, rng), jax.random.key(0))
+  variables = jax.eval_shape(lambda rng: builders.init_variables(config, rng),
+                             jax.random.key(0))
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  compiled = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(params, image).compile()
+  compiled = jax.jit(model.apply).lower(variables, image).compile()
   cost = compiled.cost_analysis()
   return float((cost[0] if isinstance(cost, list) else cost)['flops'])
 

@@ -8,13 +8,17 @@ reach here validated (config_lib.validate, called once by each entry point).
 from __future__ import annotations
 
 import functools
+import json
+from typing import Mapping
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
-from ssd_jax import anchors, config_lib, models
+from ssd_jax import anchors, config_lib, models, parts
 
 
 def _boxes_per_location(config) -> tuple[int, ...]:
@@ -23,44 +27,121 @@ def _boxes_per_location(config) -> tuple[int, ...]:
   return tuple(anchors.boxes_per_location(r, with_max) for r in a.aspect_ratios)
 
 
-def _backbone_kwargs(config) -> tuple:
-  """The Backbone's fields, as a hashable tuple of (name, value) pairs."""
+def _build_backbone(config) -> nn.Module:
   m = config.model
-  return (('sources', tuple(m.sources)), ('extras', m.extras), ('width', m.width),
-          ('atrous', m.atrous), ('fc_features', m.fc_features),
-          ('l2norm_scale', m.l2norm_scale), ('dtype', config_lib.dtype(m.dtype)),
-          ('param_dtype', config_lib.dtype(m.param_dtype)))
+  return parts.backbone(m.backbone).build(m, config.backbone, config_lib.dtype(m.dtype),
+                                          config_lib.dtype(m.param_dtype))
 
 
 def build_model(config: config_dict.ConfigDict) -> models.SSD:
-  """The SSD module the config describes."""
-  return models.SSD(backbone=models.Backbone(**dict(_backbone_kwargs(config))),
-                    num_classes=config.model.num_classes,
-                    boxes_per_location=_boxes_per_location(config))
+  """The SSD module the config describes: its backbone and head (ssd_jax/parts.py)."""
+  m = config.model
+  head = parts.head(m.head).build(m, _boxes_per_location(config), config_lib.dtype(m.dtype),
+                                  config_lib.dtype(m.param_dtype))
+  return models.SSD(backbone=_build_backbone(config), head=head)
 
 
 def normalise_images(pixels, config) -> jax.Array:
-  """u8/f32 [..., S, S, 3] RGB pixels -> f32 network input: minus data.mean_rgb.
+  """u8/f32 [..., S, S, 3] RGB pixels -> f32 network input: (pixels - data.mean_rgb)
+  / data.std_rgb (std 1 in the VGG recipes: the mean subtracted only).
 
   Every jitted step (training, evaluation, Detector, export) starts here, so
   pipelines ship pixels (uint8 for training: a quarter of float32's bytes).
   """
-  return jnp.asarray(pixels, jnp.float32) - jnp.asarray(config.data.mean_rgb, jnp.float32)
+  d = config.data
+  x = jnp.asarray(pixels, jnp.float32) - jnp.asarray(d.mean_rgb, jnp.float32)
+  if tuple(d.std_rgb) == (1.0, 1.0, 1.0):
+    return x
+  return x / jnp.asarray(d.std_rgb, jnp.float32)
+
+
+def init_variables(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
+  """Freshly initialised variables of the config's model: {'params': ...}, plus
+  {'batch_stats': ...} where a part has BatchNorm layers (under `jax.eval_shape`,
+  their shapes and dtypes only, with no compute)."""
+  size = config.model.image_size
+  variables = build_model(config).init(rng, jnp.zeros((1, size, size, 3), jnp.float32))
+  return dict(variables)
 
 
 def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
-  """Freshly initialised parameters of the config's model (under `jax.eval_shape`,
-  their shapes and dtypes only, with no compute)."""
+  """The parameters of init_variables (no BatchNorm statistics)."""
+  return init_variables(config, rng)['params']
+
+
+# Roles (optim.ROLES) of the parameters of Flax's own layers; modules of ours
+# declare theirs in a PARAM_ROLES class attribute (models.L2Norm).
+FLAX_ROLES = {
+    nn.Conv: {'kernel': 'weight', 'bias': 'bias'},
+    nn.ConvTranspose: {'kernel': 'weight', 'bias': 'bias'},
+    nn.Dense: {'kernel': 'weight', 'bias': 'bias'},
+    nn.BatchNorm: {'scale': 'norm', 'bias': 'norm'},
+    nn.LayerNorm: {'scale': 'norm', 'bias': 'norm'},
+    nn.GroupNorm: {'scale': 'norm', 'bias': 'norm'},
+}
+
+
+def _roles_of(module: nn.Module) -> dict:
+  for kind, roles in FLAX_ROLES.items():
+    if isinstance(module, kind):
+      return roles
+  return getattr(module, 'PARAM_ROLES', {})
+
+
+def param_roles(config: config_dict.ConfigDict) -> dict:
+  """A tree like the parameters holding each one's role: 'weight', 'bias' or
+  'norm' (optim.ROLES), from the module that owns it, never from its name alone.
+
+  Raises ValueError naming a parameter whose module declares no role for it.
+  """
+  owners = {}
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == '__call__':
+      owners[context.module.path] = _roles_of(context.module)
+    return next_fun(*args, **kwargs)
+
   size = config.model.image_size
-  return build_model(config).init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
+  with nn.intercept_methods(record):
+    params = jax.eval_shape(build_model(config).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))['params']
+  roles = {}
+  for path in flax.traverse_util.flatten_dict(params):
+    role = owners.get(path[:-1], {}).get(path[-1])
+    if role is None:
+      raise ValueError(f'parameter {"/".join(path)} has no role (weight, bias or norm); give '
+                       f'its module a PARAM_ROLES attribute.')
+    roles[path] = role
+  return flax.traverse_util.unflatten_dict(roles)
+
+
+def inference_variables(tree) -> dict:
+  """The variables inference applies: {'params': ...} plus 'batch_stats' where the
+  model has BatchNorm; the parameters' moving average (optim.ema_decay) in place
+  of the parameters when there is one.
+
+  `tree` is a train state, a restored checkpoint ({'params', 'batch_stats',
+  'ema_params', ...}), inference variables, or bare parameters. Evaluation,
+  prediction, Detector, export and the converters' checks all start here.
+  """
+  if isinstance(tree, Mapping):
+    get = tree.get if 'params' in tree else {'params': tree}.get
+  else:
+    get = lambda name: getattr(tree, name, None)  # noqa: E731 - a train state
+  params = get('ema_params') if get('ema_params') is not None else get('params')
+  variables = {'params': params}
+  if get('batch_stats') is not None:
+    variables['batch_stats'] = get('batch_stats')
+  return variables
 
 
 @functools.lru_cache(maxsize=32)
-def _feature_sizes(image_size: int, kwargs: tuple) -> tuple[int, ...]:
-  backbone = models.Backbone(**dict(kwargs))
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+def _feature_sizes(key: str) -> tuple[int, ...]:
+  config = config_dict.ConfigDict(json.loads(key))
+  backbone, size = _build_backbone(config), config.model.image_size
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   outputs, _ = jax.eval_shape(backbone.init_with_output, jax.random.key(0), images)
-  for name, out in zip(backbone.sources, outputs):
+  for name, out in zip(config.model.sources, outputs):
     if out.shape[1] != out.shape[2]:
       raise ValueError(f'source {name} is not square: {out.shape}.')
   return tuple(int(out.shape[1]) for out in outputs)
@@ -68,7 +149,8 @@ def _feature_sizes(image_size: int, kwargs: tuple) -> tuple[int, ...]:
 
 def source_feature_sizes(config: config_dict.ConfigDict) -> tuple[int, ...]:
   """Side of each source feature map for the config's input size."""
-  return _feature_sizes(config.model.image_size, _backbone_kwargs(config))
+  return _feature_sizes(json.dumps({'model': config.model.to_dict(),
+                                    'backbone': config.backbone.to_dict()}, sort_keys=True))
 
 
 def build_default_boxes(config: config_dict.ConfigDict) -> np.ndarray:

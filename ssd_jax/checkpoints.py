@@ -5,9 +5,13 @@ checkpoints of the train state in `checkpoints/<step>`. This module writes and
 finds them, guards a workdir against a second run and against resuming with
 an incompatible config, restores the whole train state (to resume; unreadable
 steps are moved to `unreadable_checkpoints/` and the newest readable one is
-used), the parameters alone (to evaluate or detect: no optimiser is built;
-shapes come from `jax.eval_shape(builders.init_params)`), or every parameter
-that matches a new model (to fine-tune, `model.init_checkpoint`).
+used), the variables inference applies (to evaluate or detect: parameters,
+BatchNorm statistics and the weights' moving average, no optimiser state; shapes
+come from `jax.eval_shape(builders.init_variables)`), or every variable that
+matches a new model (to fine-tune, `model.init_checkpoint`).
+
+A checkpoint is the train state's tree: 'step', 'params', 'opt_state' and, where
+the model has them, 'batch_stats' (BatchNorm) and 'ema_params' (optim.ema_decay).
 """
 from __future__ import annotations
 
@@ -59,6 +63,9 @@ def _tuples(value):
 # Fields older versions wrote that no longer exist (the input pipeline reads by
 # index: no shuffle buffer, no shrinking before augmentation).
 REMOVED_FIELDS = (('data', 'shuffle_buffer'), ('data', 'max_image_side'))
+# VGG16's fields, which older versions kept under `model` before backbones had
+# their own section.
+MOVED_TO_BACKBONE = ('extras', 'atrous', 'fc_features', 'l2norm_scale')
 
 
 def read_config(path: str) -> config_dict.ConfigDict:
@@ -69,7 +76,11 @@ def read_config(path: str) -> config_dict.ConfigDict:
     values['anchors']['clip'] = 'cxcywh' if clip else 'none'
   for section, name in REMOVED_FIELDS:
     values.get(section, {}).pop(name, None)
-  c = config_lib.base_config()
+  model = values.get('model', {})
+  moved = {k: model.pop(k) for k in MOVED_TO_BACKBONE if k in model}
+  if moved:
+    values['backbone'] = {**moved, **values.get('backbone', {})}
+  c = config_lib.base_config(model.get('backbone', 'vgg16'))
   c.update(values)
   return c
 
@@ -365,16 +376,33 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, target, workdir: str):
   return (0, target) if step is None else (step, state)
 
 
-# --- parameters only, to evaluate or detect ------------------------------------
+# --- the variables inference applies, to evaluate or detect --------------------
+
+def abstract_variables(config) -> dict:
+  """Shapes and dtypes (jax.ShapeDtypeStruct) of the config's variables, no compute."""
+  return jax.eval_shape(functools.partial(builders.init_variables, config), jax.random.key(0))
+
 
 def abstract_params(config) -> dict:
-  """Shapes and dtypes (jax.ShapeDtypeStruct) of the config's parameters, no compute."""
-  return jax.eval_shape(functools.partial(builders.init_params, config), jax.random.key(0))
+  """Shapes and dtypes of the config's parameters, no compute."""
+  return abstract_variables(config)['params']
 
 
-def restore_params(config, path: str, step: Optional[int] = None,
-                   mesh: Optional[Mesh] = None) -> tuple[dict, int]:
-  """Model parameters (no optimiser state) from an orbax checkpoint, replicated on `mesh`.
+def _inference_target(config, replicated) -> dict:
+  """What a checkpoint holds for inference: params, batch_stats where the model
+  has BatchNorm, and ema_params where the config averages the weights."""
+  variables = abstract_variables(config)
+  target = dict(variables)
+  if config.optim.ema_decay:
+    target['ema_params'] = variables['params']
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      target)
+
+
+def restore_checkpoint_variables(config, path: str, step: Optional[int] = None,
+                                 mesh: Optional[Mesh] = None) -> tuple[dict, int]:
+  """A checkpoint's params, batch_stats and ema_params (what the config's model
+  has; no optimiser state), replicated on `mesh`.
 
   Args:
     config: the config the checkpoint was trained with (validated).
@@ -384,41 +412,57 @@ def restore_params(config, path: str, step: Optional[int] = None,
     mesh: where to place them (default: every device).
 
   Returns:
-    (params, step).
+    ({'params', ...}, step).
   """
   directory, named = location(path)
-  replicated = sharding.replicated(mesh or sharding.make_mesh())
-  target = {'params': jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      abstract_params(config))}
+  target = _inference_target(config, sharding.replicated(mesh or sharding.make_mesh()))
 
   def load(step):
     return mngr.restore(step, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))['params']
+        partial_restore=True))
 
   with ocp.CheckpointManager(directory) as mngr:
     step = step if step is not None else named
     if step is not None:  # asked for by number: that one or an error
       return load(pick_step(mngr, step)), step
     pick_step(mngr)  # a clear error when there is none
-    step, params = _readable_steps(mngr, load)  # the latest readable, read-only
-  return params, step
+    step, tree = _readable_steps(mngr, load)  # the latest readable, read-only
+  return tree, step
+
+
+def restore_variables(config, path: str, step: Optional[int] = None,
+                      mesh: Optional[Mesh] = None) -> tuple[dict, int]:
+  """(the variables inference applies, step): builders.inference_variables of the
+  checkpoint (see restore_checkpoint_variables for the arguments)."""
+  tree, step = restore_checkpoint_variables(config, path, step, mesh)
+  return builders.inference_variables(tree), step
+
+
+def restore_params(config, path: str, step: Optional[int] = None,
+                   mesh: Optional[Mesh] = None) -> tuple[dict, int]:
+  """(the trained parameters, step), not their moving average (see
+  restore_checkpoint_variables for the arguments)."""
+  tree, step = restore_checkpoint_variables(config, path, step, mesh)
+  return tree['params'], step
 
 
 # --- matching parameters, to fine-tune -----------------------------------------
 
-def load_matching_params(path: str, params) -> tuple[dict, dict]:
+def load_matching_variables(path: str, variables: dict) -> tuple[dict, dict]:
   """Initialisation from another run or a converted checkpoint.
 
-  Every parameter of `params` whose path and shape also appear under "params"
-  in the checkpoint at `path` (a workdir, its checkpoints folder or one step
-  folder; the latest step unless one is named) takes the saved value; the rest
-  keep their initial values. A pretrained base fills the backbone; a detector
-  trained on other classes fills all but the class heads, whose shapes differ.
+  Every variable of `variables` ({'params', maybe 'batch_stats'}) whose
+  collection, path and shape also appear in the inference variables of the
+  checkpoint at `path` (a workdir, its checkpoints folder or one step folder;
+  the latest step unless one is named; the moving average of the weights where
+  it has one) takes the saved value; the rest keep their initial values. A
+  pretrained base fills the backbone; a detector trained on other classes fills
+  all but the class heads, whose shapes differ.
 
   Returns:
-    (params as host NumPy arrays, {'restored': [paths], 'kept': [paths]}).
+    (variables as host NumPy arrays, {'restored': [paths], 'kept': [paths]}),
+    paths as 'collection/module/.../name'.
   """
   directory, step = location(path)
   with ocp.CheckpointManager(directory) as mngr:
@@ -427,16 +471,25 @@ def load_matching_params(path: str, params) -> tuple[dict, dict]:
     except FileNotFoundError as e:
       raise FileNotFoundError(f'model.init_checkpoint={path}: {e}') from e
     saved = mngr.restore(step, args=ocp.args.StandardRestore())
-  saved = flax.traverse_util.flatten_dict(jax.device_get(saved.get('params', saved)))
-  current = flax.traverse_util.flatten_dict(jax.device_get(params))
+  saved = flax.traverse_util.flatten_dict(
+      jax.device_get(builders.inference_variables(saved)))
+  current = flax.traverse_util.flatten_dict(jax.device_get(dict(variables)))
   merged, report = {}, {'restored': [], 'kept': []}
   for key, value in current.items():
     match = key in saved and saved[key].shape == value.shape
     merged[key] = saved[key].astype(value.dtype) if match else value
     report['restored' if match else 'kept'].append('/'.join(key))
-  if not any(p.endswith('kernel') for p in report['restored']):
+  if not any(p.startswith('params/') and p.endswith('kernel') for p in report['restored']):
     raise ValueError(f'model.init_checkpoint={path} (step {step}) shares no convolution '
                      f'kernel (same parameter name and shape) with this model; check '
                      f'model.width, model.sources and '
-                     f'model.extras against the checkpoint\'s config.')
+                     f'backbone.extras against the checkpoint\'s config.')
   return flax.traverse_util.unflatten_dict(merged), report
+
+
+def load_matching_params(path: str, params) -> tuple[dict, dict]:
+  """load_matching_variables for parameters alone: (params, report), paths in
+  the report without the 'params/' prefix."""
+  variables, report = load_matching_variables(path, {'params': params})
+  strip = {k: [p.split('/', 1)[1] for p in v] for k, v in report.items()}
+  return variables['params'], strip

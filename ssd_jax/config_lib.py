@@ -11,15 +11,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
-from ssd_jax import anchors, labels, models
+from ssd_jax import anchors, labels, models, optim, parts, ssdlite
 from ssd_jax.data import custom_data
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
 MEAN_RGB = (123.0, 117.0, 104.0)
 
 
-def base_config() -> config_dict.ConfigDict:
-  """Every field with its shared default; `None` placeholders must be set."""
+def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
+  """Every field with its shared default; `None` placeholders must be set.
+
+  The section `backbone` holds the settings of the backbone named (model.backbone;
+  parts.BACKBONES), so its fields depend on which one.
+  """
   c = config_dict.ConfigDict()
   c.seed = 0
 
@@ -27,12 +31,12 @@ def base_config() -> config_dict.ConfigDict:
       image_size=config_dict.placeholder(int),   # side of the square input, pixels
       # Including background (class 0); None: the class names (config_lib.validate).
       num_classes=config_dict.placeholder(int),
-      extras='ssd300',                           # layout of the extra layers
-      sources=models.SSD300_SOURCES,             # prediction source layers
+      backbone=backbone,                         # parts.BACKBONES; settings: section backbone
+      head='ssd',                                # parts.HEADS: 'ssd' (3x3 convs), ...
+      sources=models.SSD300_SOURCES,             # prediction source layers, network order
       width=1.0,                                 # channel multiplier (tiny models < 1)
-      atrous=True,                               # pool5 3x3/1 + dilated conv6
-      fc_features=1024,                          # conv6 / conv7 channels
-      l2norm_scale=20.0,                         # initial conv4_3 L2Norm scale
+      batch_norm_momentum=0.99,                  # BatchNorm layers, where a part has them
+      batch_norm_epsilon=1e-5,
       dtype='float32',                           # compute dtype, e.g. 'bfloat16'
       param_dtype='float32',
       # Orbax checkpoint (workdir, checkpoints/ or a step folder) whose matching
@@ -54,6 +58,8 @@ def base_config() -> config_dict.ConfigDict:
       clip='none',                               # anchors.CLIP_MODES; the recipe does not clip
       variances=(0.1, 0.2),                      # centre, size
   ))
+
+  c.backbone = config_dict.ConfigDict(dict(parts.backbone(backbone).settings))
 
   c.matching = config_dict.ConfigDict(dict(iou_threshold=0.5))
   c.loss = config_dict.ConfigDict(dict(neg_pos_ratio=3.0, loc_weight=1.0))
@@ -81,7 +87,8 @@ def base_config() -> config_dict.ConfigDict:
       # split (training sets <workdir>/data_split.json; evaluation reads it).
       val_fraction=0.1,
       split_file=config_dict.placeholder(str),
-      mean_rgb=MEAN_RGB,
+      mean_rgb=MEAN_RGB,                         # network input: (pixel - mean) / std, RGB
+      std_rgb=(1.0, 1.0, 1.0),                   # the VGG recipes: 1 (mean subtracted only)
       max_boxes=100,                             # training ground truth padded to this many
   ))
 
@@ -112,15 +119,27 @@ def base_config() -> config_dict.ConfigDict:
   ))
 
   c.optim = config_dict.ConfigDict(dict(
-      name='sgd',                                # 'sgd' (momentum, the paper's) or 'adam'
+      name='sgd',                                # 'sgd' (Caffe's, the paper's), 'sgd_torch', 'adam'
       learning_rate=1e-3,
+      # The global batch learning_rate is given for; the rate then scales linearly
+      # to train.batch_size. None: learning_rate as is (the SSD recipes' batch 32).
+      lr_batch_size=config_dict.placeholder(int),
       momentum=0.9,
-      weight_decay=5e-4,                         # kernels and the L2Norm scale, not biases
+      weight_decay=5e-4,
+      # Parameter roles weight decay applies to (optim.ROLES): 'weight' (kernels,
+      # the L2Norm scale), 'bias', 'norm' (BatchNorm scale and offset).
+      weight_decay_roles=('weight',),
       bias_lr_mult=2.0,                          # sgd: biases learn at 2x the rate (Caffe lr_mult)
+      schedule='steps',                          # 'steps' (boundaries) or 'cosine' (to num_steps)
       warmup_steps=0,                            # linear warmup; the recipe has none
+      # None: warmup factor (step + 1) / warmup_steps; else linear from this factor.
+      warmup_start_factor=config_dict.placeholder(float),
       boundaries=config_dict.placeholder(tuple), # steps where lr *= decay_factor
       decay_factor=0.1,
       grad_clip_norm=config_dict.placeholder(float),
+      # Decay of an exponential moving average of the weights, which evaluation
+      # and export then use (builders.inference_variables); None: no average.
+      ema_decay=config_dict.placeholder(float),
   ))
 
   c.train = config_dict.ConfigDict(dict(
@@ -158,17 +177,38 @@ def base_config() -> config_dict.ConfigDict:
   return c
 
 
+# torchvision's SSDLite default-box scales (fractions of the input): min_ratio
+# 0.2 to max_ratio 0.95 over six maps, then 1.0 (the last map's s'_k).
+SSDLITE_SCALES = tuple(ssdlite.SSDLITE_MIN_RATIO + (ssdlite.SSDLITE_MAX_RATIO -
+                                                    ssdlite.SSDLITE_MIN_RATIO) * k / 5
+                       for k in range(6)) + (1.0,)
+
 # What the input size fixes, whatever the dataset (the recipe's values).
 ARCHITECTURES = {
     'ssd300': dict(
-        model=dict(image_size=300, extras='ssd300', sources=models.SSD300_SOURCES),
+        model=dict(image_size=300, sources=models.SSD300_SOURCES),
+        backbone=dict(extras='ssd300'),
         anchors=dict(steps=(8, 16, 32, 64, 100, 300),
                      aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))),
     ),
     'ssd512': dict(
-        model=dict(image_size=512, extras='ssd512', sources=models.SSD512_SOURCES),
+        model=dict(image_size=512, sources=models.SSD512_SOURCES),
+        backbone=dict(extras='ssd512'),
         anchors=dict(steps=(8, 16, 32, 64, 128, 256, 512),
                      aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))),
+    ),
+    # torchvision's ssdlite320_mobilenet_v3_large: MobileNetV3-Large (reduced tail)
+    # with four extra blocks, the SSDLite head, BatchNorm as torchvision sets it,
+    # inputs scaled to [-1, 1], its default boxes (scales 0.2 to 0.95, 1.0 for the
+    # last level's second square box, sizes clipped to the image: 3234 boxes).
+    'ssdlite320': dict(
+        model=dict(image_size=320, backbone='mobilenet_v3_large', head='ssdlite',
+                   sources=ssdlite.SOURCES, batch_norm_momentum=ssdlite.BN_MOMENTUM,
+                   batch_norm_epsilon=ssdlite.BN_EPSILON),
+        anchors=dict(min_sizes=tuple(320 * s for s in SSDLITE_SCALES[:-1]),
+                     max_sizes=tuple(320 * s for s in SSDLITE_SCALES[1:]),
+                     steps=None, aspect_ratios=ssdlite.SSDLITE_ASPECT_RATIOS, clip='wh'),
+        data=dict(mean_rgb=(127.5,) * 3, std_rgb=(127.5,) * 3),
     ),
 }
 
@@ -196,10 +236,11 @@ DATASETS = {
 
 def preset(architecture: str, dataset: str) -> config_dict.ConfigDict:
   """`base_config()` with an architecture's and a dataset's values filled in."""
-  c = base_config()
   for table, key in ((ARCHITECTURES, architecture), (DATASETS, dataset)):
     if key not in table:
       raise ValueError(f'unknown preset {key!r}; known: {sorted(table)}.')
+  c = base_config(ARCHITECTURES[architecture]['model'].get('backbone', 'vgg16'))
+  for table, key in ((ARCHITECTURES, architecture), (DATASETS, dataset)):
     for section, values in table[key].items():
       c[section].update(values)
   return c
@@ -228,6 +269,42 @@ def torchvision_ssd300() -> config_dict.ConfigDict:
   c.data.category_ids = labels.TORCHVISION_CLASS_ORDER[1:]
   c.data.mean_rgb = tuple(255 * m for m in TORCHVISION_MEAN)
   c.eval.update(dict(score_threshold=0.01, top_k=400, nms_iou=0.45, max_detections=200))
+  return c
+
+
+# torchvision's references/detection recipe for ssdlite320_mobilenet_v3_large on
+# COCO: 660 epochs at batch 192 (8 GPUs x 24), SGD momentum 0.9 as PyTorch runs it,
+# lr 0.15 with cosine annealing and a 1000-iteration linear warmup from 0.001,
+# weight decay 4e-5 on every parameter (norm_weight_decay unset), RandomIoUCrop
+# and horizontal flip only. An epoch: the 117,266 COCO 2017 train images that
+# have objects (torchvision drops the rest for training); VOC 07+12 trainval has
+# 16,551 (the same 660 epochs there are ssd_jax's choice, not a published recipe).
+TORCHVISION_SSDLITE_EPOCHS, TORCHVISION_SSDLITE_BATCH = 660, 192
+TRAIN_IMAGES = {'coco': 117_266, 'voc': 16_551}
+
+
+def torchvision_ssdlite320(dataset: str = 'coco') -> config_dict.ConfigDict:
+  """SSDLite320-MobileNetV3-Large as torchvision builds and trains it.
+
+  Inference as its SSD postprocess: score > 0.001, the best 300 per class, NMS
+  at 0.55, 300 per image. On 'coco', 91 classes in labels.TORCHVISION_CLASS_ORDER,
+  so converted weights (ssd_jax.convert --format=torchvision_ssdlite320) apply.
+  """
+  c = preset('ssdlite320', dataset)
+  if dataset == 'coco':
+    c.model.num_classes = len(labels.TORCHVISION_CLASS_ORDER)
+    c.data.class_names = labels.TORCHVISION_CLASS_NAMES
+    c.data.category_ids = labels.TORCHVISION_CLASS_ORDER[1:]
+  c.eval.update(dict(score_threshold=0.001, top_k=300, nms_iou=0.55, max_detections=300))
+  c.optim.update(dict(name='sgd_torch', learning_rate=0.15, lr_batch_size=TORCHVISION_SSDLITE_BATCH,
+                      momentum=0.9,
+                      weight_decay=4e-5, weight_decay_roles=optim.ROLES, bias_lr_mult=1.0,
+                      schedule='cosine', warmup_steps=1000, warmup_start_factor=0.001,
+                      boundaries=None))
+  epochs, batch = TORCHVISION_SSDLITE_EPOCHS, TORCHVISION_SSDLITE_BATCH
+  c.train.update(dict(batch_size=batch, num_steps=round(epochs * TRAIN_IMAGES[dataset] / batch)))
+  c.augment.update(dict(photometric=False, zoom_out=False, crop_trials=40,
+                        resize_methods=('bilinear',)))
   return c
 
 
@@ -271,15 +348,34 @@ def _optional_tuple(values):
 
 DATA_FORMATS = ('tfds', 'voc_folder', 'yolo', 'coco_json')
 METRICS = ('voc07', 'voc12', 'coco')
-OPTIMIZERS = ('sgd', 'adam')
+OPTIMIZERS = ('sgd', 'sgd_torch', 'adam')
+SCHEDULES = ('steps', 'cosine')
 
 # Fields whose value must be one of a few names: (section, field) -> choices.
 CHOICES = {
     ('data', 'format'): DATA_FORMATS,
     ('eval', 'metric'): METRICS,
     ('optim', 'name'): OPTIMIZERS,
+    ('optim', 'schedule'): SCHEDULES,
     ('anchors', 'clip'): anchors.CLIP_MODES,
 }
+
+
+def _check_parts(config) -> None:
+  """The section `backbone` holds the named backbone's settings, and model.sources
+  are layers of it, distinct and in network order."""
+  m = config.model
+  parts.head(m.head)  # a clear error for an unknown name
+  expected = set(parts.backbone(m.backbone).settings)
+  if set(config.backbone.keys()) != expected:
+    raise ValueError(f'config section backbone has the fields {sorted(config.backbone.keys())} '
+                     f'but model.backbone={m.backbone!r} takes {sorted(expected)}; start from a '
+                     f'config file of that backbone (config_lib.base_config({m.backbone!r})).')
+  order = parts.backbone(m.backbone).layers(config.backbone)
+  if (any(s not in order for s in m.sources) or len(set(m.sources)) != len(m.sources)
+      or list(m.sources) != sorted(m.sources, key=order.index)):
+    raise ValueError(f'model.sources={tuple(m.sources)} must be distinct layer names in network '
+                     f'order, chosen from {order} (backbone {m.backbone!r}).')
 
 
 def _num_classes(config) -> int:
@@ -328,6 +424,13 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   for (section, name), choices in CHOICES.items():
     if config[section][name] not in choices:
       raise ValueError(f'{section}.{name}={config[section][name]!r} is not one of {choices}.')
+  _check_parts(config)
+  config.optim.weight_decay_roles = tuple(config.optim.weight_decay_roles)
+  unknown = set(config.optim.weight_decay_roles) - set(optim.ROLES)
+  if unknown:
+    raise ValueError(f'optim.weight_decay_roles has {sorted(unknown)}; roles are {optim.ROLES}.')
+  if len(d.std_rgb) != 3 or min(d.std_rgb) <= 0:
+    raise ValueError(f'data.std_rgb={tuple(d.std_rgb)} must be three positive numbers (RGB).')
   if d.format != 'tfds' and d.root is None:
     raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
   if d.format == 'yolo' and not d.class_names:
@@ -387,7 +490,7 @@ def split_unsets(argv: list) -> tuple[list, list]:
 def unset_fields(config, fields: list) -> None:
   """Sets each dotted field to None; only fields whose default (config_lib.base_config)
   is None may be unset. ValueError naming the field otherwise."""
-  defaults = base_config()
+  defaults = base_config(config.model.backbone)
   for field in fields:
     *sections, name = field.split('.')
     parent, default = config, defaults

@@ -4,6 +4,10 @@
   python -m ssd_jax.convert --format=reduced_vgg --input=vgg16_reducedfc.pth --output=/ckpt/rvgg
   python -m ssd_jax.convert --format=torchvision_ssd300 \
       --input=ssd300_vgg16_coco-b556d3b4.pth --output=/ckpt/tv_ssd300
+  python -m ssd_jax.convert --format=torchvision_ssdlite320 \
+      --input=ssdlite320_mobilenet_v3_large_coco-a79551df.pth --output=/ckpt/tv_ssdlite
+  python -m ssd_jax.convert --format=mobilenet_v3_large \
+      --input=mobilenet_v3_large-8738ca79.pth --output=/ckpt/mobilenet_v3
 
 Formats (PyTorch state dicts, read with torch.load(weights_only=True)):
   vgg16: torchvision's ImageNet VGG16. conv1_1..conv5_3 are copied; fc6 and fc7
@@ -21,8 +25,16 @@ Formats (PyTorch state dicts, read with torch.load(weights_only=True)):
     same detections. Its 91 classes are COCO category ids (0 background, ten
     ids unused); here classes 1..80 are COCO's 80 in label order, as the TFDS
     pipeline numbers them, and the ten unused ids follow.
+  torchvision_ssdlite320: torchvision's `ssdlite320_mobilenet_v3_large` COCO
+    detector (parameters and BatchNorm statistics; ssd_jax/ssdlite.py maps its
+    layers), with `config_lib.torchvision_ssdlite320()`; classes as above.
+  mobilenet_v3_large: torchvision's ImageNet MobileNetV3-Large (its features,
+    full tail), to fine-tune SSDLite from: train with
+    --config.backbone.reduced_tail=False (torchvision's layout with an ImageNet
+    base). The extra blocks and the head start fresh.
 
-The output folder holds `checkpoints/0` ({'params': ...}) and `conversion.json`
+The output folder holds `checkpoints/0` ({'params': ...} and, for BatchNorm
+models, 'batch_stats') and `conversion.json`
 (what was converted, from which file); a detector also gets `config.json`, so
 `--mode=eval`/`predict` and `Detector.from_checkpoint(output)` need nothing
 else. A base initialises training with `--config.model.init_checkpoint=OUTPUT`.
@@ -41,9 +53,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from ssd_jax import builders, checkpoints, config_lib, labels, models
+from ssd_jax import builders, checkpoints, config_lib, labels, models, ssdlite
 
-FORMATS = ('vgg16', 'reduced_vgg', 'torchvision_ssd300')
+FORMATS = ('vgg16', 'reduced_vgg', 'torchvision_ssd300', 'torchvision_ssdlite320',
+           'mobilenet_v3_large')
+DETECTORS = ('torchvision_ssd300', 'torchvision_ssdlite320')
 
 # conv1_1 ... conv5_3 and their indices in torchvision's vgg16.features (the
 # same indices as the reduced-VGG ModuleList; conv6, conv7 follow there at 31, 33).
@@ -190,17 +204,34 @@ def torchvision_ssd300(sd: StateDict) -> dict:
   return {'backbone': backbone, 'head': head}
 
 
-def base_config():
+def torchvision_ssdlite320(sd: StateDict) -> dict:
+  """torchvision ssdlite320_mobilenet_v3_large -> its variables ({'params',
+  'batch_stats'}) for config_lib.torchvision_ssdlite320(), classes in ssd_jax's order."""
+  variables = ssdlite.torchvision_ssdlite320_variables(sd.tensors)
+  head = variables['params']['head']
+  for name in head:
+    if name.startswith('cls_'):
+      head[name]['project'] = permute_classes(head[name]['project'],
+                                              labels.TORCHVISION_CLASS_ORDER)
+  return variables
+
+
+def base_config(fmt: str = 'vgg16'):
   """The architecture a base's shapes are checked against (any SSD at width 1)."""
+  if fmt == 'mobilenet_v3_large':
+    config = config_lib.preset('ssdlite320', 'voc')
+    config.backbone.reduced_tail = False  # ImageNet MobileNetV3's layout
+    return config
   return config_lib.preset('ssd300', 'voc')
 
 
-def check_shapes(params: dict, config, source: str, whole: bool) -> None:
-  """Every converted parameter must exist in the config's model with the same
-  shape; with `whole`, every model parameter must have been converted."""
+def check_shapes(variables: dict, config, source: str, whole: bool) -> None:
+  """Every converted variable ({'params', maybe 'batch_stats'}) must exist in the
+  config's model with the same shape; with `whole`, every model variable must
+  have been converted."""
   expected = flax.traverse_util.flatten_dict(
-      jax.eval_shape(lambda: builders.init_params(config, jax.random.key(0))))
-  got = flax.traverse_util.flatten_dict(params)
+      jax.eval_shape(lambda: builders.init_variables(config, jax.random.key(0))))
+  got = flax.traverse_util.flatten_dict(variables)
   for key, value in got.items():
     name = '/'.join(key)
     if key not in expected:
@@ -222,13 +253,14 @@ def check_output(output: str) -> str:
   return output
 
 
-def save(output: str, params: dict, info: dict, config=None) -> str:
-  """Writes output/checkpoints/0 with {'params': params}, conversion.json and
-  (for a detector) config.json. Refuses a non-empty output folder."""
+def save(output: str, variables: dict, info: dict, config=None) -> str:
+  """Writes output/checkpoints/0 with the variables ({'params': ...}, plus
+  'batch_stats' for BatchNorm models), conversion.json and (for a detector)
+  config.json. Refuses a non-empty output folder."""
   output = check_output(output)
   os.makedirs(output, exist_ok=True)
   with ocp.CheckpointManager(os.path.join(output, 'checkpoints')) as mngr:
-    mngr.save(0, args=ocp.args.StandardSave({'params': params}))
+    mngr.save(0, args=ocp.args.StandardSave(dict(variables)))
     mngr.wait_until_finished()
   if config is not None:
     checkpoints.save_config(config, output)
@@ -254,21 +286,24 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   check_output(output)
   sd = read_state_dict(path, fmt)
   info = {'format': fmt, 'input': os.path.abspath(path), 'sha256': _sha256(path)}
+  config = None
   if fmt == 'torchvision_ssd300':
     config = config_lib.torchvision_ssd300()
-    params = torchvision_ssd300(sd)
+    variables = {'params': torchvision_ssd300(sd)}
+  elif fmt == 'torchvision_ssdlite320':
+    config = config_lib.torchvision_ssdlite320()
+    variables = torchvision_ssdlite320(sd)
+  elif fmt == 'mobilenet_v3_large':
+    variables = ssdlite.mobilenet_v3_large_variables(sd.tensors)
+  elif fmt == 'vgg16':
+    info['mean_rgb'] = list(mean_rgb or config_lib.MEAN_RGB)
+    variables = {'params': {'backbone': vgg16_base(sd, info['mean_rgb'])}}
   else:
-    config = None
-    if fmt == 'vgg16':
-      info['mean_rgb'] = list(mean_rgb or config_lib.MEAN_RGB)
-      backbone = vgg16_base(sd, info['mean_rgb'])
-    else:
-      info['channel_order'] = channel_order
-      backbone = reduced_vgg_base(sd, channel_order)
-    params = {'backbone': backbone}
-  check_shapes(params, config_lib.validate(config or base_config()), path,
+    info['channel_order'] = channel_order
+    variables = {'params': {'backbone': reduced_vgg_base(sd, channel_order)}}
+  check_shapes(variables, config_lib.validate(config or base_config(fmt)), path,
                whole=config is not None)
-  return save(output, params, info, config)
+  return save(output, variables, info, config)
 
 
 FORMAT = flags.DEFINE_enum('format', None, FORMATS, 'What --input holds (see the module doc).')
@@ -282,7 +317,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   out = convert(FORMAT.value, INPUT.value, OUTPUT.value, CHANNEL_ORDER.value)
-  use = ('--mode=eval/predict --workdir=' if FORMAT.value == 'torchvision_ssd300'
+  use = ('--mode=eval/predict --workdir=' if FORMAT.value in DETECTORS
          else '--config.model.init_checkpoint=')
   print(f'wrote {out}; use it with {use}{out}')
 

@@ -39,16 +39,25 @@ def resize_images(images, size: int):
 
 
 class Detector:
-  """A trained SSD: parameters, default boxes and post-processing, jitted."""
+  """A trained SSD: its variables, default boxes and post-processing, jitted.
 
-  def __init__(self, config, params, batch_size: int = 8):
+  `variables`: a train state, restored variables or bare parameters (see
+  builders.inference_variables; the weights' moving average when there is one).
+  """
+
+  def __init__(self, config, variables, batch_size: int = 8):
     self.config = config_lib.validate(config)
     self.class_names = labels.class_names(config)
-    self.params = params
+    self.variables = builders.inference_variables(variables)
     self.batch_size = batch_size
     self._run = jax.jit(functools.partial(
         postprocess.network_detections, model=builders.build_model(config),
         anchors=jnp.asarray(builders.build_default_boxes(config)), config=config))
+
+  @property
+  def params(self):
+    """The parameters inference applies (the moving average when there is one)."""
+    return None if self.variables is None else self.variables['params']
 
   @classmethod
   def from_checkpoint(cls, path: str, config=None, step: Optional[int] = None,
@@ -56,8 +65,8 @@ class Detector:
     """Restores parameters from a workdir, its checkpoints folder or a step folder;
     the config defaults to the config.json training saved in the workdir."""
     config = config_lib.validate(config if config is not None else checkpoints.find_config(path))
-    params, _ = checkpoints.restore_params(config, path, step)
-    return cls(config, params, **kwargs)
+    variables, _ = checkpoints.restore_variables(config, path, step)
+    return cls(config, variables, **kwargs)
 
   @staticmethod
   def preprocess_check(image: np.ndarray) -> None:
@@ -84,7 +93,7 @@ class Detector:
     batch padded to `size`: one compilation per size."""
     batch = np.zeros((size,) + (self.config.model.image_size,) * 2 + (3,), np.float32)
     batch[:len(images)] = [self.preprocess(im) for im in images]
-    dets = jax.device_get(self._run(self.params, batch))
+    dets = jax.device_get(self._run(self.variables, batch))
     out = []
     for i, image in enumerate(images):
       h, w = np.asarray(image).shape[:2]
@@ -125,7 +134,7 @@ class ExportedDetector(Detector):
     self.config = config_lib.validate(checkpoints.read_config(
         os.path.join(path, checkpoints.CONFIG_FILE)))
     self.class_names = tuple(self.info['class_names'])
-    self.params = None
+    self.variables = None
     self.batch_size = batch_size
     self._call = jax.jit(self.exported.call)
 

@@ -34,8 +34,8 @@ def make_evaluator(config) -> metrics.Evaluator:
   return metrics.VocEvaluator(names, use_07=metric == 'voc07')
 
 
-def _eval_step(params, pixels, anchors, model, config) -> postprocess.Detections:
-  return postprocess.network_detections(params, pixels, model, anchors, config)
+def _eval_step(variables, pixels, anchors, model, config) -> postprocess.Detections:
+  return postprocess.network_detections(variables, pixels, model, anchors, config)
 
 
 def jit_eval_step(config, mesh):
@@ -69,13 +69,14 @@ def _add_batch(dets: postprocess.Detections, batch: dict, evaluator: metrics.Eva
                    'scores': dets.scores[i][valid], 'classes': dets.classes[i][valid]})
 
 
-def detect_split(config, params, evaluator: metrics.Evaluator, mesh=None) -> None:
+def detect_split(config, variables, evaluator: metrics.Evaluator, mesh=None) -> None:
   """Adds ground truth and detections of every eval image, once, to `evaluator`.
 
   Each host reads its share of the split; the images go to the devices, the
   ground truth stays on the host (whole, never padded to a size), and the
-  hosts' collections are merged at the end.
+  hosts' collections are merged at the end. variables: see evaluate.
   """
+  variables = builders.inference_variables(variables)
   mesh = mesh or sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
@@ -84,7 +85,7 @@ def detect_split(config, params, evaluator: metrics.Evaluator, mesh=None) -> Non
   mine = sharding.host_rows(config.train.batch_size)
   for batch in data.take(steps).as_numpy_iterator():
     images = sharding.global_batch({'image': batch['image']}, mesh)['image']
-    dets = jax.tree.map(lambda x: x[mine], jax.device_get(step(params, images, anchors)))
+    dets = jax.tree.map(lambda x: x[mine], jax.device_get(step(variables, images, anchors)))
     _add_batch(dets, batch, evaluator)
   if jax.process_count() > 1:  # every host then holds every image (its own merge is a no-op)
     for truths, detections in sharding.gather_objects((evaluator.truths,
@@ -92,11 +93,15 @@ def detect_split(config, params, evaluator: metrics.Evaluator, mesh=None) -> Non
       evaluator.merge(truths, detections)
 
 
-def evaluate(config, params, mesh=None) -> dict:
-  """Scores `params` on the config's eval split; see metrics.Evaluator for the result."""
+def evaluate(config, variables, mesh=None) -> dict:
+  """Scores a model on the config's eval split; see metrics.Evaluator for the result.
+
+  variables: a train state, restored variables or bare parameters (what
+  builders.inference_variables takes; the moving average when there is one).
+  """
   config_lib.validate(config)
   evaluator = make_evaluator(config)
-  detect_split(config, params, evaluator, mesh)
+  detect_split(config, variables, evaluator, mesh)
   logging.info('evaluated %d images, %d detections', len(evaluator.truths),
                sum(len(d['scores']) for d in evaluator.detections.values()))
   return evaluator.result()
@@ -142,10 +147,10 @@ def write_summaries(writer, result: dict, step: int) -> None:
   writer.flush()
 
 
-def evaluate_and_report(config, params, workdir: str, step: int, writer=None,
+def evaluate_and_report(config, variables, workdir: str, step: int, writer=None,
                         mesh=None) -> dict:
   """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and summaries."""
-  result = evaluate(config, params, mesh)
+  result = evaluate(config, variables, mesh)
   if jax.process_index() == 0:
     report(result, eval_dir(workdir, step), step)
     name, value = headline(result)

@@ -67,7 +67,7 @@ INFO_FILE = detector.EXPORT_INFO_FILE
 # --- the detector as one function ------------------------------------------------
 
 def load(workdir: str, dtype: str = 'float32') -> tuple:
-  """(config, params as NumPy, step) of the latest checkpoint in a workdir.
+  """(config, inference variables as NumPy, step) of the latest checkpoint in a workdir.
 
   dtype: the compute dtype (model.dtype) to export with; parameters keep theirs.
   """
@@ -82,16 +82,17 @@ def load(workdir: str, dtype: str = 'float32') -> tuple:
                             f'checkpoints/).') from None
   config.model.dtype = dtype
   config = config_lib.validate(config)
-  params, step = checkpoints.restore_params(config, workdir)
-  return config, jax.device_get(params), step
+  variables, step = checkpoints.restore_variables(config, workdir)
+  return config, jax.device_get(variables), step
 
 
-def detection_fn(config, params) -> Callable[[jax.Array], dict]:
+def detection_fn(config, variables) -> Callable[[jax.Array], dict]:
   """The whole detector: u8[B, H, W, 3] RGB -> dict of OUTPUTS (see the module doc).
 
   Boxes come back in pixels of the input, xyxy: the normalised boxes of
-  postprocess scaled by (W, H, W, H).
+  postprocess scaled by (W, H, W, H). variables: see builders.inference_variables.
   """
+  variables = builders.inference_variables(variables)
   model = builders.build_model(config)
   anchors = jnp.asarray(builders.build_default_boxes(config))
   size = config.model.image_size
@@ -99,7 +100,7 @@ def detection_fn(config, params) -> Callable[[jax.Array], dict]:
   def detect(images):
     h, w = images.shape[1], images.shape[2]
     pixels = detector.resize_images(images, size)
-    dets = postprocess.network_detections(params, pixels, model, anchors, config)
+    dets = postprocess.network_detections(variables, pixels, model, anchors, config)
     scale = jnp.array([w, h, w, h], jnp.float32)
     return {'boxes': dets.boxes * scale, 'scores': dets.scores,
             'classes': dets.classes.astype(jnp.int32),

@@ -1,13 +1,17 @@
-"""SSD in Flax Linen: the VGG16 base, the extra layers and the MultiBox heads.
+"""SSD in Flax Linen: a backbone's source maps through a head, and the paper's parts.
 
-Images are NHWC, RGB with the mean pixel subtracted (no std division). Layer
-names follow the paper (conv4_3, conv7, conv8_2, ...) so that converted
-checkpoints map one to one.
+`SSD` composes any backbone and head (ssd_jax/parts.py names them for configs).
+The paper's parts live here: the VGG16 backbone with its extra layers (`Backbone`,
+registered as 'vgg16') and the MultiBox head of 3x3 convolutions (`MultiBoxHead`,
+'ssd'). Images are NHWC, normalised RGB (builders.normalise_images). Layer names
+follow the paper (conv4_3, conv7, conv8_2, ...) so that converted checkpoints map
+one to one.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -44,7 +48,7 @@ def layer_order(extras: str) -> tuple[str, ...]:
   vgg = tuple(f'conv{b}_{i}' for b, convs in enumerate(VGG16_BLOCKS, 1)
               for i in range(1, len(convs) + 1))
   if extras not in EXTRA_LAYERS:
-    raise ValueError(f'model.extras={extras!r} is not one of {sorted(EXTRA_LAYERS)}.')
+    raise ValueError(f'backbone.extras={extras!r} is not one of {sorted(EXTRA_LAYERS)}.')
   return vgg + ('conv6', 'conv7') + tuple(spec[0] for spec in EXTRA_LAYERS[extras])
 
 
@@ -67,8 +71,10 @@ def ceil_max_pool(x):
 class L2Norm(nn.Module):
   """Normalise across channels, then scale each channel by a learned factor.
 
-  The norm is taken in float32 whatever the compute dtype.
+  The norm is taken in float32 whatever the compute dtype. The scale multiplies
+  features, so it is a weight (decayed in the recipe), not a normalisation offset.
   """
+  PARAM_ROLES = {'scale': 'weight'}
   scale_init: float = 20.0
   eps: float = 1e-10
   dtype: Dtype = jnp.float32
@@ -108,8 +114,9 @@ class Backbone(nn.Module):
     return max(1, int(round(n * self.width)))
 
   @nn.compact
-  def __call__(self, images) -> list:
-    """f[B, H, W, 3] -> list of f[B, h_i, w_i, c_i], one per source."""
+  def __call__(self, images, train: bool = False) -> list:
+    """f[B, H, W, 3] -> list of f[B, h_i, w_i, c_i], one per source (no layer
+    depends on `train`)."""
     order = layer_order(self.extras)
     unknown = [s for s in self.sources if s not in order]
     if unknown or list(self.sources) != sorted(self.sources, key=order.index):
@@ -174,7 +181,7 @@ class MultiBoxHead(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence) -> tuple:
+  def __call__(self, features: Sequence, train: bool = False) -> tuple:
     """list of f[B, h, w, c] -> (f32[B, A, 4] offsets, f32[B, A, C] logits)."""
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=_pad(1), dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=caffe_xavier,
@@ -190,21 +197,66 @@ class MultiBoxHead(nn.Module):
 
 
 class SSD(nn.Module):
-  """The whole detector: a Backbone's source maps through a MultiBoxHead.
+  """The whole detector: a backbone's source maps through a head.
 
-  Call with f[B, S, S, 3] mean-subtracted RGB images; returns float32 box
-  offsets [B, A, 4] (encoded against the default boxes, see box_utils.encode)
-  and class logits [B, A, num_classes], class 0 being background. The head
-  takes its sources and dtypes from the backbone.
+  Call with f[B, S, S, 3] normalised RGB images (builders.normalise_images);
+  returns float32 box offsets [B, A, 4] (encoded against the default boxes, see
+  box_utils.encode) and class logits [B, A, num_classes], class 0 being
+  background. `train` selects batch statistics in BatchNorm layers (their
+  running averages are then updated: apply with mutable=['batch_stats']).
   """
-  backbone: Backbone
-  num_classes: int
-  boxes_per_location: Sequence[int]
+  backbone: nn.Module
+  head: nn.Module
 
-  def setup(self):
-    b = self.backbone
-    self.head = MultiBoxHead(self.num_classes, self.boxes_per_location, b.sources, b.dtype,
-                             b.param_dtype)
+  def __call__(self, images, train: bool = False):
+    return self.head(self.backbone(images, train=train), train=train)
 
-  def __call__(self, images):
-    return self.head(self.backbone(images))
+
+# --- the parts, as ssd_jax/parts.py registers them ---------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BackbonePart:
+  """A backbone as configs name it.
+
+  Attributes:
+    settings: defaults of its config section `backbone` (config_lib.base_config).
+    layers: backbone settings -> the names of the layers that can be
+      prediction sources (model.sources), in network order.
+    build: (model config, backbone settings, dtype, param_dtype) -> the module,
+      called as module(images, train) -> one map per source.
+  """
+  settings: Mapping[str, Any]
+  layers: Callable[[Any], tuple[str, ...]]
+  build: Callable[..., nn.Module]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadPart:
+  """A head as configs name it: build(model config, boxes per location, dtype,
+  param_dtype) -> the module, called as module(maps, train) -> (offsets, logits)."""
+  build: Callable[..., nn.Module]
+
+
+def _vgg16(model_cfg, settings, dtype, param_dtype) -> Backbone:
+  return Backbone(sources=tuple(model_cfg.sources), extras=settings.extras,
+                  width=model_cfg.width, atrous=settings.atrous,
+                  fc_features=settings.fc_features, l2norm_scale=settings.l2norm_scale,
+                  dtype=dtype, param_dtype=param_dtype)
+
+
+def _multibox_head(model_cfg, boxes_per_location, dtype, param_dtype) -> MultiBoxHead:
+  return MultiBoxHead(model_cfg.num_classes, boxes_per_location, tuple(model_cfg.sources),
+                      dtype, param_dtype)
+
+
+# The paper's VGG16 (reduced, atrous) with SSD300's or SSD512's extra layers.
+VGG16 = BackbonePart(
+    settings=dict(
+        extras='ssd300',        # layout of the extra layers: EXTRA_LAYERS
+        atrous=True,            # pool5 3x3/1 + dilated conv6
+        fc_features=1024,       # conv6 / conv7 channels
+        l2norm_scale=20.0,      # initial conv4_3 L2Norm scale
+    ),
+    layers=lambda settings: layer_order(settings.extras),
+    build=_vgg16)
+MULTIBOX_HEAD = HeadPart(build=_multibox_head)

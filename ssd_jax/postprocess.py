@@ -108,11 +108,13 @@ def from_config(loc, logits, anchors, config) -> Detections:
                      e.top_k, e.nms_iou, e.max_detections)
 
 
-def network_detections(params, pixels, model, anchors, config) -> Detections:
-  """The network on u8/f32[B, S, S, 3] RGB pixels (mean subtracted here), then the
+def network_detections(variables, pixels, model, anchors, config) -> Detections:
+  """The network on u8/f32[B, S, S, 3] RGB pixels (normalised here), then the
   config's post-processing.
 
-  What evaluation, the Detector, export and the inference benchmark jit.
+  variables: what builders.inference_variables gives ({'params'} and, with
+  BatchNorm, 'batch_stats'). What evaluation, the Detector, export and the
+  inference benchmark jit.
   """
-  loc, logits = model.apply({'params': params}, builders.normalise_images(pixels, config))
+  loc, logits = model.apply(variables, builders.normalise_images(pixels, config))
   return from_config(loc, logits, anchors, config)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import layers
+from ssd_jax import layers, models
 
 Dtype = Any
 
@@ -346,6 +346,48 @@ class SSDLiteHead(nn.Module):
                     .reshape(b, -1, self.num_classes))
     return (jnp.concatenate(locs, 1).astype(jnp.float32),
             jnp.concatenate(logits, 1).astype(jnp.float32))
+
+
+# --- the parts, as ssd_jax/parts.py registers them -----------------------------------
+
+# Names of the six source maps (model.sources), in network order.
+SOURCES = ('features_13_expand', 'features_16', 'extra_0', 'extra_1', 'extra_2', 'extra_3')
+
+
+class _SelectedSources(nn.Module):
+  """MobileNetV3LargeFeatures returning only the maps named in `sources`."""
+  features: MobileNetV3LargeFeatures
+  sources: Sequence[str] = SOURCES
+
+  def __call__(self, images, train: bool = False) -> list:
+    maps = dict(zip(SOURCES, self.features(images, train)))
+    return [maps[name] for name in self.sources]
+
+
+def _backbone(model_cfg, settings, dtype, param_dtype) -> nn.Module:
+  features = MobileNetV3LargeFeatures(
+      width_mult=model_cfg.width, reduced_tail=settings.reduced_tail,
+      extra_channels=tuple(settings.extra_channels), bn_epsilon=model_cfg.batch_norm_epsilon,
+      bn_momentum=model_cfg.batch_norm_momentum, dtype=dtype, param_dtype=param_dtype)
+  if tuple(model_cfg.sources) == SOURCES:
+    return features
+  return _SelectedSources(features, tuple(model_cfg.sources))
+
+
+def _head(model_cfg, boxes_per_location, dtype, param_dtype) -> SSDLiteHead:
+  return SSDLiteHead(model_cfg.num_classes, boxes_per_location, model_cfg.batch_norm_epsilon,
+                     model_cfg.batch_norm_momentum, dtype, param_dtype)
+
+
+# MobileNetV3-Large with SSDLite's extra blocks; model.width is its width_mult.
+MOBILENET_V3_LARGE = models.BackbonePart(
+    settings=dict(
+        reduced_tail=True,                          # torchvision without an ImageNet base
+        extra_channels=SSDLITE_EXTRA_CHANNELS,      # the extra blocks' outputs
+    ),
+    layers=lambda settings: SOURCES,
+    build=_backbone)
+SSDLITE_HEAD = models.HeadPart(build=_head)
 
 
 # --- torchvision state dicts -> Flax variables (NumPy only) ---------------------------

@@ -84,13 +84,18 @@ def run(config, workdir: str, with_eval: bool = False) -> train_step.TrainState:
 
 
 def initialise_from(state, path: str, mesh):
-  """The fresh state with the parameters `path` provides (see
-  checkpoints.load_matching_params); optimiser state and step stay fresh."""
-  params, report = checkpoints.load_matching_params(path, state.params)
-  logging.info('initialised %d parameters from %s; %d keep their initial values: %s',
+  """The fresh state with the variables `path` provides (parameters and BatchNorm
+  statistics, see checkpoints.load_matching_variables); optimiser state and step
+  stay fresh, and a moving average of the weights starts from the loaded ones."""
+  variables = {'params': state.params}
+  if state.batch_stats is not None:
+    variables['batch_stats'] = state.batch_stats
+  variables, report = checkpoints.load_matching_variables(path, variables)
+  logging.info('initialised %d variables from %s; %d keep their initial values: %s',
                len(report['restored']), path, len(report['kept']), report['kept'])
-  params = jax.device_put(params, sharding.replicated(mesh))
-  return state.replace(params=params)
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  return state.replace(params=variables['params'], batch_stats=variables.get('batch_stats'),
+                       ema_params=None if state.ema_params is None else variables['params'])
 
 
 def _claim_workdir(workdir: str, stack: contextlib.ExitStack):
@@ -149,7 +154,7 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
     logging.info('resumed from step %d in %s', start, workdir)
   elif config.model.init_checkpoint:
     state = initialise_from(state, config.model.init_checkpoint, mesh)
-  elif config.model.width == 1.0:
+  elif config.model.backbone == 'vgg16' and config.model.width == 1.0:
     logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
                     'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
                     'pass --config.model.init_checkpoint=<its output>.')
@@ -200,8 +205,8 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
       raise Preempted(done, workdir)
     every = config.eval.every_steps
     if with_eval and (done == total or (every and done % every == 0)):
-      evaluate.evaluate_and_report(config, state.params, workdir, done, writer, mesh)
+      evaluate.evaluate_and_report(config, state, workdir, done, writer, mesh)
   mngr.wait_until_finished()
   if with_eval and start == total:  # an already finished run: evaluate it again
-    evaluate.evaluate_and_report(config, state.params, workdir, total, writer, mesh)
+    evaluate.evaluate_and_report(config, state, workdir, total, writer, mesh)
   return state

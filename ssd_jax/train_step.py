@@ -2,12 +2,15 @@
 
 One `jax.jit` function of (state, batch): the state is replicated, the batch
 sharded over the mesh's data axis (see sharding.py), and the compiler inserts
-the gradient all-reduce. Matching runs inside the step, on device. Nothing here
-imports TensorFlow.
+the gradient all-reduce. BatchNorm layers therefore normalise with statistics
+of the global batch (the means inside jit are over the whole sharded batch
+axis, across devices and hosts), as synchronised BatchNorm does. Matching runs
+inside the step, on device. Nothing here imports TensorFlow.
 """
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import optax
@@ -16,20 +19,42 @@ from jax.sharding import Mesh
 
 from ssd_jax import builders, losses, matching, optim, sharding
 
-# Step, params and optimiser state; apply_fn and tx are static (not pytree leaves).
-TrainState = train_state.TrainState
+
+class TrainState(train_state.TrainState):
+  """Step, params and optimiser state (apply_fn and tx are static, not pytree
+  leaves), plus the model's state beyond its parameters:
+
+  batch_stats: BatchNorm running statistics, or None for models without BatchNorm.
+  ema_params: the exponential moving average of params (optim.ema_decay), or None.
+  builders.inference_variables picks what evaluation and export apply.
+  """
+  batch_stats: Any = None
+  ema_params: Any = None
 
 
 def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
   """Initial state, created directly replicated on the mesh."""
   model = builders.build_model(config)
-  tx = optim.create_optimizer(config.optim)
+  tx = optim.create_optimizer(config.optim, builders.param_roles(config),
+                              optim.schedule_of(config))
 
   def init(rng):
-    return TrainState.create(apply_fn=model.apply, params=builders.init_params(config, rng),
-                             tx=tx)
+    variables = builders.init_variables(config, rng)
+    params = variables['params']
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             batch_stats=variables.get('batch_stats'),
+                             ema_params=params if config.optim.ema_decay else None)
 
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+
+
+def forward(state: TrainState, params, images) -> tuple:
+  """The model in training mode: ((offsets, logits), new batch_stats or None)."""
+  if state.batch_stats is None:
+    return state.apply_fn({'params': params}, images, train=True), None
+  outputs, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
+                                    images, train=True, mutable=['batch_stats'])
+  return outputs, updates['batch_stats']
 
 
 def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tuple:
@@ -46,18 +71,22 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
     (new state, metrics dict of float32 scalars).
   """
   def loss_fn(params):
-    loc, logits = state.apply_fn({'params': params},
-                                 builders.normalise_images(batch['image'], config))
+    (loc, logits), batch_stats = forward(
+        state, params, builders.normalise_images(batch['image'], config))
     loc_t, cls_t = matching.match(batch['boxes'], batch['labels'], anchors,
                                   config.matching.iou_threshold, config.anchors.variances)
-    return losses.multibox_loss(loc, logits, loc_t, cls_t, config.loss.neg_pos_ratio,
-                                config.loss.loc_weight)
+    loss, parts = losses.multibox_loss(loc, logits, loc_t, cls_t, config.loss.neg_pos_ratio,
+                                       config.loss.loc_weight)
+    return loss, (parts, batch_stats)
 
-  (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads)
+  (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+  if state.ema_params is not None:
+    new_state = new_state.replace(ema_params=optim.ema_update(
+        state.ema_params, new_state.params, config.optim.ema_decay, state.step))
   metrics = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads),
                  param_norm=optax.tree.norm(new_state.params),
-                 learning_rate=optim.learning_rate_schedule(config.optim)(state.step))
+                 learning_rate=optim.schedule_of(config)(state.step))
   return new_state, metrics
 
 

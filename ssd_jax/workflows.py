@@ -13,7 +13,7 @@ import jax
 from absl import logging
 
 from ssd_jax import checkpoints, config_lib, detector, evaluate, images, labels, metrics
-from ssd_jax import sharding
+from ssd_jax import builders, sharding
 from ssd_jax.paths import path as run_path
 from ssd_jax import train_loop
 from ssd_jax.data import input_pipeline
@@ -31,13 +31,14 @@ def record_split_in(config, workdir: str):
   return config
 
 
-def render_eval_images(config, params, out_dir: str) -> str:
+def render_eval_images(config, variables, out_dir: str) -> str:
   """Draws detections on the first eval.num_rendered eval images into out_dir
-  (a local folder or a URL). `params` may be replicated over several hosts:
-  this host draws with its own copy."""
+  (a local folder or a URL). `variables` (a train state, see
+  builders.inference_variables) may be replicated over several hosts: this host
+  draws with its own copy."""
   folder = run_path(out_dir)
   folder.mkdir(parents=True, exist_ok=True)
-  det = detector.Detector(config, sharding.local_copy(params))
+  det = detector.Detector(config, sharding.local_copy(builders.inference_variables(variables)))
   for example in input_pipeline.decoded_eval_examples(
       config, config.eval.num_rendered).as_numpy_iterator():
     found = det.detect([example['image']])[0]
@@ -60,21 +61,21 @@ def run_training(config, workdir: str, with_eval: bool = False) -> dict:
   if with_eval and jax.process_index() == 0:
     out['eval_dir'] = evaluate.eval_dir(workdir, out['step'])
     out['result'] = json.loads((run_path(out['eval_dir']) / 'metrics.json').read_text())
-    out['pictures'] = render_eval_images(config, state.params,
+    out['pictures'] = render_eval_images(config, state,
                                          str(run_path(workdir) / 'detections'))
   return out
 
 
 def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
-  """--mode=eval: restores parameters only and evaluates the eval split.
+  """--mode=eval: restores the inference variables only and evaluates the eval split.
 
   Returns:
     {'result': see metrics.Evaluator, 'step': int, 'eval_dir': where it was written}.
   """
   config_lib.validate(record_split_in(config, workdir))
-  params, step = checkpoints.restore_params(config, workdir, step)
+  variables, step = checkpoints.restore_variables(config, workdir, step)
   logging.info('evaluating step %d of %s', step, workdir)
-  result = evaluate.evaluate_and_report(config, params, workdir, step)
+  result = evaluate.evaluate_and_report(config, variables, workdir, step)
   return {'result': result, 'step': step, 'eval_dir': evaluate.eval_dir(workdir, step)}
 
 

@@ -42,7 +42,7 @@ def test_ablation_builds_with_the_boxes_its_config_implies(name):
   assert f'--config=configs/ablations/{name}.py' in module.__doc__
   assert f'mAP {PAPER[name]}' in module.__doc__
   config = config_lib.validate(module.get_config())
-  maps = MAPS[config.model.atrous]
+  maps = MAPS[config.backbone.atrous]
   with_max = config.anchors.min_sizes is None or config.anchors.max_sizes is not None
   implied = sum(maps[s] ** 2 * anchors.boxes_per_location(r, with_max)
                 for s, r in zip(config.model.sources, config.anchors.aspect_ratios))

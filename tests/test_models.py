@@ -112,7 +112,7 @@ def test_table3_fewer_sources_and_table2_fewer_ratios(load_config):
 
 def test_without_atrous_ablation(load_config):
   c = load_config('voc300')
-  c.model.atrous = False
+  c.backbone.atrous = False
   c.model.sources = ('conv4_3', 'conv5_3', 'conv7', 'conv8_2', 'conv9_2', 'conv10_2')
   c.anchors.steps = None
   assert builders.source_feature_sizes(c) == (38, 19, 10, 5, 3, 1)

@@ -1,9 +1,11 @@
 """ssd_jax.ssdlite against torchvision's ssdlite320_mobilenet_v3_large and
 mobilenet_v3_large, randomly initialised (nothing downloaded)."""
 import copy
+import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 torch = pytest.importorskip('torch', reason='torch is not installed; pip install -e ".[test]" '
                             'installs it for the converter tests')
@@ -14,7 +16,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large  # noqa: E402
 
-from ssd_jax import ssdlite  # noqa: E402
+from ssd_jax import convert, detector, ssdlite, workflows  # noqa: E402
+from ssd_jax.testing import detections  # noqa: E402
 
 BATCH = 2
 
@@ -259,3 +262,45 @@ def test_converter_errors_name_the_problem(torch_ssdlite):
   reduced = torchvision.models.mobilenet_v3_large(reduced_tail=True)
   with pytest.raises(ValueError, match='reduced_tail=True'):
     ssdlite.mobilenet_v3_large_variables(numpy_state_dict(reduced))
+
+
+# --- the converter's command and predict's code -----------------------------------------
+
+
+@pytest.fixture(scope='module')
+def converted(torch_ssdlite, tmp_path_factory):
+  """torch_ssdlite saved as a .pth and converted by `convert.convert` (what
+  `python -m ssd_jax.convert --format=torchvision_ssdlite320` runs)."""
+  folder = tmp_path_factory.mktemp('tv_ssdlite')
+  torch.save(torch_ssdlite.state_dict(), folder / 'ssdlite.pth')
+  return convert.convert('torchvision_ssdlite320', str(folder / 'ssdlite.pth'),
+                         str(folder / 'out'))
+
+
+def test_converted_ssdlite_gives_torchvisions_detections_through_predict(
+    torch_ssdlite, converted, tmp_path, load_config):
+  """Image files of two sizes through --mode=predict's code (its COCO results
+  JSON, from the workdir the converter wrote) against torchvision's own
+  detector on the same images: same boxes, scores and classes."""
+  det = detector.Detector.from_checkpoint(converted)
+  assert det.config.to_json() == load_config('coco_ssdlite320').to_json()  # config.json
+  assert set(det.variables) == {'params', 'batch_stats'}
+  rng = np.random.default_rng(5)
+  images = {'a.png': rng.integers(0, 256, (240, 320, 3), np.uint8),
+            'b.png': rng.integers(0, 256, (360, 270, 3), np.uint8)}
+  for name, image in images.items():
+    Image.fromarray(image).save(tmp_path / name)
+  out = workflows.predict_files(det, str(tmp_path / '*.png'), str(tmp_path / 'out'))
+  found = json.loads(open(out['detections']).read())
+  with torch.no_grad():
+    expected = torch_ssdlite([torch.from_numpy(im).permute(2, 0, 1).float() / 255
+                              for im in images.values()])
+  for name, theirs in zip(images, expected, strict=True):
+    mine = [d for d in found if d['image_id'] == name]
+    x, y, w, h = np.array([d['bbox'] for d in mine]).T
+    ours = {'boxes': np.stack([x, y, x + w, y + h], 1), 'scores': np.array(
+        [d['score'] for d in mine]), 'classes': np.array([d['category_id'] for d in mine])}
+    theirs = {'boxes': theirs['boxes'].numpy(), 'scores': theirs['scores'].numpy(),
+              'classes': theirs['labels'].numpy()}
+    assert len(ours['scores']) == len(theirs['scores']) == 300
+    assert not detections.unmatched(ours, theirs, score_tol=1e-4, box_tol=0.1)

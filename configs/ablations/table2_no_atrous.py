@@ -25,7 +25,7 @@ PAPER_MAP = 74.2
 def get_config():
   config = config_lib.load(VOC300)
   m = config.model
-  m.atrous, m.fc_features = False, 4096
+  config.backbone.atrous, config.backbone.fc_features = False, 4096
   m.sources = ('conv4_3', 'conv5_3', 'conv7', 'conv8_2', 'conv9_2', 'conv10_2')
   config.anchors.steps = None  # each source's stride: 300 / its map
   return config
