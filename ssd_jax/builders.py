@@ -21,7 +21,7 @@ from ml_collections import config_dict
 from ssd_jax import anchors, config_lib, models, parts
 
 
-def _boxes_per_location(config) -> tuple[int, ...]:
+def boxes_per_location(config) -> tuple[int, ...]:
   a = config.anchors
   with_max = a.min_sizes is None or a.max_sizes is not None
   return tuple(anchors.boxes_per_location(r, with_max) for r in a.aspect_ratios)
@@ -36,7 +36,7 @@ def _build_backbone(config) -> nn.Module:
 def build_model(config: config_dict.ConfigDict) -> models.SSD:
   """The SSD module the config describes: its backbone and head (ssd_jax/parts.py)."""
   m = config.model
-  head = parts.head(m.head).build(m, _boxes_per_location(config), config_lib.dtype(m.dtype),
+  head = parts.head(m.head).build(m, boxes_per_location(config), config_lib.dtype(m.dtype),
                                   config_lib.dtype(m.param_dtype))
   return models.SSD(backbone=_build_backbone(config), head=head)
 

@@ -255,12 +255,13 @@ def check_output(output: str) -> str:
 
 def save(output: str, variables: dict, info: dict, config=None) -> str:
   """Writes output/checkpoints/0 with the variables ({'params': ...}, plus
-  'batch_stats' for BatchNorm models), conversion.json and (for a detector)
+  'batch_stats' for BatchNorm models; bare parameters are wrapped, see
+  builders.inference_variables), conversion.json and (for a detector)
   config.json. Refuses a non-empty output folder."""
   output = check_output(output)
   os.makedirs(output, exist_ok=True)
   with ocp.CheckpointManager(os.path.join(output, 'checkpoints')) as mngr:
-    mngr.save(0, args=ocp.args.StandardSave(dict(variables)))
+    mngr.save(0, args=ocp.args.StandardSave(builders.inference_variables(variables)))
     mngr.wait_until_finished()
   if config is not None:
     checkpoints.save_config(config, output)

@@ -23,13 +23,15 @@ def describe(config) -> str:
   (loc, logits), variables = jax.eval_shape(model.init_with_output, jax.random.key(0), images)
   boxes = builders.build_default_boxes(config)
   fmaps = builders.source_feature_sizes(config)
-  lines = [f'{"source":<10} {"map":>7} {"boxes/cell":>10} {"boxes":>7}']
-  for name, f, k in zip(config.model.sources, fmaps, model.boxes_per_location):
-    lines.append(f'{name:<10} {f:>3}x{f:<3} {k:>10} {f * f * k:>7}')
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables))
+  width = max(10, *(len(name) for name in config.model.sources))
+  lines = [f'{"source":<{width}} {"map":>7} {"boxes/cell":>10} {"boxes":>7}']
+  for name, f, k in zip(config.model.sources, fmaps, builders.boxes_per_location(config)):
+    lines.append(f'{name:<{width}} {f:>3}x{f:<3} {k:>10} {f * f * k:>7}')
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
   lines += [f'default boxes: {len(boxes)}; outputs {loc.shape} offsets, {logits.shape} logits',
             f'parameters: {n_params:,} ({config.model.num_classes} classes, '
-            f'input {size}x{size}, compute {config.model.dtype})']
+            f'input {size}x{size}, compute {config.model.dtype}; backbone '
+            f'{config.model.backbone}, head {config.model.head})']
   return '\n'.join(lines)
 
 
