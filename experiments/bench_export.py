@@ -8,7 +8,11 @@ artifacts resize inside, the Detector resizes with the same JAX code):
   jax_exported     Detector.from_exported: the `--format=jax` artifact (jax.export);
   saved_model      the SavedModel's serving_default in TensorFlow (XlaCallModule);
   tflite_float     the TFLite model in tf.lite.Interpreter (XNNPACK);
-  tflite_int8      the same with dynamic-range int8 weights.
+  tflite_int8      the same with dynamic-range int8 weights;
+  torchvision      (SSD300 and SSDLite320 at width 1) torchvision's model of the
+                   same architecture (random weights, eval mode, inference_mode,
+                   all cores): its transform, network and post-processing; the
+                   "vs torchvision" column is its median over each runtime's.
 Each runtime sees each photo once untimed (compilation, tensor allocation),
 then --repeats timed calls in a row; the table gives the median and the
 fastest call over all photos, the artifact's size and how many of the JAX
@@ -26,12 +30,18 @@ import tempfile
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+try:  # torch (the torchvision row) must load its native libraries before TensorFlow's
+  import torch  # noqa: E402, F401  (the other order crashed the process)
+except ImportError:
+  pass
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ssd_jax import builders, config_lib, detector, export  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
+
+import common  # noqa: E402  (experiments/common.py, beside this script)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
@@ -68,6 +78,23 @@ def tflite_runner(folder: str):
                                     num_threads=os.cpu_count())
   serve = interpreter.get_signature_runner('serving_default')
   return lambda image: first(serve(images=image[None]))
+
+
+def torchvision_runner(config):
+  """Batch-1 detection with torchvision's peer model (common.torchvision_peer) on
+  CPU, or None when torchvision has no such model."""
+  import torch
+  model = common.torchvision_peer(config, 'cpu')
+  if model is None:
+    return None
+  model = model.eval()
+
+  def run(image):
+    with torch.inference_mode():
+      out = model([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
+    return {'boxes': out['boxes'].numpy(), 'scores': out['scores'].numpy(),
+            'classes': out['labels'].numpy()}
+  return run
 
 
 def detector_runner(det):
@@ -113,7 +140,7 @@ def main():
   import tensorflow as tf
   images = [getattr(skimage.data, name)() for name in args.photos]
   config, params = model(args)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
+  n_params = sum(x.size for x in jax.tree.leaves(params['params']))
   print(f'jax {jax.__version__}, tensorflow {tf.__version__}, device: '
         f'{jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads; '
         f'{args.workdir or args.config} width {config.model.width}: {n_params / 1e6:.1f}M '
@@ -132,17 +159,22 @@ def main():
       runner = {'jax': lambda o: detector_runner(detector.Detector.from_exported(o)),
                 'saved_model': tf_runner, 'tflite': tflite_runner}[fmt](out)
       rows.append((name, out, size_mb(out), seconds, runner))
-    print('\n| runtime | median ms | fastest ms | size MB | export s | agreement |\n'
-          '|---|---:|---:|---:|---:|---:|')
+    peer = torchvision_runner(config)
+    peer_median = statistics.median(latencies(peer, images, args.repeats)) if peer else None
+    print('\n| runtime | median ms | fastest ms | vs torchvision | size MB | export s | '
+          'agreement |\n|---|---:|---:|---:|---:|---:|---:|')
+    if peer_median:
+      print(f'| torchvision (random weights) | {1e3 * peer_median:.1f} | - | 1.00x | - | - | - |')
     reference = None
     for name, out, size, seconds, run in rows:
       found = [run(image) for image in images]
       reference = reference or found
       t = latencies(run, images, args.repeats)
       size_text = f'{size:.1f}' if size else '-'
-      print(f'| {name} | {1e3 * statistics.median(t):.1f} | {1e3 * min(t):.1f} | {size_text} '
-            f'| {seconds:.1f} | {agreement(reference, found, name.endswith("int8")):.3f} |',
-            flush=True)
+      ratio = f'{peer_median / statistics.median(t):.2f}x' if peer_median else '-'
+      print(f'| {name} | {1e3 * statistics.median(t):.1f} | {1e3 * min(t):.1f} | {ratio} '
+            f'| {size_text} | {seconds:.1f} | '
+            f'{agreement(reference, found, name.endswith("int8")):.3f} |', flush=True)
 
 
 if __name__ == '__main__':

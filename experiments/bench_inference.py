@@ -9,9 +9,10 @@ images and weights:
   network    the jitted network alone (the ceiling post-processing can reach);
   host_nms   the network, then outputs copied to the host and post-processed
              per image and per class with NumPy (how many ports do it);
-  torchvision  (SSD300 at width 1) torchvision's ssd300_vgg16(num_classes=21) in
-             eval mode on the same images: its transform, network and
-             post-processing, under torch.inference_mode, on the same device.
+  torchvision  (SSD300 and SSDLite320 at width 1) torchvision's ssd300_vgg16 or
+             ssdlite320_mobilenet_v3_large (the config's classes) in eval mode on
+             the same images: its transform, network and post-processing, under
+             torch.inference_mode, on the same device.
 Ratios: ours / host_nms (> 1: faster), ours / network (<= 1; 1 = free
 post-processing) and ours / torchvision. Random weights give many candidate
 boxes per class (all 400 survive the 0.01 threshold), the slow case for NMS.
@@ -57,16 +58,17 @@ def bench(config, batch: int, repeats: int) -> dict:
   seconds = {'ours': timed(lambda: ours(params, images), repeats),
              'network': timed(lambda: network(params, images), repeats),
              'host_nms': timed(lambda: (host_nms(), jnp.zeros(()))[1], host_repeats)}
-  if config.model.image_size == 300 and config.model.width == 1.0:
-    seconds['torchvision'] = torchvision_seconds(np.asarray(images), repeats)
+  peer = common.torchvision_peer(config, common.torch_device())
+  if peer is not None:
+    seconds['torchvision'] = torchvision_seconds(peer, np.asarray(images), repeats)
   return {k: batch / v for k, v in seconds.items()}
 
 
-def torchvision_seconds(images: np.ndarray, repeats: int) -> float:
-  """Seconds per batch of torchvision's ssd300_vgg16 detector (eval mode)."""
+def torchvision_seconds(model, images: np.ndarray, repeats: int) -> float:
+  """Seconds per batch of a torchvision detector (eval mode)."""
   import torch
   device = common.torch_device()
-  model = common.torchvision_ssd300(device).eval()
+  model = model.eval()
   batch = [torch.tensor(np.clip(im + 128, 0, 255) / 255, dtype=torch.float32).permute(2, 0, 1)
            .to(device) for im in images]
 

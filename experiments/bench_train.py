@@ -8,9 +8,10 @@ Measured in one run, on the same device (GPU when JAX and torch see one, else CP
                negative mining, backward, the SGD update; random boxes on random images.
   xla_grads    (--xla_gradients) the same step with XLA's own convolution and pooling
                gradients instead of ssd_jax.layers' CPU ones (see that module).
-  torchvision  ssd300_vgg16(num_classes=21) in train mode: forward, its loss, backward
-               and torch.optim.SGD on the same batch (float32; on a GPU also bfloat16
-               autocast), for SSD300 rows only.
+  torchvision  ssd300_vgg16 or ssdlite320_mobilenet_v3_large (the config's classes)
+               in train mode: forward, its loss, backward and torch.optim.SGD on the
+               same batch (float32; on a GPU also bfloat16 autocast), for SSD300 and
+               SSDLite320 rows (common.torchvision_peer).
   end_to_end   (--end_to_end, needs TensorFlow) the step fed by the real input pipeline
                (the release's augmentation on JPEGs cut from scikit-image's photos).
 Model FLOPs per image are XLA's cost analysis of the compiled forward pass at batch 1
@@ -105,10 +106,11 @@ def end_to_end_rate(config, repeats: int) -> float:
   return config.train.batch_size / common.seconds_per_call(one, repeats, warmups=2)
 
 
-def torchvision_rate(batch: dict, repeats: int, device: str, autocast: bool) -> float:
-  """Images/s of torchvision's ssd300_vgg16 train step (forward, loss, backward, SGD)."""
+def torchvision_rate(config, batch: dict, repeats: int, device: str, autocast: bool) -> float:
+  """Images/s of the train step (forward, loss, backward, SGD) of torchvision's model
+  of the config's architecture (common.torchvision_peer)."""
   import torch
-  model = common.torchvision_ssd300(device).train()
+  model = common.torchvision_peer(config, device).train()
   opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
   size = batch['image'].shape[1]
   images = [torch.tensor(im).permute(2, 0, 1).float().div(255).to(device) for im in batch['image']]
@@ -157,12 +159,12 @@ def main():
       batch = random_batch(rng, batch_size, base.model.image_size)
       flops = 3 * forward_flops(base)
       torch_rate = None
-      if name.endswith('300') and args.width == 1.0 and not args.no_torchvision:
-        torch_rate = torchvision_rate(batch, args.repeats, torch_device, False)
+      if not args.no_torchvision and common.torchvision_peer(base, 'cpu') is not None:
+        torch_rate = torchvision_rate(base, batch, args.repeats, torch_device, False)
         row(name, batch_size, 'float32', 'torchvision', torch_rate, torch_rate, flops, {})
         if torch_device == 'cuda':
           row(name, batch_size, 'bfloat16', 'torchvision autocast',
-              torchvision_rate(batch, args.repeats, 'cuda', True), torch_rate, flops, {})
+              torchvision_rate(base, batch, args.repeats, 'cuda', True), torch_rate, flops, {})
       for dtype in args.dtypes:
         config = make_config(name, args.width, dtype, batch_size)
         runs = [('ssd_jax', True)] + ([('xla_grads', False)] if args.xla_gradients else [])

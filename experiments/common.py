@@ -42,6 +42,29 @@ def torchvision_ssd300(device: str):
                                                    num_classes=21).to(device)
 
 
+def torchvision_ssdlite320(device: str, num_classes: int = 21):
+  """torchvision's ssdlite320_mobilenet_v3_large, randomly initialised, on `device`."""
+  import torch
+  import torchvision
+  torch.manual_seed(0)
+  return torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+      weights=None, weights_backbone=None, num_classes=num_classes).to(device)
+
+
+def torchvision_peer(config, device: str):
+  """torchvision's model of the same architecture as an ssd_jax config (width 1):
+  ssd300_vgg16 for SSD300 layouts, ssdlite320_mobilenet_v3_large for SSDLite320;
+  None for others (SSD512: torchvision has none)."""
+  m = config.model
+  if m.width != 1.0:
+    return None
+  if m.backbone == 'mobilenet_v3_large' and m.image_size == 320:
+    return torchvision_ssdlite320(device, m.num_classes)
+  if m.backbone == 'vgg16' and m.image_size == 300:
+    return torchvision_ssd300(device)
+  return None
+
+
 def versions(*packages: str) -> str:
   """'name version, ...' of the installed packages among `packages`."""
   found = []

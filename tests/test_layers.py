@@ -115,3 +115,27 @@ def test_small_maps_keep_xlas_gradient(cpu_path, monkeypatch):
 
   assert 'platform_index' not in grad_jaxpr(19)
   assert 'platform_index' in grad_jaxpr(38)
+
+
+@pytest.mark.parametrize('kernel,stride,pad', [(3, 1, 1), (3, 2, 1), (5, 2, 2), (5, 1, 2)])
+def test_depthwise_shifted_equals_xlas_grouped_convolution(kernel, stride, pad):
+  """Values and both gradients, odd sizes included (stride 2 over 11 pixels)."""
+  rng = np.random.default_rng(kernel + stride)
+  x = jnp.asarray(rng.normal(size=(2, 11, 9, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+  pads = ((pad, pad), (pad, pad))
+
+  def xla(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=NHWC,
+                                        feature_group_count=6)
+
+  def ours(x, w):
+    return layers.conv_general_dilated(x, w, (stride, stride), pads,
+                                       dimension_numbers=jax.lax.conv_dimension_numbers(
+                                           x.shape, w.shape, NHWC), feature_group_count=6)
+
+  np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(layers.depthwise_shifted(x, w, (stride, stride), pads), xla(x, w),
+                             rtol=1e-5, atol=1e-5)
+  for a, b in zip(_grads(ours, x, w), _grads(xla, x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
