@@ -135,6 +135,9 @@ def main():
   parser.add_argument('--width', type=float, default=1.0)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--photos', nargs='+', default=list(PHOTOS))
+  parser.add_argument('--no_torchvision', action='store_true',
+                      help='skip the torchvision row (with torch and TensorFlow in one '
+                      'process it crashed on SSDLite320 here)')
   args = parser.parse_args()
   import skimage.data
   import tensorflow as tf
@@ -159,7 +162,7 @@ def main():
       runner = {'jax': lambda o: detector_runner(detector.Detector.from_exported(o)),
                 'saved_model': tf_runner, 'tflite': tflite_runner}[fmt](out)
       rows.append((name, out, size_mb(out), seconds, runner))
-    peer = torchvision_runner(config)
+    peer = None if args.no_torchvision else torchvision_runner(config)
     peer_median = statistics.median(latencies(peer, images, args.repeats)) if peer else None
     print('\n| runtime | median ms | fastest ms | vs torchvision | size MB | export s | '
           'agreement |\n|---|---:|---:|---:|---:|---:|---:|')
