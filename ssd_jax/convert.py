@@ -225,6 +225,12 @@ def base_config(fmt: str = 'vgg16'):
   return config_lib.preset('ssd300', 'voc')
 
 
+def _name(key: tuple) -> str:
+  """A variable's path: parameters as 'backbone/conv1_1/kernel', statistics as
+  'batch_stats/...'."""
+  return '/'.join(key[1:] if key[0] == 'params' else key)
+
+
 def check_shapes(variables: dict, config, source: str, whole: bool) -> None:
   """Every converted variable ({'params', maybe 'batch_stats'}) must exist in the
   config's model with the same shape; with `whole`, every model variable must
@@ -233,13 +239,13 @@ def check_shapes(variables: dict, config, source: str, whole: bool) -> None:
       jax.eval_shape(lambda: builders.init_variables(config, jax.random.key(0))))
   got = flax.traverse_util.flatten_dict(variables)
   for key, value in got.items():
-    name = '/'.join(key)
+    name = _name(key)
     if key not in expected:
       raise ValueError(f'{source}: converted parameter {name} is not in the model.')
     if tuple(value.shape) != tuple(expected[key].shape):
       raise ValueError(f'{source}: {name} converts to shape {tuple(value.shape)} but the model '
                        f'needs {tuple(expected[key].shape)}; is --format right?')
-  missing = sorted('/'.join(k) for k in expected.keys() - got.keys())
+  missing = sorted(_name(k) for k in expected.keys() - got.keys())
   if whole and missing:
     raise ValueError(f'{source}: no weights for {missing}.')
 

@@ -1,7 +1,8 @@
 """One process of the multi-process test: `python distributed_worker.py OUT PORT ID COUNT`.
 
 COUNT processes with 4 // COUNT CPU devices each take one train step on the same
-global batch; process 0 saves the parameters to OUT (.npz).
+global batch (compiled first, then started together); process 0 saves the
+parameters to OUT (.npz).
 """
 import os
 import sys
@@ -32,8 +33,15 @@ anchors = jnp.asarray(builders.build_default_boxes(config))
 full = synthetic.synthetic_batch(np.random.default_rng(0), 8)
 share = 8 // count
 local = {k: v[process_id * share:(process_id + 1) * share] for k, v in full.items()}
-state, metrics = train_step.jit_train_step(config, mesh)(state, sharding.global_batch(local, mesh),
-                                                         anchors)
+batch = sharding.global_batch(local, mesh)
+step = train_step.jit_train_step(config, mesh).lower(state, batch, anchors).compile()
+if count > 1:
+  # Gloo sets up its context at the first collective and gives the other process
+  # 30 s to arrive; compiling on two loaded cores can differ by more. So both
+  # compile first and meet at the coordination service's barrier (no collective).
+  from jax._src import distributed  # noqa: E402
+  distributed.global_state.client.wait_at_barrier('compiled', 600_000)
+state, metrics = step(state, batch, anchors)
 # Replicated: every process holds the whole value in its first local shard.
 params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
 if process_id == 0:
