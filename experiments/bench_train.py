@@ -159,7 +159,7 @@ def main():
       batch = random_batch(rng, batch_size, base.model.image_size)
       flops = 3 * forward_flops(base)
       torch_rate = None
-      if not args.no_torchvision and common.torchvision_peer(base, 'cpu') is not None:
+      if not args.no_torchvision and common.torchvision_peer_name(base):
         torch_rate = torchvision_rate(base, batch, args.repeats, torch_device, False)
         row(name, batch_size, 'float32', 'torchvision', torch_rate, torch_rate, flops, {})
         if torch_device == 'cuda':

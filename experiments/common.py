@@ -51,18 +51,26 @@ def torchvision_ssdlite320(device: str, num_classes: int = 21):
       weights=None, weights_backbone=None, num_classes=num_classes).to(device)
 
 
-def torchvision_peer(config, device: str):
-  """torchvision's model of the same architecture as an ssd_jax config (width 1):
-  ssd300_vgg16 for SSD300 layouts, ssdlite320_mobilenet_v3_large for SSDLite320;
-  None for others (SSD512: torchvision has none)."""
+def torchvision_peer_name(config):
+  """The torchvision model of the same architecture as an ssd_jax config (width 1):
+  'ssd300_vgg16' for SSD300 layouts, 'ssdlite320_mobilenet_v3_large' for
+  SSDLite320; None for others (SSD512: torchvision has none)."""
   m = config.model
   if m.width != 1.0:
     return None
   if m.backbone == 'mobilenet_v3_large' and m.image_size == 320:
-    return torchvision_ssdlite320(device, m.num_classes)
+    return 'ssdlite320_mobilenet_v3_large'
   if m.backbone == 'vgg16' and m.image_size == 300:
-    return torchvision_ssd300(device)
+    return 'ssd300_vgg16'
   return None
+
+
+def torchvision_peer(config, device: str):
+  """That model (torchvision_peer_name), randomly initialised on `device`, or None."""
+  name = torchvision_peer_name(config)
+  if name == 'ssdlite320_mobilenet_v3_large':
+    return torchvision_ssdlite320(device, config.model.num_classes)
+  return torchvision_ssd300(device) if name else None
 
 
 def versions(*packages: str) -> str:

@@ -371,11 +371,7 @@ def _check_parts(config) -> None:
     raise ValueError(f'config section backbone has the fields {sorted(config.backbone.keys())} '
                      f'but model.backbone={m.backbone!r} takes {sorted(expected)}; start from a '
                      f'config file of that backbone (config_lib.base_config({m.backbone!r})).')
-  order = parts.backbone(m.backbone).layers(config.backbone)
-  if (any(s not in order for s in m.sources) or len(set(m.sources)) != len(m.sources)
-      or list(m.sources) != sorted(m.sources, key=order.index)):
-    raise ValueError(f'model.sources={tuple(m.sources)} must be distinct layer names in network '
-                     f'order, chosen from {order} (backbone {m.backbone!r}).')
+  models.check_sources(m.sources, parts.backbone(m.backbone).layers(config.backbone))
 
 
 def _num_classes(config) -> int:

@@ -207,7 +207,7 @@ def torchvision_ssd300(sd: StateDict) -> dict:
 def torchvision_ssdlite320(sd: StateDict) -> dict:
   """torchvision ssdlite320_mobilenet_v3_large -> its variables ({'params',
   'batch_stats'}) for config_lib.torchvision_ssdlite320(), classes in ssd_jax's order."""
-  variables = ssdlite.torchvision_ssdlite320_variables(sd.tensors)
+  variables = ssdlite.torchvision_ssdlite320_variables(sd.tensors, source=sd.source)
   head = variables['params']['head']
   for name in head:
     if name.startswith('cls_'):
@@ -301,7 +301,7 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
     config = config_lib.torchvision_ssdlite320()
     variables = torchvision_ssdlite320(sd)
   elif fmt == 'mobilenet_v3_large':
-    variables = ssdlite.mobilenet_v3_large_variables(sd.tensors)
+    variables = ssdlite.mobilenet_v3_large_variables(sd.tensors, source=sd.source)
   elif fmt == 'vgg16':
     info['mean_rgb'] = list(mean_rgb or config_lib.MEAN_RGB)
     variables = {'params': {'backbone': vgg16_base(sd, info['mean_rgb'])}}

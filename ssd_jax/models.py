@@ -52,6 +52,14 @@ def layer_order(extras: str) -> tuple[str, ...]:
   return vgg + ('conv6', 'conv7') + tuple(spec[0] for spec in EXTRA_LAYERS[extras])
 
 
+def check_sources(sources: Sequence[str], order: Sequence[str]) -> None:
+  """ValueError unless `sources` are distinct names from `order`, in its order."""
+  if (any(s not in order for s in sources) or len(set(sources)) != len(sources)
+      or list(sources) != sorted(sources, key=list(order).index)):
+    raise ValueError(f'model.sources={tuple(sources)} must be distinct layer names in network '
+                     f'order, chosen from {tuple(order)}.')
+
+
 # Caffe's "xavier" filler, which the released recipe gives every new layer:
 # uniform in +-sqrt(3 / fan_in), i.e. variance 1 / fan_in (fan_in = kh kw c_in).
 # Biases start at 0 (Flax's default).
@@ -117,11 +125,7 @@ class Backbone(nn.Module):
   def __call__(self, images, train: bool = False) -> list:
     """f[B, H, W, 3] -> list of f[B, h_i, w_i, c_i], one per source (no layer
     depends on `train`)."""
-    order = layer_order(self.extras)
-    unknown = [s for s in self.sources if s not in order]
-    if unknown or list(self.sources) != sorted(self.sources, key=order.index):
-      raise ValueError(f'model.sources={tuple(self.sources)} must be distinct layer names '
-                       f'in network order, chosen from {order}.')
+    check_sources(self.sources, layer_order(self.extras))
     conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
                              kernel_init=caffe_xavier,
                              conv_general_dilated=layers.conv_general_dilated)

@@ -396,14 +396,14 @@ SSDLITE_HEAD = models.HeadPart(build=_head)
 class _Tensors:
   """A state dict of NumPy arrays whose missing keys fail with a readable error."""
 
-  def __init__(self, tensors: Mapping[str, Any], what: str):
+  def __init__(self, tensors: Mapping[str, Any], what: str, source: str = 'the state dict'):
     self.tensors = {k: np.asarray(v) for k, v in tensors.items()}
-    self.what = what
+    self.what, self.source = what, source
 
   def __getitem__(self, key: str) -> np.ndarray:
     if key not in self.tensors:
       sample = ', '.join(sorted(self.tensors)[:4])
-      raise ValueError(f'the state dict has no {key!r}, which {self.what} needs (its keys begin: '
+      raise ValueError(f'{self.source} has no {key!r}, which {self.what} needs (its keys begin: '
                        f'{sample}).')
     return self.tensors[key]
 
@@ -491,7 +491,7 @@ def _ssdlite_backbone_as_mobilenet(sd: _Tensors) -> _Tensors:
     else:  # the block[1:] slice keeps its indices 1, 2, ...
       key = f'features.{c4}.block.{rest}' if i == 0 else f'features.{c4 + i}.{rest}'
     renamed[key] = value
-  return _Tensors(renamed, sd.what)
+  return _Tensors(renamed, sd.what, sd.source)
 
 
 def _tail_is_reduced(sd: _Tensors) -> bool:
@@ -503,7 +503,8 @@ def _tail_is_reduced(sd: _Tensors) -> bool:
 
 
 def torchvision_ssdlite320_variables(state_dict: Mapping[str, np.ndarray],
-                                     num_classes: int = SSDLITE_NUM_CLASSES) -> dict:
+                                     num_classes: int = SSDLITE_NUM_CLASSES,
+                                     source: str = 'the state dict') -> dict:
   """torchvision `ssdlite320_mobilenet_v3_large().state_dict()` (NumPy arrays) ->
   {'params': {'backbone', 'head'}, 'batch_stats': {'backbone', 'head'}} for
   MobileNetV3LargeFeatures (as `backbone`) and SSDLiteHead (as `head`).
@@ -511,7 +512,7 @@ def torchvision_ssdlite320_variables(state_dict: Mapping[str, np.ndarray],
   Classes stay in torchvision's order (num_classes outputs per box, 0 background;
   for COCO 91 category ids). num_batches_tracked entries are ignored.
   """
-  sd = _Tensors(state_dict, 'torchvision_ssdlite320_variables')
+  sd = _Tensors(state_dict, 'torchvision_ssdlite320_variables', source)
   backbone = _mobilenet_features(_ssdlite_backbone_as_mobilenet(sd))
   for j in sd.indices('backbone.extra'):
     backbone[f'extra_{j}'] = _merge({name: _conv_bn(sd, f'backbone.extra.{j}.{i}')
@@ -534,7 +535,8 @@ def torchvision_ssdlite320_variables(state_dict: Mapping[str, np.ndarray],
 
 
 def mobilenet_v3_large_variables(state_dict: Mapping[str, np.ndarray],
-                                 reduced_tail: bool = False) -> dict:
+                                 reduced_tail: bool = False,
+                                 source: str = 'the state dict') -> dict:
   """torchvision ImageNet `mobilenet_v3_large().state_dict()` -> {'params':
   {'backbone': {features_0 ... features_16}}, 'batch_stats': {'backbone': ...}}.
 
@@ -545,7 +547,7 @@ def mobilenet_v3_large_variables(state_dict: Mapping[str, np.ndarray],
   raises. torchvision feeds such a backbone the same [-1, 1] inputs, not the
   ImageNet mean/std ones it was trained on; nothing is folded here either.
   """
-  sd = _Tensors(state_dict, 'mobilenet_v3_large_variables')
+  sd = _Tensors(state_dict, 'mobilenet_v3_large_variables', source)
   reduced = _tail_is_reduced(sd)
   if reduced != reduced_tail:
     have = 'a reduced tail' if reduced else 'the full tail (ImageNet MobileNetV3)'

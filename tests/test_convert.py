@@ -19,6 +19,7 @@ from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
 from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detector, labels  # noqa: E402
 from ssd_jax import models, workflows  # noqa: E402
+from ssd_jax.testing import detections  # noqa: E402
 
 def torch_base(convs, conv6, conv7, x):
   """The SSD base in PyTorch: VGG16 convs (13 Conv2d), ceil-mode 2x2 pools, pool5
@@ -193,10 +194,8 @@ def test_torchvision_ssd300_gives_the_same_detections(torchvision_ssd, tmp_path)
                     for im in images.values()])
   for name, theirs in zip(images, expected, strict=True):
     theirs = {k: v.numpy() for k, v in theirs.items()}
-    mine = [d for d in found if d['image_id'] == name]
-    x, y, w, h = np.array([d['bbox'] for d in mine]).T
-    ours = {'boxes': np.stack([x, y, x + w, y + h], 1), 'labels': np.array(
-        [d['category_id'] for d in mine]), 'scores': np.array([d['score'] for d in mine])}
+    ours = detections.from_coco_results(found, name)
+    ours['labels'] = ours.pop('classes')
     assert len(ours['scores']) == len(theirs['scores']) == 200
     assert_same_detections(ours, theirs)
     assert_same_detections(theirs, ours)

@@ -252,13 +252,17 @@ def test_imagenet_mobilenet_features_convert():
   assert maps[1].shape[-1] == 960  # the full tail
 
 
-def test_converter_errors_name_the_problem(torch_ssdlite):
+def test_converter_errors_name_the_problem(torch_ssdlite, tmp_path):
   sd = numpy_state_dict(torch_ssdlite)
   with pytest.raises(ValueError, match='num_classes=21'):
     ssdlite.torchvision_ssdlite320_variables(sd, num_classes=21)
   del sd['backbone.extra.1.1.0.weight']
   with pytest.raises(ValueError, match='backbone.extra.1.1.0.weight'):
     ssdlite.torchvision_ssdlite320_variables(sd)
+  torch.save({k: v for k, v in torch_ssdlite.state_dict().items()
+              if k != 'backbone.extra.1.1.0.weight'}, tmp_path / 'cut.pth')
+  with pytest.raises(ValueError, match=r'cut.pth has no .backbone.extra.1.1.0.weight.'):
+    convert.convert('torchvision_ssdlite320', str(tmp_path / 'cut.pth'), str(tmp_path / 'o'))
   reduced = torchvision.models.mobilenet_v3_large(reduced_tail=True)
   with pytest.raises(ValueError, match='reduced_tail=True'):
     ssdlite.mobilenet_v3_large_variables(numpy_state_dict(reduced))
@@ -296,10 +300,7 @@ def test_converted_ssdlite_gives_torchvisions_detections_through_predict(
     expected = torch_ssdlite([torch.from_numpy(im).permute(2, 0, 1).float() / 255
                               for im in images.values()])
   for name, theirs in zip(images, expected, strict=True):
-    mine = [d for d in found if d['image_id'] == name]
-    x, y, w, h = np.array([d['bbox'] for d in mine]).T
-    ours = {'boxes': np.stack([x, y, x + w, y + h], 1), 'scores': np.array(
-        [d['score'] for d in mine]), 'classes': np.array([d['category_id'] for d in mine])}
+    ours = detections.from_coco_results(found, name)
     theirs = {'boxes': theirs['boxes'].numpy(), 'scores': theirs['scores'].numpy(),
               'classes': theirs['labels'].numpy()}
     assert len(ours['scores']) == len(theirs['scores']) == 300

@@ -12,6 +12,17 @@ from typing import Optional
 import numpy as np
 
 
+def from_coco_results(results: list, image_id) -> dict:
+  """The detections of one image in a COCO results list (what --mode=predict
+  writes: bbox as x, y, w, h pixels) -> boxes f[N, 4] xyxy, scores, classes
+  (its category ids)."""
+  mine = [d for d in results if d['image_id'] == image_id]
+  x, y, w, h = np.array([d['bbox'] for d in mine], np.float64).reshape(-1, 4).T
+  return {'boxes': np.stack([x, y, x + w, y + h], 1),
+          'scores': np.array([d['score'] for d in mine]),
+          'classes': np.array([d['category_id'] for d in mine])}
+
+
 def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   """IoU of one xyxy box f[4] with each of boxes f[N, 4] -> f[N]."""
   lo = np.maximum(box[:2], boxes[:, :2])
