@@ -183,8 +183,10 @@ class Lease:
       return None
 
   def _write(self) -> None:
-    self.file.write_text(json.dumps({'holder': self.holder, 'token': self.token,
-                                     'renewed': time.time(), 'lease_s': self.lease_s}))
+    # Atomic: two runs writing at once must leave one whole lease, not a mix.
+    paths.write_text_atomic(self.file, json.dumps(
+        {'holder': self.holder, 'token': self.token, 'renewed': time.time(),
+         'lease_s': self.lease_s}))
 
   def _refuse_if_live(self, lease: Optional[dict]) -> None:
     if lease and time.time() - lease['renewed'] < lease['lease_s']:

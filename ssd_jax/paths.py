@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 from etils import epath
 
@@ -32,7 +33,9 @@ def write_text_atomic(target: epath.Path, text: str) -> None:
   if is_url(target):
     target.write_text(text)
     return
-  partial = target.parent / f'{target.name}.{socket.gethostname()}.{os.getpid()}.tmp'
-  # (named per process: hosts writing the same file at once never share one)
+  partial = target.parent / (f'{target.name}.{socket.gethostname()}.{os.getpid()}.'
+                             f'{threading.get_ident()}.tmp')
+  # (named per writer thread: hosts, processes or threads writing one file at
+  # once never share a partial file)
   partial.write_text(text)
   partial.replace(target)

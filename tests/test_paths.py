@@ -92,22 +92,27 @@ def test_a_dead_runs_lease_expires_and_is_taken_over(tmp_path):
   taken.release()
 
 
-def test_of_two_runs_starting_at_once_one_holds_the_lease(tmp_path):
-  outcomes = []
+@pytest.mark.parametrize('trial', range(10))
+def test_of_runs_starting_at_once_one_holds_the_lease(tmp_path, trial):
+  """Eight runs released at one instant: their writes overlap, and exactly one
+  may end up holding the lease (a torn lock file once left none)."""
+  outcomes, start_line = [], threading.Barrier(8)
 
   def start():
+    candidate = lease(tmp_path, settle_s=0.3, lease_s=5.0)
+    start_line.wait()
     try:
-      outcomes.append(lease(tmp_path, settle_s=0.5).acquire())
+      outcomes.append(candidate.acquire())
     except checkpoints.WorkdirInUseError as e:
       outcomes.append(e)
 
-  threads = [threading.Thread(target=start) for _ in range(2)]
+  threads = [threading.Thread(target=start) for _ in range(8)]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
   held = [o for o in outcomes if isinstance(o, checkpoints.Lease)]
-  assert len(held) == 1, outcomes
+  assert len(outcomes) == 8 and len(held) == 1, [type(o).__name__ for o in outcomes]
   assert json.loads((tmp_path / 'lock').read_text())['token'] == held[0].token
   held[0].release()
 
