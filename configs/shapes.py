@@ -37,6 +37,7 @@ def get_config():
   a.max_sizes = (18, 28, 44, 64, 88)
   a.aspect_ratios = ((2,),) * 5  # the shapes' aspect ratios are 0.64-1.56
   d.name, d.max_boxes = 'ssd_shapes', 8
+  d.pixel_buffer = 128  # the shapes' images are 128 x 128
   d.train_splits, d.eval_split = ('ssd_shapes:train',), 'ssd_shapes:test'
   config.augment.zoom_out = False
   o = config.optim

@@ -6,12 +6,16 @@ Writes a Pascal VOC folder of 500x375 JPEGs cut from scikit-image's sample
 photographs (1-6 boxes each) to a temporary folder, then measures, each in a
 process of its own, on the same files and all cores:
   ssd_jax      the training pipeline with the release's full augmentation
-               (input_pipeline.train_dataset);
+               (input_pipeline.train_dataset) on the VOC folder, and on the same
+               JPEG bytes stored as a TFDS dataset (how VOC and COCO train);
   torchvision  transforms.v2 RandomPhotometricDistort, RandomZoomOut (mean
                fill), RandomIoUCrop, RandomHorizontalFlip, Resize(300x300) and
                SanitizeBoundingBoxes on torchvision.io-decoded images, in a
                torch DataLoader with one worker per core;
-and prints images/s after the first batch, the ratio, and peak resident memory.
+and prints images/s after the first batch, the ratio, host CPU milliseconds per
+image (process CPU time of every thread, DataLoader workers included) and
+images per CPU-second, and peak resident memory; then the device's share of
+ssd_jax's pixel work (pixels.finish, jitted on this machine's JAX device).
 Then the time from building the pipeline to its first batch when resuming at
 step 100,000 of a 16,551-image split (VOC07+12's size; the same files listed
 many times) against starting at step 0.
@@ -31,6 +35,7 @@ import common  # experiments/common.py, beside this script (imports nothing heav
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 MEAN = (123, 117, 104)
 VOC0712_TRAIN_SIZE = 16_551
+TFDS_NAME = 'bench_photos'
 
 
 def peak_rss_mb() -> dict:
@@ -39,23 +44,79 @@ def peak_rss_mb() -> dict:
   return {'main': kib(resource.RUSAGE_SELF), 'largest_worker': kib(resource.RUSAGE_CHILDREN)}
 
 
-def ssd_jax_config(root: str, batch: int, split: str = 'trainval'):
+def ssd_jax_config(root: str, batch: int, split: str = 'trainval', fmt: str = 'voc_folder'):
+  """voc300's recipe on the photos: the VOC folder (PIL decodes each whole file),
+  or fmt 'tfds', the same JPEG bytes as a TFDS dataset (TF decodes the crop alone)."""
   from ssd_jax import config_lib
   c = config_lib.load(str(pathlib.Path(__file__).resolve().parent.parent / 'configs' /
                           'voc300.py'))
-  c.data.format, c.data.root, c.data.class_names = 'voc_folder', root, ('thing',)
-  c.model.num_classes, c.data.train_splits, c.train.batch_size = 2, (split,), batch
+  if fmt == 'tfds':
+    c.data.data_dir, c.data.train_splits = os.path.join(root, 'tfds'), (f'{TFDS_NAME}:train',)
+  else:
+    c.data.format, c.data.root, c.data.class_names = 'voc_folder', root, ('thing',)
+    c.model.num_classes, c.data.train_splits = 2, (split,)
+  c.train.batch_size = batch
   return config_lib.validate(c)
 
 
-def run_ssd_jax(root: str, batch: int, batches: int) -> dict:
-  from ssd_jax.data import input_pipeline
-  it = input_pipeline.train_dataset(ssd_jax_config(root, batch), 0, 1).as_numpy_iterator()
-  next(it)  # warm up: build, compile the graph, fill the prefetch buffer
-  start = time.perf_counter()
+def write_tfds(root: pathlib.Path) -> None:
+  """The VOC folder's JPEGs, as they are (no re-encoding), and boxes as a TFDS
+  dataset in VOC's feature layout, stored as ArrayRecord under root/tfds."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  from ssd_jax.data import custom_data
+  records = custom_data.read_voc_folder(str(root), 'trainval', ('thing',))
+  features = tfds.features.FeaturesDict({
+      'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
+      'image/filename': tfds.features.Text(),
+      'objects': tfds.features.Sequence({'bbox': tfds.features.BBoxFeature(),
+                                         'label': tfds.features.ClassLabel(num_classes=20),
+                                         'is_difficult': tf.bool})})
+
+  def example(r):
+    yxyx = r.boxes[:, [1, 0, 3, 2]]
+    return {'image': r.path, 'image/filename': os.path.basename(r.path),
+            'objects': {'bbox': yxyx, 'label': r.labels - 1, 'is_difficult': r.difficult}}
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name=TFDS_NAME, version='1.0.0', features=features, data_dir=str(root / 'tfds'),
+      file_format='array_record', split_datasets={'train': [(i, example(r))
+                                                            for i, r in enumerate(records)]})
+
+
+def timed(it, batch: int, batches: int, cpu_seconds) -> dict:
+  """Drains `batches` batches from `it`: images/s (wall) and host CPU ms per image
+  (cpu_seconds(): CPU time of every thread and process doing the work)."""
+  first = next(it)  # warm up: build, compile the graph, fill the prefetch buffer
+  start, cpu = time.perf_counter(), cpu_seconds()
   for _ in range(batches):
     next(it)
-  return {'images_per_second': batches * batch / (time.perf_counter() - start)}
+  wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+  return {'images_per_second': batches * batch / wall,
+          'cpu_ms_per_image': 1000 * cpu / (batches * batch)}, first
+
+
+def device_ms_per_image(config, batch: dict) -> dict:
+  """The pixel work the pipeline leaves to the device (pixels.finish), jitted, on
+  this machine's default JAX device; nothing when the batch holds finished images."""
+  if 'pixels' not in batch:
+    return {}
+  import jax
+  from ssd_jax import pixels
+  fields = {k: jax.device_put(batch[k]) for k in pixels.FINISH_FIELDS}
+  finish = jax.jit(lambda b: pixels.finish(b, config.model.image_size, config.data.mean_rgb))
+  seconds = common.seconds_per_call(lambda: finish(fields), repeats=5, warmups=1)
+  return {'device_ms_per_image': 1000 * seconds / len(batch['pixels']),
+          'device': str(jax.devices()[0].platform),
+          'multiply_adds_per_image': pixels.multiply_adds_per_image(
+              config.model.image_size, config.data.pixel_buffer)}
+
+
+def run_ssd_jax(root: str, batch: int, batches: int, fmt: str = 'voc_folder') -> dict:
+  from ssd_jax.data import input_pipeline
+  config = ssd_jax_config(root, batch, fmt=fmt)
+  it = input_pipeline.train_dataset(config, 0, 1).as_numpy_iterator()
+  result, first = timed(it, batch, batches, time.process_time)  # all threads of this process
+  return {**result, **device_ms_per_image(config, first)}
 
 
 def run_torchvision(root: str, batch: int, batches: int) -> dict:
@@ -97,12 +158,13 @@ def run_torchvision(root: str, batch: int, batches: int) -> dict:
   def endless():
     while True:
       yield from loader
-  it = endless()
-  next(it)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  return {'images_per_second': batches * batch / (time.perf_counter() - start)}
+  import psutil
+
+  def cpu_seconds():  # this process and its DataLoader workers, every thread
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+  result, _ = timed(endless(), batch, batches, cpu_seconds)
+  return result
 
 
 def run_first_batch(root: str, batch: int, start_step: int) -> dict:
@@ -151,6 +213,8 @@ def main():
   if args.run:  # one measurement, in its own process
     if args.run == 'first_batch':
       result = run_first_batch(args.root, args.batch, args.start)
+    elif args.run == 'ssd_jax_tfds':
+      result = run_ssd_jax(args.root, args.batch, args.batches, 'tfds')
     else:
       result = {'ssd_jax': run_ssd_jax, 'torchvision': run_torchvision}[args.run](
           args.root, args.batch, args.batches)
@@ -159,8 +223,10 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     args.root = tmp
     write_data(pathlib.Path(tmp), args.images)
+    write_tfds(pathlib.Path(tmp))
     tv = child(args, '--run', 'torchvision')
     ours = child(args, '--run', 'ssd_jax')
+    ours_tfds = child(args, '--run', 'ssd_jax_tfds')
     fresh = min(child(args, '--run', 'first_batch', '--start', '0')['seconds_to_first_batch']
                 for _ in range(2))
     resumed = min(child(args, '--run', 'first_batch', '--start', '100000')[
@@ -168,14 +234,21 @@ def main():
   print(f'{os.cpu_count()} CPU cores; {args.images} JPEGs of 500x375 from scikit-image photos '
         f'-> 300x300, batch {args.batch}, {args.batches} batches timed after the first')
   print('versions: ' + common.versions('tensorflow-cpu', 'torch', 'torchvision', 'pillow'))
-  print(f'{"pipeline":<44} {"images/s":>9} {"ratio":>6} {"peak RSS MiB (main / worker)":>30}')
+  print(f'{"pipeline":<44} {"images/s":>9} {"ratio":>6} {"host CPU ms/img":>16} '
+        f'{"img/s per core":>15} {"peak RSS MiB (main / worker)":>30}')
   for name, r in (('torchvision v2 SSD augmentation, DataLoader', tv),
-                  ('ssd_jax, the release\'s augmentation', ours)):
+                  ('ssd_jax, VOC folder (PIL decodes whole files)', ours),
+                  ('ssd_jax, TFDS (TF decodes the crop alone)', ours_tfds)):
     m = r['peak_rss_mb']
     workers = f'{m["largest_worker"]:.0f} x {os.cpu_count()}' if name.startswith('torch') else '-'
     print(f'{name:<44} {r["images_per_second"]:9.1f} '
           f'{r["images_per_second"] / tv["images_per_second"]:5.2f}x '
+          f'{r["cpu_ms_per_image"]:16.2f} {1000 / r["cpu_ms_per_image"]:15.1f} '
           f'{m["main"]:>18.0f} / {workers}')
+  if 'device_ms_per_image' in ours:
+    print(f'left to the device (pixels.finish: resample, colour, mirror), jitted on '
+          f'{ours["device"]}: {ours["device_ms_per_image"]:.2f} ms per image, '
+          f'{ours["multiply_adds_per_image"] / 1e6:.0f} M multiply-adds per image')
   print(f'first batch on a {VOC0712_TRAIN_SIZE:,}-image split: step 0 {fresh:.2f} s, '
         f'step 100,000 {resumed:.2f} s (ratio {resumed / fresh:.2f})')
 

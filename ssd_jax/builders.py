@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
-from ssd_jax import anchors, config_lib, models, parts
+from ssd_jax import anchors, config_lib, models, parts, pixels
 
 
 def boxes_per_location(config) -> tuple[int, ...]:
@@ -39,6 +39,16 @@ def build_model(config: config_dict.ConfigDict) -> models.SSD:
   head = parts.head(m.head).build(m, boxes_per_location(config), config_lib.dtype(m.dtype),
                                   config_lib.dtype(m.param_dtype))
   return models.SSD(backbone=_build_backbone(config), head=head)
+
+
+def train_images(batch: dict, config) -> jax.Array:
+  """f32 [B, S, S, 3] network input of a training batch: its decoded crops
+  finished on the device (pixels.finish: resample, colour, mirror), or a
+  batch's ready `image` (synthetic batches, benchmarks), normalised."""
+  if 'image' in batch:
+    return normalise_images(batch['image'], config)
+  return normalise_images(
+      pixels.finish(batch, config.model.image_size, config.data.mean_rgb), config)
 
 
 def normalise_images(pixels, config) -> jax.Array:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
-from ssd_jax import anchors, labels, models, optim, parts, ssdlite
+from ssd_jax import anchors, labels, models, optim, parts, pixels, ssdlite
 from ssd_jax.data import custom_data
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
@@ -90,6 +90,11 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       mean_rgb=MEAN_RGB,                         # network input: (pixel - mean) / std, RGB
       std_rgb=(1.0, 1.0, 1.0),                   # the VGG recipes: 1 (mean subtracted only)
       max_boxes=100,                             # training ground truth padded to this many
+      # Side of the square uint8 buffer each training image's decoded crop
+      # travels to the device in (pixels.py finishes it there). A crop larger
+      # on a side is shrunk on the host to fit first: VOC's images are at most
+      # 500 pixels a side, COCO's 640.
+      pixel_buffer=512,
   ))
 
   # Training augmentation, the authors' release (ssd_jax/data/augment.py;
@@ -113,7 +118,7 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       crop_min_scale=0.3,                        # the release's; the paper's text says 0.1
       crop_aspect_range=(0.5, 2.0),
       crop_trials=50,                            # per sampler; the first that qualifies
-      resize_methods=('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3'),  # one drawn
+      resize_methods=pixels.RESIZE_METHODS,      # one drawn per image
       flip=True,
       flip_prob=0.5,
   ))
@@ -226,7 +231,7 @@ DATASETS = {
     'coco': dict(
         model=dict(num_classes=labels.num_model_classes('coco')),
         data=dict(name='coco', train_splits=('coco/2017:train',),
-                  eval_split='coco/2017:validation'),
+                  eval_split='coco/2017:validation', pixel_buffer=640),
         optim=dict(boundaries=(280_000, 360_000)),
         train=dict(num_steps=400_000),
         eval=dict(metric='coco'),
@@ -425,6 +430,12 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   unknown = set(config.optim.weight_decay_roles) - set(optim.ROLES)
   if unknown:
     raise ValueError(f'optim.weight_decay_roles has {sorted(unknown)}; roles are {optim.ROLES}.')
+  unknown = set(config.augment.resize_methods) - set(pixels.RESIZE_METHODS)
+  if unknown or not config.augment.resize_methods:
+    raise ValueError(f'augment.resize_methods={tuple(config.augment.resize_methods)}: each must '
+                     f'be one of {pixels.RESIZE_METHODS} (at least one).')
+  if d.pixel_buffer < 1:
+    raise ValueError(f'data.pixel_buffer={d.pixel_buffer} must be a positive number of pixels.')
   if len(d.std_rgb) != 3 or min(d.std_rgb) <= 0:
     raise ValueError(f'data.std_rgb={tuple(d.std_rgb)} must be three positive numbers (RGB).')
   if d.format != 'tfds' and d.root is None:

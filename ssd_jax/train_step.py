@@ -13,11 +13,12 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from ssd_jax import builders, losses, matching, optim, sharding
+from ssd_jax import builders, losses, matching, optim, pixels, sharding
 
 
 class TrainState(train_state.TrainState):
@@ -62,7 +63,8 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
 
   Args:
     state: replicated TrainState.
-    batch: image u8/f32[B, S, S, 3] RGB pixels, boxes f32[B, M, 4] normalised xyxy,
+    batch: the pipeline's decoded crops and what finishes them (pixels.py) or
+      image u8/f32[B, S, S, 3] RGB pixels; boxes f32[B, M, 4] normalised xyxy,
       labels i32[B, M] (0 = padding); sharded over the batch axis.
     anchors: f32[A, 4] normalised cxcywh default boxes.
     config: the run's config (static).
@@ -70,9 +72,10 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
   Returns:
     (new state, metrics dict of float32 scalars).
   """
+  images = builders.train_images(batch, config)
+
   def loss_fn(params):
-    (loc, logits), batch_stats = forward(
-        state, params, builders.normalise_images(batch['image'], config))
+    (loc, logits), batch_stats = forward(state, params, images)
     loc_t, cls_t = matching.match(batch['boxes'], batch['labels'], anchors,
                                   config.matching.iou_threshold, config.anchors.variances)
     loss, parts = losses.multibox_loss(loc, logits, loc_t, cls_t, config.loss.neg_pos_ratio,
@@ -88,6 +91,18 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
                  param_norm=optax.tree.norm(new_state.params),
                  learning_rate=optim.schedule_of(config)(state.step))
   return new_state, metrics
+
+
+def batch_spec(config, batch_size: int) -> dict:
+  """The training batch the input pipeline yields (data/input_pipeline.py), as
+  jax.ShapeDtypeStruct: the decoded crops and what finishes them (pixels.py),
+  boxes and labels. For lowering and compiling ahead of time."""
+  b, p, m = batch_size, config.data.pixel_buffer, config.data.max_boxes
+  shapes = {'pixels': ((b, p, p, 3), jnp.uint8), 'pixels_size': ((b, 2), jnp.int32),
+            'place': ((b, 4), jnp.int32), 'method': ((b,), jnp.int32),
+            'colour': ((b, len(pixels.COLOUR_FIELDS)), jnp.float32), 'flip': ((b,), jnp.bool_),
+            'boxes': ((b, m, 4), jnp.float32), 'labels': ((b, m), jnp.int32)}
+  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
 
 
 def jit_train_step(config, mesh: Mesh):

@@ -1,14 +1,16 @@
 """Training augmentation: the release's sampler against a plain NumPy version of its
-rules, boxes that stay on their objects, the mean fill, photometric ranges."""
+rules, boxes that stay on their objects, the mean fill, photometric ranges; the
+pixels through the host's part (augment.py) and the device's (pixels.py)."""
 import colorsys
 
 import numpy as np
 import pytest
+import jax
 import tensorflow as tf
 from scipy import stats
 
-from ssd_jax import config_lib
-from ssd_jax.data import augment
+from ssd_jax import config_lib, pixels
+from ssd_jax.data import augment, sources
 from ssd_jax.testing import numpy_reference as ref
 
 MEAN = config_lib.MEAN_RGB
@@ -29,6 +31,34 @@ def cfg():
 
 def seed(i, stream=7):
   return tf.stack([tf.constant(stream, tf.int64), tf.cast(i, tf.int64)])
+
+
+def train_augment(image, boxes, labels, seed, cfg, size, mean_rgb, buffer=None):
+  """The whole chain on one image as training runs it: the host's part, the
+  decoded crop in its buffer, the device's finish. (u8 [size, size, 3] image,
+  boxes, labels, geometry with 'flipped')."""
+  image = tf.convert_to_tensor(image)
+  h, w = image.shape[:2]
+  crop, finish, boxes, labels, geometry = augment.train_augment(h, w, boxes, labels, seed, cfg,
+                                                                size)
+  part, part_size = augment.to_buffer(sources.decode_crop({'image': image}, crop), crop,
+                                      finish['place'], buffer or max(h, w))
+  buf = np.zeros((buffer or max(h, w),) * 2 + (3,), np.uint8)
+  buf[:part.shape[0], :part.shape[1]] = part  # as batching pads it
+  batch = {k: np.asarray(v)[None] for k, v in {**finish, 'pixels': buf,
+                                               'pixels_size': part_size}.items()}
+  out = np.asarray(pixels.finish(batch, size, mean_rgb))[0].astype(np.uint8)
+  return out, boxes, labels, {**geometry, 'flipped': finish['flip']}
+
+
+def render(image, place, size, method, mean_rgb, colour=None):
+  """The device's finish of the whole of `image` onto `place` (f32 pixels)."""
+  h, w = image.shape[:2]
+  batch = {'pixels': image[None], 'pixels_size': np.array([[h, w]]), 'place': np.array([place]),
+           'method': np.array([method]), 'flip': np.array([False]),
+           'colour': np.zeros((1, len(pixels.COLOUR_FIELDS)), np.float32) if colour is None
+           else colour[None]}
+  return np.asarray(pixels.finish(batch, size, mean_rgb))[0]
 
 
 def tf_geometry(boxes, n, cfg):
@@ -109,10 +139,10 @@ def test_boxes_stay_on_their_objects(cfg):
   image, boxes, colours = rectangles_scene()
   size, checked, lost = 96, 0, 0
   for i in range(80):
-    out, out_boxes, labels, geometry = augment.train_augment(
+    out, out_boxes, labels, geometry = train_augment(
         tf.constant(image), tf.constant(boxes), tf.constant([1, 2, 3]), seed(i, 3), cfg, size,
         MEAN)
-    out, out_boxes, labels = out.numpy(), out_boxes.numpy(), labels.numpy()
+    out_boxes, labels = out_boxes.numpy(), labels.numpy()
     window = geometry['window'].numpy()
     for k, colour in enumerate(colours):
       mine = np.all(np.abs(out.astype(int) - colour) < 40, axis=-1)  # [S, S]
@@ -141,9 +171,9 @@ def test_expand_fill_is_the_mean_pixel_after_distortion(cfg):
   cfg.zoom_out_prob, cfg.photometric_prob, cfg.crop, cfg.flip = 1.0, 1.0, False, False
   cfg.resize_methods = ('nearest',)
   for i in range(10):
-    out, _, _, geometry = augment.train_augment(
+    out, _, _, geometry = train_augment(
         flat((200, 80, 40)), tf.zeros([0, 4]), tf.zeros([0], tf.int32), seed(i), cfg, 64, MEAN)
-    out, (y0, x0, y1, x1) = out.numpy(), geometry['place'].numpy()
+    y0, x0, y1, x1 = geometry['place'].numpy()
     inside = np.zeros((64, 64), bool)
     inside[y0:y1, x0:x1] = True
     assert inside.any() and not inside.all()
@@ -165,9 +195,9 @@ def one_step(cfg, step):
 
 
 def distorted(cfg, colour, n=200):
-  image = tf.constant(np.full((4, 4, 3), colour, np.float32))
-  return np.stack([augment.photometric_distort(image, seed(i), cfg).numpy()[0, 0]
-                   for i in range(n)])
+  image = np.full((4, 4, 3), colour, np.float32)
+  draws = np.stack([augment.photometric_draws(seed(i), cfg).numpy() for i in range(n)])
+  return np.asarray(jax.vmap(pixels.distort, (None, 0))(image, draws))[:, 0, 0]
 
 
 def test_photometric_ranges_on_flat_colours(cfg):
@@ -192,8 +222,10 @@ def test_render_of_the_whole_image_is_one_resize_per_method():
   np.testing.assert_array_equal(crop, [0, 0, 37, 53])
   np.testing.assert_array_equal(place, [0, 0, 90, 90])
   np.testing.assert_allclose(effective, augment.WHOLE, atol=1e-6)
-  methods = augment.RESIZE_METHODS
-  outputs = [augment.render(image, crop, place, 90, k, methods, MEAN).numpy()
+  methods = pixels.RESIZE_METHODS
+  buffer = np.zeros((64, 64, 3), np.uint8)
+  buffer[:37, :53] = image.numpy()
+  outputs = [np.asarray(pixels.resample(buffer, np.array([37, 53]), place.numpy(), k, 90))
              for k in range(len(methods))]
   for method, out in zip(methods, outputs):
     want = tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), (90, 90), method), 0, 255)
@@ -220,11 +252,23 @@ def test_place_window_maps_the_crop_exactly_onto_its_place():
 
 
 def test_flip_twice_is_identity():
-  image, boxes, _ = rectangles_scene()
-  once_image, once_boxes = augment.flip(tf.constant(image), tf.constant(boxes))
-  twice_image, twice_boxes = augment.flip(once_image, once_boxes)
-  np.testing.assert_array_equal(twice_image, image)
+  _, boxes, _ = rectangles_scene()
+  twice_boxes = augment.flip_boxes(augment.flip_boxes(tf.constant(boxes)))
   np.testing.assert_allclose(twice_boxes, boxes, atol=1e-7)
+
+
+def test_a_flipped_image_and_its_boxes_stay_together(cfg):
+  """The device mirrors the pixels, the host the boxes: each colour stays in its box."""
+  cfg.photometric, cfg.zoom_out, cfg.crop, cfg.flip_prob = False, False, False, 1.0
+  cfg.resize_methods = ('nearest',)
+  image, boxes, colours = rectangles_scene()
+  out, out_boxes, _, geometry = train_augment(image, boxes, tf.constant([1, 2, 3]), seed(0), cfg,
+                                              80, MEAN)
+  assert geometry['flipped'].numpy()
+  for (x0, y0, x1, y1), colour in zip(out_boxes.numpy() * 80, colours):
+    middle = out[int((y0 + y1) / 2), int((x0 + x1) / 2)]
+    np.testing.assert_array_equal(middle, colour)
+  np.testing.assert_array_equal(out[:, ::-1], render(image, [0, 0, 80, 80], 80, 2, MEAN))
 
 
 def test_everything_off_is_a_bilinear_resize(cfg):
@@ -232,8 +276,8 @@ def test_everything_off_is_a_bilinear_resize(cfg):
   for name in ('photometric', 'zoom_out', 'crop', 'flip'):
     cfg[name] = False
   cfg.resize_methods = ('bilinear',)
-  out, out_boxes, _, _ = augment.train_augment(tf.constant(image), tf.constant(boxes),
-                                               tf.constant([1, 2, 3]), seed(0), cfg, 64, MEAN)
+  out, out_boxes, _, _ = train_augment(tf.constant(image), tf.constant(boxes),
+                                       tf.constant([1, 2, 3]), seed(0), cfg, 64, MEAN)
   want = tf.image.resize(tf.cast(image, tf.float32), (64, 64)).numpy()
-  assert np.abs(out.numpy().astype(float) - want).max() <= 0.51
+  assert np.abs(out.astype(float) - want).max() <= 0.51
   np.testing.assert_allclose(out_boxes, boxes, atol=1e-6)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ssd_jax import pixels
 from ssd_jax.data import input_pipeline, sources
 from ssd_jax.testing import tfds_mock
 
@@ -23,7 +24,11 @@ def test_mock_train_and_eval_batches_have_declared_shapes(load_config, name):
     batch = next(iter(input_pipeline.train_dataset(c, 0, 1)))
     eval_ds, steps = input_pipeline.eval_dataset(c, 0, 1)
     eval_batch = next(iter(eval_ds))
-  assert batch['image'].shape == (4, 300, 300, 3) and batch['image'].dtype == tf.uint8
+  p = c.data.pixel_buffer  # 512 (VOC's images are at most 500 a side), COCO's 640
+  assert batch['pixels'].shape == (4, p, p, 3) and batch['pixels'].dtype == tf.uint8
+  assert input_pipeline.finished_images(batch, c).shape == (4, 300, 300, 3)
+  for buffer, (h, w) in zip(batch['pixels'].numpy(), batch['pixels_size'].numpy()):
+    assert buffer[:h, :w].any() and not buffer[h:].any() and not buffer[:, w:].any()
   assert batch['boxes'].shape == (4, 20, 4) and batch['boxes'].dtype == tf.float32
   assert batch['labels'].shape == (4, 20) and batch['labels'].dtype == tf.int32
   labels = batch['labels'].numpy()
@@ -79,7 +84,7 @@ def tiny_config(load_config, data_dir, batch_size, augment=False):
 
 def content(batch) -> list[int]:
   """Which tiny_det image each row is (its fill value, unaugmented)."""
-  return [int(v) for v in batch['image'][:, 0, 0, 0]]
+  return [int(v) for v in batch['pixels'][:, 0, 0, 0]]
 
 
 def batches(config, host, hosts, start, count):
@@ -119,7 +124,7 @@ def test_hosts_read_disjoint_shares_of_each_global_batch(load_config, tiny_data_
   one = batches(c, 0, 1, 0, 5)
   two = [batches(c, host, 2, 0, 5) for host in range(2)]
   for b in range(5):
-    for key in ('image', 'boxes', 'labels'):
+    for key in ('boxes', 'labels', *pixels.FINISH_FIELDS):
       np.testing.assert_array_equal(np.concatenate([two[0][b][key], two[1][b][key]]),
                                     one[b][key])
 
@@ -174,7 +179,8 @@ def test_train_batches_warns_once_per_image_over_max_boxes(load_config, tmp_path
   c.augment.enabled, c.train.batch_size = False, 1
   with caplog.at_level('WARNING'):
     got = list(itertools.islice(input_pipeline.train_batches(c), 3))
-  assert all(b['labels'].shape == (1, 3) and set(b) == {'image', 'boxes', 'labels'} for b in got)
+  assert all(b['labels'].shape == (1, 3) and set(b) == {'boxes', 'labels', *pixels.FINISH_FIELDS}
+             for b in got)
   assert caplog.text.count('many.jpg has 5 boxes') == 1
 
 

@@ -1,39 +1,38 @@
-"""SSD training augmentation as the authors' released recipe runs it, in TF ops.
+"""SSD training augmentation as the authors' released recipe runs it: the host's part, in TF ops.
 
 The release (Caffe, ssd_pascal.py) distorts the colours of the decoded image,
 places it on a mean-filled canvas up to 4x its size ("expand", the zoom-out of
 SSD300*/SSD512*), crops a patch chosen by seven batch samplers, resizes it to
 S x S with a random interpolation, and mirrors it. Here the geometry comes
-first and the pixels are touched once:
+first, the host never resamples, and the pixels are touched once, on the device:
 
   1. `sample_geometry`: the expand canvas and the sampled patch, composed into
      one window in source-image coordinates (it may reach outside the image),
      and which ground truth boxes the crop keeps (the centre rule);
   2. `place_window`: the window's visible part of the image at whole source
-     pixels and its place in the S x S output at whole output pixels, and the
-     effective window that rounding implies (boxes are projected onto it, so
-     they agree with the pixels exactly);
-  3. `render`: that part resized once into its place (tf.image.resize, the
-     interpolation drawn from the release's five), `photometric_distort` on
-     those pixels only, and the rest of the output the mean pixel, as when
-     distortion precedes expansion; the expanded canvas never exists;
-  4. mirror.
+     pixels (the crop: all the host decodes) and its place in the S x S output
+     at whole output pixels, and the effective window that rounding implies
+     (boxes are projected onto it, so they agree with the pixels exactly);
+  3. the draws: the interpolation (one of the release's five), the
+     photometric distortion's values (`photometric_draws`) and the mirror;
+  4. on the device (ssd_jax/pixels.py, inside the train step): the crop
+     resized once into its place, distorted there, the rest of the output the
+     mean pixel (as when distortion precedes expansion: the expanded canvas
+     never exists), mirrored.
 
-Conventions: images uint8 [H, W, 3] RGB in, float pixels [0, 255] inside;
-boxes f32 [N, 4] normalised xyxy (N varies); a window is f32 [4] xyxy in the
-source image's normalised coordinates. Every random step takes a stateless
-seed (int [2]), so an example's augmentation is a pure function of its seed.
+Conventions: images uint8 [H, W, 3] RGB; boxes f32 [N, 4] normalised xyxy (N
+varies); a window is f32 [4] xyxy in the source image's normalised
+coordinates. Every random step takes a stateless seed (int [2]), so an
+example's augmentation is a pure function of its seed.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
+from ssd_jax import pixels
+
 _split = tf.random.experimental.stateless_split
 
-# Training resize interpolations, tf.image.resize's names for the release's
-# OpenCV LINEAR, AREA, NEAREST, CUBIC and LANCZOS4 (drawn uniformly). As
-# OpenCV's, none but 'area' antialiases; TF has no Lanczos-4: Lanczos-3 stands in.
-RESIZE_METHODS = ('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3')
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 
 
@@ -190,73 +189,38 @@ def place_window(window, height, width, size: int):
   return crop, tf.cast(tf.concat([place_lo, place_hi], 0), tf.int32), effective
 
 
-def render(image, crop, place, size: int, method_index, methods, mean_rgb, distort=None):
-  """u8 [H, W, 3] -> f32 [size, size, 3] pixels: image[crop] resized into place
-  with methods[method_index], then `distort` (if any) on those pixels; the
-  rest of the output the mean pixel."""
-  mean = tf.constant(mean_rgb, tf.float32)
-  part = tf.cast(image[crop[0]:crop[2], crop[1]:crop[3]], tf.float32)
-  shape = place[2:] - place[:2]
-
-  def draw():
-    branches = [lambda m=m: tf.image.resize(part, shape, m) for m in methods]
-    resized = tf.switch_case(tf.convert_to_tensor(method_index, tf.int32), branches)
-    resized = tf.clip_by_value(resized, 0.0, 255.0)
-    if distort is not None:
-      resized = distort(resized)
-    pads = [[place[0], size - place[2]], [place[1], size - place[3]], [0, 0]]
-    return tf.pad(resized - mean, pads) + mean
-
-  def blank():
-    return tf.zeros([size, size, 3]) + mean
-
-  out = tf.cond(tf.reduce_all(shape > 0) & tf.reduce_all(crop[2:] > crop[:2]), draw, blank)
-  return tf.ensure_shape(out, [size, size, 3])
-
-
-def photometric_distort(image, seed, cfg):
-  """The release's distortion of f32 [..., 3] pixels in [0, 255].
+def photometric_draws(seed, cfg):
+  """The release's photometric distortion, drawn: f32 [13] laid out as
+  pixels.COLOUR_FIELDS (pixels.distort applies it on the device).
 
   Brightness (+delta), then contrast (x alpha) either first or last (a fair
   coin), saturation (S x factor) and hue (rotated by delta on OpenCV's 0..180
   scale, i.e. 2 delta degrees) in between, then a channel permutation; each
-  step with its own probability. Pixels are clipped to [0, 255] after each step.
+  step with its own probability. All zeros when cfg.photometric is off.
   """
+  if not cfg.photometric:
+    return tf.zeros([len(pixels.COLOUR_FIELDS)])
   s = _split(seed, 11)
   p = cfg.photometric_prob
-  clip = lambda x: tf.clip_by_value(x, 0.0, 255.0)  # noqa: E731
-  do_brightness, do_contrast = _uniform(s[0]) < p, _uniform(s[1]) < p
-  do_saturation, do_hue = _uniform(s[2]) < p, _uniform(s[3]) < p
-  delta = _uniform(s[4], -cfg.brightness_delta, cfg.brightness_delta)
-  alpha = _uniform(s[5], *cfg.contrast_range)
-  factor = _uniform(s[6], *cfg.saturation_range)
-  hue = _uniform(s[7], -cfg.hue_delta, cfg.hue_delta) / 180.0  # of a full turn
-  contrast_first = _uniform(s[8]) < 0.5
-
-  def step(do, fn, x):  # tf.cond: an undrawn step costs nothing
-    return tf.cond(do, lambda: fn(x), lambda: x)
-
-  def colour(x):  # saturation then hue, in one HSV round trip
-    hsv = tf.image.rgb_to_hsv(x * (1.0 / 255.0))
-    h = tf.math.floormod(hsv[..., 0] + tf.where(do_hue, hue, 0.0), 1.0)
-    sat = tf.minimum(hsv[..., 1] * tf.where(do_saturation, factor, 1.0), 1.0)
-    return clip(tf.image.hsv_to_rgb(tf.stack([h, sat, hsv[..., 2]], -1)) * 255.0)
-
-  x = step(do_brightness, lambda x: clip(x + delta), image)
-  x = step(do_contrast & contrast_first, lambda x: clip(x * alpha), x)
-  x = step(do_saturation | do_hue, colour, x)
-  x = step(do_contrast & ~contrast_first, lambda x: clip(x * alpha), x)
+  flag = lambda k, prob=p: tf.cast(_uniform(s[k]) < prob, tf.float32)  # noqa: E731
   if cfg.channel_swap_prob > 0:
-    permutation = tf.random.experimental.stateless_shuffle(tf.range(3), s[9])
-    x = step(_uniform(s[10]) < cfg.channel_swap_prob, lambda x: tf.gather(x, permutation, axis=-1),
-             x)
-  return x
+    swap = flag(10, cfg.channel_swap_prob)
+    order = tf.cast(tf.random.experimental.stateless_shuffle(tf.range(3), s[9]), tf.float32)
+  else:
+    swap, order = tf.constant(0.0), tf.range(3.0)
+  draws = {
+      'brightness': flag(0), 'delta': _uniform(s[4], -cfg.brightness_delta, cfg.brightness_delta),
+      'contrast': flag(1), 'alpha': _uniform(s[5], *cfg.contrast_range),
+      'contrast_first': flag(8, 0.5), 'saturation': flag(2),
+      'factor': _uniform(s[6], *cfg.saturation_range), 'hue': flag(3),
+      'turn': _uniform(s[7], -cfg.hue_delta, cfg.hue_delta) / 180.0,  # of a full turn
+      'swap': swap, 'order_0': order[0], 'order_1': order[1], 'order_2': order[2]}
+  return tf.stack([draws[name] for name in pixels.COLOUR_FIELDS])
 
 
-def flip(image, boxes):
-  """Mirror left-right: x -> 1 - x."""
-  flipped = tf.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], -1)
-  return image[:, ::-1], flipped
+def flip_boxes(boxes):
+  """Boxes of the mirrored image (left-right): x -> 1 - x."""
+  return tf.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], -1)
 
 
 def drop_degenerate(boxes, labels, *others):
@@ -267,38 +231,63 @@ def drop_degenerate(boxes, labels, *others):
           *(tf.boolean_mask(o, keep) for o in others))
 
 
-def to_uint8(pixels):
-  """f32 pixels -> u8, rounded and clipped to [0, 255]."""
-  return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8)
+def _method_id(name: str) -> int:
+  return pixels.RESIZE_METHODS.index(name)
 
 
-def train_augment(image, boxes, labels, seed, cfg, size: int, mean_rgb):
-  """The whole training chain on u8 [H, W, 3] and its ground truth.
+def train_augment(height, width, boxes, labels, seed, cfg, size: int):
+  """The whole training chain but the pixels, for an image of height x width.
 
   Returns:
-    (u8 [size, size, 3] image; f32 [K, 4] the boxes the crop kept, normalised
-    xyxy on the output; i32 [K] their labels; a dict of the geometry, before
-    any mirroring: 'window' (sampled) and 'effective' f32 [4] source-normalised
-    xyxy, 'place' i32 [4] y0, x0, y1, x1 of the image in the output, and
-    'flipped' bool).
+    crop: i32 [4] y0, x0, y1, x1, the source pixels the output shows (decode
+      only these; empty when nothing shows);
+    finish: dict of place i32 [4], method i32, colour f32 [13] and flip bool,
+      the rest of pixels.FINISH_FIELDS (see pixels.py);
+    boxes: f32 [K, 4] the boxes the crop kept, normalised xyxy on the output
+      (mirrored when flip is); labels: i32 [K] theirs;
+    geometry: dict of the geometry before any mirroring: 'window' (sampled)
+      and 'effective' f32 [4] source-normalised xyxy, 'place' as above.
   """
   s = _split(seed, 5)
-  shape = tf.shape(image)
-  window, _, keep = sample_geometry(boxes, shape[0], shape[1], s[0], cfg)
-  crop, place, effective = place_window(window, shape[0], shape[1], size)
+  window, _, keep = sample_geometry(boxes, height, width, s[0], cfg)
+  crop, place, effective = place_window(window, height, width, size)
   boxes = project_boxes(tf.cast(boxes, tf.float32), effective)
   keep &= positive(boxes)
   boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
-  methods = tuple(cfg.resize_methods)
-  method = tf.random.stateless_uniform((), s[1], 0, len(methods), tf.int32)
-  distort = ((lambda x: photometric_distort(x, s[2], cfg)) if cfg.photometric else None)
-  out = render(image, crop, place, size, method, methods, mean_rgb, distort)
+  ids = tf.constant([_method_id(m) for m in cfg.resize_methods], tf.int32)
+  method = ids[tf.random.stateless_uniform((), s[1], 0, len(cfg.resize_methods), tf.int32)]
   flipped = (_uniform(s[3]) < cfg.flip_prob) if cfg.flip else tf.constant(False)
-  out, boxes = tf.cond(flipped, lambda: flip(out, boxes), lambda: (out, boxes))
-  geometry = {'window': window, 'effective': effective, 'place': place, 'flipped': flipped}
-  return to_uint8(out), boxes, labels, geometry
+  boxes = tf.cond(flipped, lambda: flip_boxes(boxes), lambda: boxes)
+  finish = {'place': place, 'method': method, 'colour': photometric_draws(s[2], cfg),
+            'flip': flipped}
+  return crop, finish, boxes, labels, {'window': window, 'effective': effective, 'place': place}
 
 
-def resize_only(image, size: int):
-  """u8 [H, W, 3] -> u8 [size, size, 3], bilinear (training without augmentation)."""
-  return to_uint8(tf.image.resize(tf.cast(image, tf.float32), (size, size), 'bilinear'))
+def resize_only(height, width, size: int):
+  """(crop, finish) of training without augmentation: the whole image, bilinear."""
+  crop = tf.stack([0, 0, tf.cast(height, tf.int32), tf.cast(width, tf.int32)])
+  finish = {'place': tf.constant([0, 0, size, size]),
+            'method': tf.constant(_method_id('bilinear')),
+            'colour': tf.zeros([len(pixels.COLOUR_FIELDS)]), 'flip': tf.constant(False)}
+  return crop, finish
+
+
+def to_buffer(part, crop, place, buffer: int):
+  """The decoded crop, u8 [h, w, 3], made to fit the fixed-size buffer the
+  device finishes: (pixels u8 [h', w', 3] with h', w' <= buffer, pixels_size
+  i32 [2]); batching pads it to [buffer, buffer, 3] (input_pipeline: one copy
+  per image, where padding here would cost a second).
+
+  A crop taller or wider than the buffer, or more than pixels.MAX_SHRINK times
+  its place (i32 [4] y0, x0, y1, x1), is first shrunk on the host to the
+  limit on that side (an area resize, the only resampling left on the host;
+  it happens only for images larger than the buffer, or zoomed out near 4x).
+  An empty crop (nothing shows) has size (0, 0).
+  """
+  hw = tf.shape(part)[:2]
+  limit = tf.minimum(buffer, pixels.MAX_SHRINK * tf.maximum(place[2:] - place[:2], 1))
+  target = tf.minimum(hw, limit)
+  part = tf.cond(tf.reduce_all(hw == target), lambda: part, lambda: tf.cast(
+      tf.round(tf.image.resize(part, target, 'area')), tf.uint8))
+  empty = tf.reduce_any(crop[2:] <= crop[:2])
+  return part, tf.where(empty, tf.zeros([2], tf.int32), tf.shape(part)[:2])

@@ -11,8 +11,11 @@ augmentation seed is folded from (seed, g), so it does not depend on where a
 run started or on the number of hosts either.
 
 Batches (b = this host's share of train.batch_size, S = model.image_size):
-  training:   image u8 [b, S, S, 3] RGB pixels; boxes f32 [b, M, 4] normalised
-              xyxy; labels i32 [b, M] (0 = padding), M = data.max_boxes;
+  training:   the decoded crop of each image and what finishes it on the
+              device (pixels u8 [b, P, P, 3], P = data.pixel_buffer, and the
+              rest of pixels.FINISH_FIELDS: the train step makes the S x S
+              images); boxes f32 [b, M, 4] normalised xyxy on the finished
+              image; labels i32 [b, M] (0 = padding), M = data.max_boxes;
               train_dataset also yields num_boxes i32 [b] (before padding) and
               name (file names), which train_batches checks and strips.
   evaluation: image f32 [b, S, S, 3] RGB pixels (bilinear resize); mask bool
@@ -29,10 +32,11 @@ import os
 from typing import Iterator, Optional
 
 import jax
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ssd_jax import config_lib, labels, sharding
+from ssd_jax import config_lib, labels, pixels, sharding
 from ssd_jax.data import augment, custom_data, sources
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -100,19 +104,23 @@ def record_at(position, num_records: int, seed: int):
 
 
 def train_example(source: sources.Source, position, config) -> dict:
-  """The augmented training example at a global position (see module docstring)."""
-  ex = source.example(record_at(position, len(source), config.seed))
+  """The training example at a global position (see module docstring), ready for
+  the device to finish (pixels.FINISH_FIELDS) with its final boxes and labels."""
+  ex = source.example(record_at(position, len(source), config.seed), decode=False)
   boxes, classes = tf.cond(ex['ok'], lambda: (ex['boxes'], ex['labels']),
                            lambda: (tf.zeros([0, 4]), tf.zeros([0], tf.int32)))
   size, m = config.model.image_size, config.data.max_boxes
+  height, width = tf.unstack(sources.image_shape(ex))
   if config.augment.enabled:
     seed = tf.random.experimental.stateless_fold_in(
         tf.constant([config.seed, _AUGMENT], tf.int64), position)
-    image, boxes, classes, _ = augment.train_augment(ex['image'], boxes, classes, seed,
-                                                     config.augment, size, config.data.mean_rgb)
+    crop, finish, boxes, classes, _ = augment.train_augment(height, width, boxes, classes, seed,
+                                                            config.augment, size)
   else:
-    image = augment.resize_only(ex['image'], size)
-  return {'image': tf.ensure_shape(image, [size, size, 3]), 'boxes': _pad(boxes, m),
+    crop, finish = augment.resize_only(height, width, size)
+  buffer, buffer_size = augment.to_buffer(sources.decode_crop(ex, crop), crop, finish['place'],
+                                          config.data.pixel_buffer)
+  return {**finish, 'pixels': buffer, 'pixels_size': buffer_size, 'boxes': _pad(boxes, m),
           'labels': _pad(classes, m), 'num_boxes': tf.shape(classes)[0], 'name': ex['name']}
 
 
@@ -135,7 +143,10 @@ def train_dataset(config, process_index: Optional[int] = None,
   source = source or train_source(config)
   positions = host_positions(start_step * batch, batch, config.train.batch_size, index)
   ds = positions.map(lambda g: train_example(source, g, config), num_parallel_calls=AUTOTUNE)
-  return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+  shapes = {k: spec.shape for k, spec in ds.element_spec.items()}
+  p = config.data.pixel_buffer
+  shapes['pixels'] = [p, p, 3]  # each crop at the top left of its buffer, zeros beyond
+  return ds.padded_batch(batch, shapes, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def train_batches(config, start_step: int = 0,
@@ -148,6 +159,13 @@ def train_batches(config, start_step: int = 0,
   """
   ds = train_dataset(config, start_step=start_step, source=source)  # errors now, not later
   return _checked_batches(ds, config)
+
+
+def finished_images(batch: dict, config) -> np.ndarray:
+  """u8 [b, S, S, 3]: the images the train step makes of a training batch
+  (pixels.finish, here on the default device), to look at what training sees."""
+  images = pixels.finish(batch, config.model.image_size, config.data.mean_rgb)
+  return np.asarray(images).astype(np.uint8)
 
 
 def _checked_batches(ds: tf.data.Dataset, config) -> Iterator[dict]:

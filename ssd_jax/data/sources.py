@@ -13,6 +13,9 @@ index to one decoded example:
   ok         bool: False when the image could not be decoded (then a 1 x 1
              black image; training gives it no boxes, evaluation skips it)
 Encoded bytes are read by index and decoded only when an example is used.
+`example(index, decode=False)` may leave the decoding to its user: such an
+example holds `encoded` (string) instead of `image`, and `image_shape` and
+`decode_crop` read it (a JPEG: its header, then only the crop's pixels).
 
 Reading calls Python from tf.data's threads (tf.numpy_function): every such
 call goes through `python_call`, which the interpreter's exit closes (see
@@ -98,8 +101,37 @@ class Source:
   def __len__(self) -> int:
     raise NotImplementedError
 
-  def example(self, index: tf.Tensor) -> dict:
+  def example(self, index: tf.Tensor, decode: bool = True) -> dict:
     raise NotImplementedError
+
+
+def _decode_whole(encoded):
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def image_shape(ex: dict):
+  """i32 [2] height, width of an example's image, decoded or not (a JPEG's from its header)."""
+  if 'image' in ex:
+    return tf.shape(ex['image'])[:2]
+  encoded = ex['encoded']
+  return tf.cond(tf.io.is_jpeg(encoded), lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+                 lambda: tf.shape(_decode_whole(encoded))[:2])
+
+
+def decode_crop(ex: dict, crop):
+  """u8 [h, w, 3]: the pixels rows [y0, y1), columns [x0, x1) of an example's image
+  (crop i32 [4] y0, x0, y1, x1 inside it); a JPEG decodes only those. An empty
+  crop gives one pixel (its caller knows it is empty)."""
+  shape = image_shape(ex)
+  start = tf.minimum(crop[:2], tf.maximum(shape - 1, 0))
+  size = tf.minimum(tf.maximum(crop[2:] - start, 1), shape - start)
+  if 'image' in ex:
+    return ex['image'][start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
+  encoded = ex['encoded']
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.image.decode_and_crop_jpeg(encoded, tf.concat([start, size], 0), channels=3),
+      lambda: _decode_whole(encoded)[start[0]:start[0] + size[0], start[1]:start[1] + size[1]])
 
 
 def parse_split(spec: str) -> tuple[str, str]:
@@ -156,7 +188,7 @@ class TfdsSource(Source):
   def _read(self, index) -> bytes:
     return self._data[int(index)]
 
-  def example(self, index):
+  def example(self, index, decode: bool = True):
     raw = python_call(self._read, [index], tf.string, self._stand_in)
     ex = self._features.deserialize_example(raw, decoders={'image': tfds.decode.SkipDecoding()})
     objects = ex['objects']
@@ -167,8 +199,8 @@ class TfdsSource(Source):
     boxes, labels, difficult = augment.drop_degenerate(boxes, labels, tf.cast(flags, tf.bool))
     name = ex.get('image/filename', tf.constant(''))
     image_id = ex.get('image/id', tf.strings.to_hash_bucket_fast(name, 2**62))
-    return {'image': tf.io.decode_image(ex['image'], channels=3, expand_animations=False),
-            'boxes': boxes, 'labels': labels, 'difficult': difficult,
+    pixels = {'image': _decode_whole(ex['image'])} if decode else {'encoded': ex['image']}
+    return {**pixels, 'boxes': boxes, 'labels': labels, 'difficult': difficult,
             'image_id': tf.cast(image_id, tf.int64), 'name': name, 'ok': tf.constant(True)}
 
 
@@ -221,7 +253,8 @@ class RecordsSource(Source):
   def __len__(self) -> int:
     return self._n
 
-  def example(self, index):
+  def example(self, index, decode: bool = True):
+    del decode  # PIL decodes the whole file (EXIF orientation, every mode; images.py)
     path = self._paths[index]
     image, ok = python_call(_decode_file, [path], (tf.uint8, tf.bool), _NO_IMAGE)
     return {'image': tf.ensure_shape(image, [None, None, 3]), 'boxes': self._boxes[index],
@@ -243,11 +276,11 @@ class Union(Source):
   def __len__(self) -> int:
     return int(self._starts[-1])
 
-  def example(self, index):
+  def example(self, index, decode: bool = True):
     if len(self.parts) == 1:
-      return self.parts[0].example(index)
+      return self.parts[0].example(index, decode)
     part = tf.searchsorted(tf.constant(self._starts[1:-1], tf.int64), index[None],
                            side='right')[0]
-    branches = [functools.partial(p.example, index - int(start))
+    branches = [functools.partial(p.example, index - int(start), decode)
                 for p, start in zip(self.parts, self._starts[:-1])]
     return tf.switch_case(tf.cast(part, tf.int32), branches)

@@ -59,7 +59,7 @@ def tiny_config(config):
   c.model.sources = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2')
   c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
   c.anchors.aspect_ratios = ((2,), (2, 3), (2, 3), (2,))
-  c.data.max_boxes = 3
+  c.data.max_boxes, c.data.pixel_buffer = 3, 128  # the squares are 96 x 96
   c.train.batch_size = 8
   c.optim.warmup_steps = 1
   return c

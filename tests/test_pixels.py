@@ -1,0 +1,135 @@
+"""The training pixels split between host and device: the device's resample
+against tf.image.resize, its colour distortion against a NumPy (colorsys)
+version of the release's, the host's buffer and its crop-only JPEG decoding."""
+import colorsys
+
+import jax
+import numpy as np
+import pytest
+import skimage.data
+import tensorflow as tf
+
+from ssd_jax import config_lib, pixels
+from ssd_jax.data import augment, sources
+
+MEAN = config_lib.MEAN_RGB
+RNG = np.random.default_rng(0)
+
+
+def finish_one(buffer, size_hw, place, method, size, colour=None, flip=False):
+  batch = {'pixels': buffer[None], 'pixels_size': np.array([size_hw]),
+           'place': np.array([place]), 'method': np.array([method]), 'flip': np.array([flip]),
+           'colour': np.zeros((1, len(pixels.COLOUR_FIELDS)), np.float32) if colour is None
+           else np.asarray(colour, np.float32)[None]}
+  return np.asarray(pixels.finish(batch, size, MEAN))[0]
+
+
+@pytest.mark.parametrize('method', pixels.RESIZE_METHODS)
+@pytest.mark.parametrize('crop_hw, place', [((41, 77), (5, 9, 50, 70)),    # enlarged
+                                            ((140, 90), (60, 3, 80, 78))])  # shrunk 7x, 1.2x
+def test_a_crop_in_its_place_is_tf_resize_with_the_mean_around(method, crop_hw, place):
+  """A crop in a 144 x 96 buffer, resized onto its place in 80 x 80."""
+  (h, w), (y0, x0, y1, x1) = crop_hw, place
+  crop = RNG.integers(0, 256, (h, w, 3), np.uint8)
+  buffer = np.zeros((144, 96, 3), np.uint8)
+  buffer[:h, :w] = crop
+  got = finish_one(buffer, (h, w), place, pixels.RESIZE_METHODS.index(method), 80)
+  want = np.broadcast_to(np.round(MEAN), (80, 80, 3)).copy()
+  resized = tf.image.resize(tf.cast(crop, tf.float32), (y1 - y0, x1 - x0), method)
+  want[y0:y1, x0:x1] = np.round(np.clip(resized.numpy(), 0, 255))
+  diff = np.abs(got - want)
+  assert diff.max() <= 1 and diff.mean() < 1e-3, (diff.max(), diff.mean())  # rounding ties only
+
+
+def test_nothing_showing_is_the_mean_pixel():
+  buffer = RNG.integers(0, 256, (32, 32, 3), np.uint8)
+  got = finish_one(buffer, (0, 0), (0, 0, 40, 40), 0, 40, colour=np.ones(13))
+  np.testing.assert_array_equal(got, np.broadcast_to(np.round(MEAN), got.shape))
+
+
+def test_hsv_round_trip_is_tf_image():
+  rgb = RNG.uniform(0, 1, (40, 40, 3)).astype(np.float32)
+  rgb[0, :3] = [[0, 0, 0], [0.5, 0.5, 0.5], [1, 1, 1]]  # black, grey, white: no hue
+  rgb[1, :3] = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+  np.testing.assert_allclose(pixels.rgb_to_hsv(rgb), tf.image.rgb_to_hsv(rgb), atol=1e-6)
+  hsv = RNG.uniform(0, 1, (40, 40, 3)).astype(np.float32)
+  np.testing.assert_allclose(pixels.hsv_to_rgb(hsv), tf.image.hsv_to_rgb(hsv), atol=1e-6)
+
+
+def np_distort(x, c):
+  """The release's distortion of f64 [..., 3] pixels with draws c (COLOUR_FIELDS), in NumPy."""
+  d = dict(zip(pixels.COLOUR_FIELDS, c))
+  clip = lambda v: np.clip(v, 0, 255)  # noqa: E731
+  if d['brightness']:
+    x = clip(x + d['delta'])
+  if d['contrast'] and d['contrast_first']:
+    x = clip(x * d['alpha'])
+  if d['saturation'] or d['hue']:
+    out = np.empty_like(x)
+    for idx in np.ndindex(x.shape[:-1]):
+      h, s, v = colorsys.rgb_to_hsv(*(x[idx] / 255))
+      h = (h + (d['turn'] if d['hue'] else 0)) % 1.0
+      s = min(s * (d['factor'] if d['saturation'] else 1), 1.0)
+      out[idx] = np.array(colorsys.hsv_to_rgb(h, s, v)) * 255
+    x = clip(out)
+  if d['contrast'] and not d['contrast_first']:
+    x = clip(x * d['alpha'])
+  if d['swap']:
+    x = x[..., [int(d['order_0']), int(d['order_1']), int(d['order_2'])]]
+  return x
+
+
+def test_distortion_with_its_draws_is_the_numpy_one():
+  cfg = config_lib.base_config().augment
+  cfg.channel_swap_prob = 0.5
+  image = RNG.integers(0, 256, (6, 6, 3)).astype(np.float32)
+  draws = np.stack([augment.photometric_draws(tf.constant([3, i], tf.int64), cfg).numpy()
+                    for i in range(40)])
+  got = np.asarray(jax.vmap(pixels.distort, (None, 0))(image, draws))
+  for g, c in zip(got, draws):
+    np.testing.assert_allclose(g, np_distort(image.astype(np.float64), c), atol=2e-3)
+  flags = draws[:, [pixels.COLOUR_FIELDS.index(n) for n in ('brightness', 'hue', 'swap')]]
+  assert 0.2 < flags.mean() < 0.8 and flags.min() == 0 and flags.max() == 1
+
+
+def test_photometric_off_draws_nothing():
+  cfg = config_lib.base_config().augment
+  cfg.photometric = False
+  draws = augment.photometric_draws(tf.constant([1, 2], tf.int64), cfg).numpy()
+  image = RNG.uniform(0, 255, (5, 5, 3)).astype(np.float32)
+  np.testing.assert_array_equal(pixels.distort(image, draws), image)
+
+
+def test_a_crop_larger_than_the_buffer_or_its_place_allows_is_shrunk_on_the_host():
+  part = tf.constant(RNG.integers(0, 256, (300, 120, 3), np.uint8))
+  whole, big_place = tf.constant([0, 0, 300, 120]), tf.constant([0, 0, 300, 300])
+  shrunk, size = augment.to_buffer(part, whole, big_place, 100)
+  assert shrunk.shape == (100, 100, 3) and size.numpy().tolist() == [100, 100]
+  want = tf.image.resize(tf.cast(part, tf.float32), (100, 100), 'area').numpy()
+  assert np.abs(shrunk.numpy() - want).max() <= 0.5
+  # A place of 10 x 30 pixels: at most MAX_SHRINK (7) source pixels per output pixel.
+  _, size = augment.to_buffer(part, whole, tf.constant([5, 5, 15, 35]), 512)
+  assert size.numpy().tolist() == [70, 120]
+  fits, fits_size = augment.to_buffer(part[:50, :60], tf.constant([0, 0, 50, 60]), big_place, 100)
+  assert fits_size.numpy().tolist() == [50, 60]
+  np.testing.assert_array_equal(fits, part.numpy()[:50, :60])
+  _, empty = augment.to_buffer(part[:1, :1], tf.constant([10, 10, 10, 30]), big_place, 100)
+  assert empty.numpy().tolist() == [0, 0]
+
+
+def test_a_jpeg_decodes_only_its_crop():
+  photo = skimage.data.astronaut()[:375, :500]
+  encoded = tf.io.encode_jpeg(photo, quality=90)
+  whole = tf.io.decode_jpeg(encoded).numpy().astype(int)
+  ex = {'encoded': encoded}
+  assert sources.image_shape(ex).numpy().tolist() == [375, 500]
+  for y0, x0, y1, x1 in ((0, 0, 375, 500), (13, 27, 113, 238), (300, 0, 375, 17)):
+    got = sources.decode_crop(ex, tf.constant([y0, x0, y1, x1])).numpy().astype(int)
+    assert got.shape == (y1 - y0, x1 - x0, 3)
+    diff = np.abs(got - whole[y0:y1, x0:x1])  # libjpeg's upsampling at the crop's edges
+    assert diff.max() <= 4 and diff.mean() < 0.05
+  png = {'encoded': tf.io.encode_png(photo[:40, :50])}
+  assert sources.image_shape(png).numpy().tolist() == [40, 50]
+  np.testing.assert_array_equal(sources.decode_crop(png, tf.constant([5, 6, 25, 36])),
+                                photo[5:25, 6:36])
+
