@@ -16,8 +16,8 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from ssd_jax import builders, checkpoints, cluster, config_lib, evaluate, paths, sharding
-from ssd_jax import train_step
+from ssd_jax import builders, checkpoints, cluster, config_lib, evaluate, paths, progress
+from ssd_jax import sharding, train_step
 from ssd_jax.data import input_pipeline
 
 
@@ -57,10 +57,13 @@ def check_finite(metrics: dict, step: int, mngr) -> None:
 
 
 def write_summaries(writer, step: int, metrics: dict, images_per_second: float) -> None:
+  """Scalars under train/; images_per_second counts completed steps (nan, not
+  written, before two steps have completed)."""
   with writer.as_default(step=step):
     for name, value in metrics.items():
       tf.summary.scalar(f'train/{name}', float(value))
-    tf.summary.scalar('train/images_per_second', images_per_second)
+    if np.isfinite(images_per_second):
+      tf.summary.scalar('train/images_per_second', images_per_second)
   writer.flush()
 
 
@@ -180,19 +183,21 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
   preemption = stack.enter_context(cluster.Preemption(mngr))
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
   total = config.train.num_steps
-  last_time, last_step = time.perf_counter(), start
-  bar = tqdm.trange(start, total, initial=start, total=total, desc='train', unit='step',
-                    disable=jax.process_index() != 0)
-  for step in bar:
+  bar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step',
+                  disable=jax.process_index() != 0)
+  stack.callback(bar.close)
+  completions = progress.Completions(bar, start)  # the bar counts completed steps
+  for step in range(start, total):
     state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
     done = step + 1
+    completions.dispatched(done, metrics['loss'])
     preempted = preemption.reached(done)  # on several hosts: the same step on each
     saving = done % config.train.checkpoint_every == 0 or done == total or preempted
     if saving or done % config.train.log_every == 0:
+      completions.drain()
       metrics = jax.device_get(metrics)
       check_finite(metrics, done, mngr)
-      rate = (done - last_step) * config.train.batch_size / (time.perf_counter() - last_time)
-      last_time, last_step = time.perf_counter(), done
+      rate = completions.steps_per_second() * config.train.batch_size
       bar.set_postfix(loss=f'{metrics["loss"]:.3f}', lr=f'{metrics["learning_rate"]:.2e}')
       if writer:
         write_summaries(writer, done, metrics, rate)
