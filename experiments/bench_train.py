@@ -57,6 +57,28 @@ def random_batch(rng: np.random.Generator, batch: int, size: int, boxes: int = 4
           'labels': rng.integers(1, 21, (batch, boxes)).astype(np.int32)}
 
 
+def pipeline_batch(rng: np.random.Generator, batch: int, config, boxes: int = 4) -> dict:
+  """A batch as the input pipeline hands it to the train step (pixels.FINISH_FIELDS:
+  500 x 375 crops in the pixel buffer, drawn places, interpolations, colours and
+  mirrors; boxes and labels as random_batch), so the step includes the pixel work."""
+  from ssd_jax import pixels
+  size, p = config.model.image_size, config.data.pixel_buffer
+  images = random_batch(rng, batch, size, boxes)
+  hw = np.minimum([375, 500], p)
+  corner = rng.integers(0, size // 4, (batch, 2))
+  extent = rng.integers(size // 2, size + 1, (batch, 2))
+  place = np.concatenate([corner, np.minimum(corner + extent, size)], -1)
+  buffer = np.zeros((batch, p, p, 3), np.uint8)
+  buffer[:, :hw[0], :hw[1]] = rng.integers(0, 256, (batch, hw[0], hw[1], 3), np.uint8)
+  colour = rng.uniform(0, 1, (batch, len(pixels.COLOUR_FIELDS))).round().astype(np.float32)
+  colour[:, pixels.COLOUR_FIELDS.index('order_0'):] = [2, 0, 1]
+  return {'pixels': buffer, 'pixels_size': np.tile(hw, (batch, 1)).astype(np.int32),
+          'place': place.astype(np.int32),
+          'method': rng.integers(0, len(pixels.RESIZE_METHODS), batch).astype(np.int32),
+          'colour': colour, 'flip': rng.uniform(size=batch) < 0.5,
+          'boxes': images['boxes'], 'labels': images['labels']}
+
+
 def forward_flops(config) -> float:
   """Model FLOPs of one image's forward pass, from XLA's cost analysis."""
   model, size = builders.build_model(config), config.model.image_size
@@ -80,7 +102,7 @@ def jax_step_rate(config, batch: dict, repeats: int) -> float:
     state[0], metrics = step(state[0], device_batch, anchors)
     return metrics['loss']
 
-  return len(batch['image']) / common.seconds_per_call(one, repeats, warmups=2)
+  return len(batch['boxes']) / common.seconds_per_call(one, repeats, warmups=2)
 
 
 def end_to_end_rate(config, repeats: int) -> float:

@@ -31,7 +31,7 @@ for name in ('voc300', 'coco_ssdlite320'):
   variables = jax.eval_shape(lambda: builders.inference_variables(
       builders.init_variables(config, jax.random.key(0))))
   run = det._run.trace(variables, jax.ShapeDtypeStruct((2, size, size, 3), jnp.uint8))
-  result = {'model': name, 'tensorflow_loaded': 'tensorflow' in sys.modules}
+  result = {'model': name, 'tensorflow_loaded': without_tensorflow.imported()}
   for platform in sys.argv[1:]:
     for what, traced in (('train_step', step), ('detector', run)):
       text = traced.lower(lowering_platforms=(platform,)).as_text()

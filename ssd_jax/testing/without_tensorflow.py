@@ -6,7 +6,6 @@ machine that has only JAX: what then imports it fails at once, naming it.
 runs SCRIPT so, and prints `tensorflow imported: False` after it (used by the
 tests of the lowering and of experiments/device_report.py).
 """
-import importlib.abc
 import os
 import runpy
 import sys
@@ -14,23 +13,25 @@ import sys
 BLOCKED = ('tensorflow', 'tensorflow_datasets')
 
 
-class _Blocker(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split('.')[0] in BLOCKED:
-      raise ImportError(f'{name} is not installed here (blocked: ssd_jax.testing.'
-                        f'without_tensorflow)')
-    return None
-
-
 def block() -> None:
-  """From now on, importing TensorFlow or TFDS raises ImportError."""
-  if not any(isinstance(f, _Blocker) for f in sys.meta_path):
-    sys.meta_path.insert(0, _Blocker())
+  """From now on, importing TensorFlow or TFDS raises ModuleNotFoundError, and
+  importlib.util.find_spec finds neither, as when they are not installed."""
+  for name in BLOCKED:
+    if sys.modules.get(name) is not None:
+      raise RuntimeError(f'{name} was imported before without_tensorflow.block()')
+    sys.modules[name] = None
+
+
+def imported() -> bool:
+  """Whether any module of TensorFlow or TFDS is loaded."""
+  return any(m.split('.')[0] in BLOCKED and sys.modules[m] is not None for m in list(sys.modules))
 
 
 if __name__ == '__main__':
   block()
   script, sys.argv = sys.argv[1], sys.argv[1:]
   sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python SCRIPT` does
-  runpy.run_path(script, run_name='__main__')
-  print(f'tensorflow imported: {any(m.split(".")[0] in BLOCKED for m in sys.modules)}')
+  try:
+    runpy.run_path(script, run_name='__main__')
+  finally:  # also when the script ends with sys.exit
+    print(f'tensorflow imported: {imported()}', flush=True)

@@ -1,0 +1,29 @@
+"""experiments/device_report.py, the one command for a lent GPU, in its tiny CPU
+mode and without TensorFlow, so that it cannot rot between loans."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+
+
+def test_the_device_report_runs_tiny_without_tensorflow():
+  out = subprocess.run([sys.executable, '-m', 'ssd_jax.testing.without_tensorflow',
+                        str(ROOT / 'experiments' / 'device_report.py'), '--tiny'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=FAST_COMPILE))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith('tensorflow imported: False'), out.stdout[-500:]
+  rows = [line.split('|')[1:-1] for line in out.stdout.splitlines()
+          if re.match(r'\| voc', line)]
+  seen = {(r[0].strip(), r[1].strip(), r[2].strip()) for r in rows}
+  assert seen == {('voc300', 'train', 'float32'), ('voc300', 'inference', 'bfloat16'),
+                  ('voc_ssdlite320', 'inference', 'float32')}, rows
+  for r in rows:
+    rate, tflops, mib = float(r[4]), float(r[5]), float(r[7])
+    assert rate > 0 and tflops > 0 and mib > 0, r
+  ssdlite = [r for r in rows if r[0].strip() == 'voc_ssdlite320']
+  assert float(ssdlite[0][8]) > 0, ssdlite  # torchvision measured beside it
