@@ -3,7 +3,8 @@
 The host (data/augment.py, data/input_pipeline.py) samples each training
 image's geometry and photometric draws, decodes only the part of the image the
 output shows (the crop), and ships it in a fixed-size buffer. `finish` then
-does what a GPU does in microseconds and a host CPU in milliseconds:
+does the work that was most of the host's CPU time per image (bench_input),
+where an accelerator has it beside the model:
 
   1. resample the crop into its place in the S x S output with the drawn
      interpolation, computed as tf.image.resize computes each of the release's
