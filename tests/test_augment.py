@@ -12,6 +12,7 @@ from scipy import stats
 from ssd_jax import config_lib, pixels
 from ssd_jax.data import augment, sources
 from ssd_jax.testing import numpy_reference as ref
+from ssd_jax.testing import synthetic
 
 MEAN = config_lib.MEAN_RGB
 H, W = 300, 400
@@ -41,24 +42,14 @@ def train_augment(image, boxes, labels, seed, cfg, size, mean_rgb, buffer=None):
   h, w = image.shape[:2]
   crop, finish, boxes, labels, geometry = augment.train_augment(h, w, boxes, labels, seed, cfg,
                                                                 size)
-  part, part_size = augment.to_buffer(sources.decode_crop({'image': image}, crop), crop,
-                                      finish['place'], buffer or max(h, w))
+  part, part_size = augment.to_buffer(
+      sources.decode_crop({'image': image}, crop, tf.constant([h, w])), crop, finish['place'],
+      buffer or max(h, w))
   buf = np.zeros((buffer or max(h, w),) * 2 + (3,), np.uint8)
   buf[:part.shape[0], :part.shape[1]] = part  # as batching pads it
-  batch = {k: np.asarray(v)[None] for k, v in {**finish, 'pixels': buf,
-                                               'pixels_size': part_size}.items()}
-  out = np.asarray(pixels.finish(batch, size, mean_rgb))[0].astype(np.uint8)
-  return out, boxes, labels, {**geometry, 'flipped': finish['flip']}
-
-
-def render(image, place, size, method, mean_rgb, colour=None):
-  """The device's finish of the whole of `image` onto `place` (f32 pixels)."""
-  h, w = image.shape[:2]
-  batch = {'pixels': image[None], 'pixels_size': np.array([[h, w]]), 'place': np.array([place]),
-           'method': np.array([method]), 'flip': np.array([False]),
-           'colour': np.zeros((1, len(pixels.COLOUR_FIELDS)), np.float32) if colour is None
-           else colour[None]}
-  return np.asarray(pixels.finish(batch, size, mean_rgb))[0]
+  out = synthetic.finish_image(buf, part_size, finish['place'], finish['method'], size, mean_rgb,
+                               finish['colour'], finish['flip'])
+  return out.astype(np.uint8), boxes, labels, {**geometry, 'flipped': finish['flip']}
 
 
 def tf_geometry(boxes, n, cfg):
@@ -268,7 +259,7 @@ def test_a_flipped_image_and_its_boxes_stay_together(cfg):
   for (x0, y0, x1, y1), colour in zip(out_boxes.numpy() * 80, colours):
     middle = out[int((y0 + y1) / 2), int((x0 + x1) / 2)]
     np.testing.assert_array_equal(middle, colour)
-  np.testing.assert_array_equal(out[:, ::-1], render(image, [0, 0, 80, 80], 80, 2, MEAN))
+  np.testing.assert_array_equal(out[:, ::-1], synthetic.finish_image(image, image.shape[:2], [0, 0, 80, 80], 2, 80, MEAN))
 
 
 def test_everything_off_is_a_bilinear_resize(cfg):

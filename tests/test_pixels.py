@@ -11,17 +11,10 @@ import tensorflow as tf
 
 from ssd_jax import config_lib, pixels
 from ssd_jax.data import augment, sources
+from ssd_jax.testing import synthetic
 
 MEAN = config_lib.MEAN_RGB
 RNG = np.random.default_rng(0)
-
-
-def finish_one(buffer, size_hw, place, method, size, colour=None, flip=False):
-  batch = {'pixels': buffer[None], 'pixels_size': np.array([size_hw]),
-           'place': np.array([place]), 'method': np.array([method]), 'flip': np.array([flip]),
-           'colour': np.zeros((1, len(pixels.COLOUR_FIELDS)), np.float32) if colour is None
-           else np.asarray(colour, np.float32)[None]}
-  return np.asarray(pixels.finish(batch, size, MEAN))[0]
 
 
 @pytest.mark.parametrize('method', pixels.RESIZE_METHODS)
@@ -33,7 +26,8 @@ def test_a_crop_in_its_place_is_tf_resize_with_the_mean_around(method, crop_hw, 
   crop = RNG.integers(0, 256, (h, w, 3), np.uint8)
   buffer = np.zeros((144, 96, 3), np.uint8)
   buffer[:h, :w] = crop
-  got = finish_one(buffer, (h, w), place, pixels.RESIZE_METHODS.index(method), 80)
+  got = synthetic.finish_image(buffer, (h, w), place, pixels.RESIZE_METHODS.index(method), 80,
+                               MEAN)
   want = np.broadcast_to(np.round(MEAN), (80, 80, 3)).copy()
   resized = tf.image.resize(tf.cast(crop, tf.float32), (y1 - y0, x1 - x0), method)
   want[y0:y1, x0:x1] = np.round(np.clip(resized.numpy(), 0, 255))
@@ -43,7 +37,7 @@ def test_a_crop_in_its_place_is_tf_resize_with_the_mean_around(method, crop_hw, 
 
 def test_nothing_showing_is_the_mean_pixel():
   buffer = RNG.integers(0, 256, (32, 32, 3), np.uint8)
-  got = finish_one(buffer, (0, 0), (0, 0, 40, 40), 0, 40, colour=np.ones(13))
+  got = synthetic.finish_image(buffer, (0, 0), (0, 0, 40, 40), 0, 40, MEAN, colour=np.ones(13))
   np.testing.assert_array_equal(got, np.broadcast_to(np.round(MEAN), got.shape))
 
 
@@ -121,15 +115,19 @@ def test_a_jpeg_decodes_only_its_crop():
   photo = skimage.data.astronaut()[:375, :500]
   encoded = tf.io.encode_jpeg(photo, quality=90)
   whole = tf.io.decode_jpeg(encoded).numpy().astype(int)
-  ex = {'encoded': encoded}
-  assert sources.image_shape(ex).numpy().tolist() == [375, 500]
+  ex = sources.left_encoded(encoded)
+  assert ex['image'].shape == (0, 0, 3)  # a JPEG stays encoded
+  shape = sources.image_shape(ex)
+  assert shape.numpy().tolist() == [375, 500]
   for y0, x0, y1, x1 in ((0, 0, 375, 500), (13, 27, 113, 238), (300, 0, 375, 17)):
-    got = sources.decode_crop(ex, tf.constant([y0, x0, y1, x1])).numpy().astype(int)
+    got = sources.decode_crop(ex, tf.constant([y0, x0, y1, x1]), shape).numpy().astype(int)
     assert got.shape == (y1 - y0, x1 - x0, 3)
     diff = np.abs(got - whole[y0:y1, x0:x1])  # libjpeg's upsampling at the crop's edges
     assert diff.max() <= 4 and diff.mean() < 0.05
-  png = {'encoded': tf.io.encode_png(photo[:40, :50])}
+  png = sources.left_encoded(tf.io.encode_png(photo[:40, :50]))  # decoded once, at once
+  assert png['image'].shape == (40, 50, 3)
   assert sources.image_shape(png).numpy().tolist() == [40, 50]
-  np.testing.assert_array_equal(sources.decode_crop(png, tf.constant([5, 6, 25, 36])),
-                                photo[5:25, 6:36])
+  np.testing.assert_array_equal(
+      sources.decode_crop(png, tf.constant([5, 6, 25, 36]), tf.constant([40, 50])),
+      photo[5:25, 6:36])
 

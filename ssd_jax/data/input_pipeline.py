@@ -110,7 +110,8 @@ def train_example(source: sources.Source, position, config) -> dict:
   boxes, classes = tf.cond(ex['ok'], lambda: (ex['boxes'], ex['labels']),
                            lambda: (tf.zeros([0, 4]), tf.zeros([0], tf.int32)))
   size, m = config.model.image_size, config.data.max_boxes
-  height, width = tf.unstack(sources.image_shape(ex))
+  shape = sources.image_shape(ex)
+  height, width = tf.unstack(shape)
   if config.augment.enabled:
     seed = tf.random.experimental.stateless_fold_in(
         tf.constant([config.seed, _AUGMENT], tf.int64), position)
@@ -118,8 +119,8 @@ def train_example(source: sources.Source, position, config) -> dict:
                                                             config.augment, size)
   else:
     crop, finish = augment.resize_only(height, width, size)
-  buffer, buffer_size = augment.to_buffer(sources.decode_crop(ex, crop), crop, finish['place'],
-                                          config.data.pixel_buffer)
+  buffer, buffer_size = augment.to_buffer(sources.decode_crop(ex, crop, shape), crop,
+                                          finish['place'], config.data.pixel_buffer)
   return {**finish, 'pixels': buffer, 'pixels_size': buffer_size, 'boxes': _pad(boxes, m),
           'labels': _pad(classes, m), 'num_boxes': tf.shape(classes)[0], 'name': ex['name']}
 

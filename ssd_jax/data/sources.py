@@ -14,7 +14,7 @@ index to one decoded example:
              black image; training gives it no boxes, evaluation skips it)
 Encoded bytes are read by index and decoded only when an example is used.
 `example(index, decode=False)` may leave the decoding to its user: such an
-example holds `encoded` (string) instead of `image`, and `image_shape` and
+example also holds `encoded` (string; see left_encoded), and `image_shape` and
 `decode_crop` read it (a JPEG: its header, then only the crop's pixels).
 
 Reading calls Python from tf.data's threads (tf.numpy_function): every such
@@ -109,29 +109,39 @@ def _decode_whole(encoded):
   return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
+def left_encoded(encoded) -> dict:
+  """The pixels of an example left to its user: a JPEG stays encoded (its
+  'image' empty: decode_crop decodes only the crop); any other format is
+  decoded once, here."""
+  return {'encoded': encoded, 'image': tf.cond(
+      tf.io.is_jpeg(encoded), lambda: tf.zeros([0, 0, 3], tf.uint8),
+      lambda: _decode_whole(encoded))}
+
+
 def image_shape(ex: dict):
   """i32 [2] height, width of an example's image, decoded or not (a JPEG's from its header)."""
-  if 'image' in ex:
+  if 'encoded' not in ex:
     return tf.shape(ex['image'])[:2]
-  encoded = ex['encoded']
-  return tf.cond(tf.io.is_jpeg(encoded), lambda: tf.image.extract_jpeg_shape(encoded)[:2],
-                 lambda: tf.shape(_decode_whole(encoded))[:2])
+  return tf.cond(tf.io.is_jpeg(ex['encoded']),
+                 lambda: tf.image.extract_jpeg_shape(ex['encoded'])[:2],
+                 lambda: tf.shape(ex['image'])[:2])
 
 
-def decode_crop(ex: dict, crop):
+def decode_crop(ex: dict, crop, shape):
   """u8 [h, w, 3]: the pixels rows [y0, y1), columns [x0, x1) of an example's image
-  (crop i32 [4] y0, x0, y1, x1 inside it); a JPEG decodes only those. An empty
-  crop gives one pixel (its caller knows it is empty)."""
-  shape = image_shape(ex)
+  (crop i32 [4] y0, x0, y1, x1 inside it; shape: image_shape(ex)); a JPEG left
+  encoded decodes only those. An empty crop gives one pixel (its caller knows
+  it is empty)."""
   start = tf.minimum(crop[:2], tf.maximum(shape - 1, 0))
   size = tf.minimum(tf.maximum(crop[2:] - start, 1), shape - start)
-  if 'image' in ex:
-    return ex['image'][start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
-  encoded = ex['encoded']
+  cut = lambda image: image[start[0]:start[0] + size[0], start[1]:start[1] + size[1]]  # noqa: E731
+  if 'encoded' not in ex:
+    return cut(ex['image'])
   return tf.cond(
-      tf.io.is_jpeg(encoded),
-      lambda: tf.image.decode_and_crop_jpeg(encoded, tf.concat([start, size], 0), channels=3),
-      lambda: _decode_whole(encoded)[start[0]:start[0] + size[0], start[1]:start[1] + size[1]])
+      tf.io.is_jpeg(ex['encoded']),
+      lambda: tf.image.decode_and_crop_jpeg(ex['encoded'], tf.concat([start, size], 0),
+                                            channels=3),
+      lambda: cut(ex['image']))
 
 
 def parse_split(spec: str) -> tuple[str, str]:
@@ -199,7 +209,7 @@ class TfdsSource(Source):
     boxes, labels, difficult = augment.drop_degenerate(boxes, labels, tf.cast(flags, tf.bool))
     name = ex.get('image/filename', tf.constant(''))
     image_id = ex.get('image/id', tf.strings.to_hash_bucket_fast(name, 2**62))
-    pixels = {'image': _decode_whole(ex['image'])} if decode else {'encoded': ex['image']}
+    pixels = {'image': _decode_whole(ex['image'])} if decode else left_encoded(ex['image'])
     return {**pixels, 'boxes': boxes, 'labels': labels, 'difficult': difficult,
             'image_id': tf.cast(image_id, tf.int64), 'name': name, 'ok': tf.constant(True)}
 

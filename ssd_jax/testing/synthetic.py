@@ -128,3 +128,16 @@ def photo_voc_folder(root: pathlib.Path, n: int, seed: int = 0, size=(500, 375),
     images.append((f'{i:06d}', image, objects))
   write_voc_folder(root, images, split)
   return [i for i, _, _ in images]
+
+
+def finish_image(buffer, pixels_size, place, method, size: int, mean_rgb, colour=None,
+                 flip=False) -> np.ndarray:
+  """One image's pixels.finish (u8 [P, Q, 3] buffer, its content's (h, w), place
+  y0, x0, y1, x1, a pixels.RESIZE_METHODS index, the colour draws (None: none),
+  mirrored or not) -> f32 [size, size, 3] whole pixel values."""
+  from ssd_jax import pixels
+  colour = np.zeros(len(pixels.COLOUR_FIELDS)) if colour is None else colour
+  batch = {'pixels': buffer, 'pixels_size': pixels_size, 'place': place, 'method': method,
+           'colour': np.asarray(colour, np.float32), 'flip': flip}
+  batch = {k: np.asarray(v)[None] for k, v in batch.items()}
+  return np.asarray(pixels.finish(batch, size, mean_rgb))[0]
