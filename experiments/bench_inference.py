@@ -7,6 +7,8 @@ images and weights:
   ours       the jitted network and the jitted, batched post-processing
              (decode, softmax, per-class top-k, NMS, top 200) in one call;
   network    the jitted network alone (the ceiling post-processing can reach);
+  xla_defaults  ours compiled with XLA's default options, not xla_cpu.OPTIONS
+             (on CPU: YNNPACK's convolutions; elsewhere the same as ours);
   host_nms   the network, then outputs copied to the host and post-processed
              per image and per class with NumPy (how many ports do it);
   torchvision  (SSD300 and SSDLite320 at width 1) torchvision's ssd300_vgg16 or
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import builders, config_lib, postprocess
+from ssd_jax import builders, config_lib, postprocess, xla_cpu
 from ssd_jax.testing import numpy_reference
 
 import common  # experiments/common.py, beside this script
@@ -42,9 +44,10 @@ def bench(config, batch: int, repeats: int) -> dict:
   images = jnp.asarray(np.random.default_rng(0).normal(0, 50, (batch, size, size, 3)),
                        jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1])  # variables: BatchNorm too
-  network = jax.jit(model.apply)
-  ours = jax.jit(functools.partial(postprocess.network_detections, model=model,
-                                   anchors=anchors, config=config))
+  network = xla_cpu.jit(model.apply, config)
+  detect = functools.partial(postprocess.network_detections, model=model, anchors=anchors,
+                             config=config)
+  ours, xla_defaults = xla_cpu.jit(detect, config), jax.jit(detect)
   e, anchors_np = config.eval, np.asarray(anchors)
 
   def host_nms():
@@ -57,6 +60,7 @@ def bench(config, batch: int, repeats: int) -> dict:
   timed = common.seconds_per_call
   seconds = {'ours': timed(lambda: ours(params, images), repeats),
              'network': timed(lambda: network(params, images), repeats),
+             'xla_defaults': timed(lambda: xla_defaults(params, images), repeats),
              'host_nms': timed(lambda: (host_nms(), jnp.zeros(()))[1], host_repeats)}
   peer = common.torchvision_peer(config, common.torch_device())
   if peer is not None:
@@ -90,7 +94,8 @@ def main():
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, width {args.width}')
   print(f'{"config":8} {"batch":>5} {"ours img/s":>11} {"network":>9} {"host_nms":>9} '
-        f'{"torchvision":>11} {"ours/host_nms":>14} {"ours/network":>13} {"ours/torchvision":>17}')
+        f'{"xla_defaults":>12} {"torchvision":>11} {"ours/host_nms":>14} {"ours/network":>13} '
+        f'{"ours/xla_defaults":>18} {"ours/torchvision":>17}')
   for name in args.configs:
     config = config_lib.load(str(ROOT / 'configs' / f'{name}.py'))
     config.model.width = args.width
@@ -99,8 +104,9 @@ def main():
       r = bench(config, batch, args.repeats)
       tv = r.get('torchvision')
       print(f'{name:8} {batch:5d} {r["ours"]:11.2f} {r["network"]:9.2f} {r["host_nms"]:9.2f} '
-            f'{tv or float("nan"):11.2f} {r["ours"] / r["host_nms"]:13.2f}x '
-            f'{r["ours"] / r["network"]:12.2f}x '
+            f'{r["xla_defaults"]:12.2f} {tv or float("nan"):11.2f} '
+            f'{r["ours"] / r["host_nms"]:13.2f}x {r["ours"] / r["network"]:12.2f}x '
+            f'{r["ours"] / r["xla_defaults"]:17.2f}x '
             f'{(r["ours"] / tv if tv else float("nan")):16.2f}x', flush=True)
 
 

@@ -101,9 +101,10 @@ def device_ms_per_image(config, batch: dict) -> dict:
   if 'pixels' not in batch:
     return {}
   import jax
-  from ssd_jax import pixels
+  from ssd_jax import pixels, xla_cpu
   fields = {k: jax.device_put(batch[k]) for k in pixels.FINISH_FIELDS}
-  finish = jax.jit(lambda b: pixels.finish(b, config.model.image_size, config.data.mean_rgb))
+  finish = xla_cpu.jit(lambda b: pixels.finish(b, config.model.image_size, config.data.mean_rgb),
+                       config)
   seconds = common.seconds_per_call(lambda: finish(fields), repeats=5, warmups=1)
   return {'device_ms_per_image': 1000 * seconds / len(batch['pixels']),
           'device': str(jax.devices()[0].platform),

@@ -1,13 +1,15 @@
-"""Profile: SSD300's VGG layers one at a time, forward and gradients, XLA against ours.
+"""Profile: SSD300's VGG layers one at a time, forward and gradients, under ssd_jax's
+CPU compiler options and XLA's defaults.
 
   python experiments/bench_layer_grads.py [--batch 8] [--repeats 2]
 
 For each convolution (at its SSD300 input size, batch 8): milliseconds of the
-forward pass, XLA's input gradient, XLA's weight gradient and ssd_jax.layers'
-weight gradient (CPU: im2col matrix products), and torch's forward + both
-gradients on the same device; the same for the max pools (XLA's
-select-and-scatter against ssd_jax.layers' masked shifts). Where the train
-step's time goes, and what layers.py changes.
+forward pass, the input gradient and the weight gradient compiled with
+xla_cpu.OPTIONS['vgg16'] (XLA's own convolution kernels on CPU), the same three with XLA's
+default options (YNNPACK's), and torch's forward + both gradients on the same
+device; for the max pools, the forward, XLA's select-and-scatter gradient and
+ssd_jax.layers' masked shifts. Where the train step's time goes, and what
+xla_cpu.py and layers.py change.
 """
 import argparse
 import os
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import layers
+from ssd_jax import layers, xla_cpu
 
 import common  # experiments/common.py, beside this script
 
@@ -42,13 +44,15 @@ def conv_row(batch, side, cin, cout, dil, repeats) -> dict:
   conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
       x, w, (1, 1), pad, rhs_dilation=(dil, dil), dimension_numbers=NHWC)
   g = jnp.ones_like(conv(x, w))
-  row = {'forward': ms(jax.jit(conv), x, w, repeats=repeats),
-         'input grad': ms(jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-                          x, w, g, repeats=repeats),
-         'weight grad XLA': ms(jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
-                               x, w, g, repeats=repeats),
-         'weight grad ours': ms(jax.jit(lambda x, g: layers.conv_weight_grad(
-             x, g, (3, 3, cin, cout), pad, (dil, dil))), x, g, repeats=repeats)}
+  parts = {'forward': conv,
+           'input grad': lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+           'weight grad': lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
+  row = {}
+  vgg = lambda fn: jax.jit(fn, compiler_options=xla_cpu.compiler_options('vgg16'))  # noqa: E731
+  for suffix, jit in (('', vgg), (', XLA defaults', jax.jit)):
+    for name, fn in parts.items():
+      args = (x, w) if name == 'forward' else (x, w, g)
+      row[name + suffix] = ms(jit(fn), *args, repeats=repeats)
   row['torch fwd+bwd'] = torch_conv_ms(np.asarray(x), np.asarray(w), dil, repeats)
   return row
 
@@ -98,10 +102,10 @@ def main():
   parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind}; jax {jax.__version__}; batch {args.batch}; ms')
-  print('| layer | forward | input grad | weight grad XLA | weight grad ours | torch fwd+bwd |')
-  print('|---|---:|---:|---:|---:|---:|')
-  for name, side, cin, cout, dil in CONVS:
+  for i, (name, side, cin, cout, dil) in enumerate(CONVS):
     r = conv_row(args.batch, side, cin, cout, dil, args.repeats)
+    if i == 0:
+      print('| layer | ' + ' | '.join(r) + ' |\n|---|' + '---:|' * len(r))
     print(f'| {name} | ' + ' | '.join(f'{v:.0f}' for v in r.values()) + ' |', flush=True)
   print('\n| layer | forward | grad XLA | grad ours | torch fwd+bwd |')
   print('|---|---:|---:|---:|---:|')

@@ -1,13 +1,16 @@
 """Benchmark: the jitted train step in images/second, against torchvision's SSD300.
 
   python experiments/bench_train.py [--configs voc300 voc512] [--batches 8]
-      [--dtypes float32 bfloat16] [--width 1.0] [--xla_gradients] [--end_to_end]
+      [--dtypes float32 bfloat16] [--width 1.0] [--xla_gradients] [--xla_defaults]
+      [--end_to_end]
 
 Measured in one run, on the same device (GPU when JAX and torch see one, else CPU):
   ssd_jax      train_step.jit_train_step: forward, matching, MultiBox loss with hard
                negative mining, backward, the SGD update; random boxes on random images.
-  xla_grads    (--xla_gradients) the same step with XLA's own convolution and pooling
-               gradients instead of ssd_jax.layers' CPU ones (see that module).
+  xla_grads    (--xla_gradients) the same step with XLA's own pooling gradient
+               instead of ssd_jax.layers' CPU one (see that module).
+  xla_defaults (--xla_defaults, CPU) the same step compiled with XLA's default
+               options instead of xla_cpu.OPTIONS (YNNPACK's convolutions).
   torchvision  ssd300_vgg16 or ssdlite320_mobilenet_v3_large (the config's classes)
                in train mode: forward, its loss, backward and torch.optim.SGD on the
                same batch (float32; on a GPU also bfloat16 autocast), for SSD300 and
@@ -31,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import builders, config_lib, layers, sharding, train_step
+from ssd_jax import builders, config_lib, layers, sharding, train_step, xla_cpu
 
 import common  # experiments/common.py, beside this script
 
@@ -161,7 +164,9 @@ def main():
   parser.add_argument('--width', type=float, default=1.0)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--xla_gradients', action='store_true',
-                      help="also time XLA's own conv/pool gradients")
+                      help="also time XLA's own pooling gradient")
+  parser.add_argument('--xla_defaults', action='store_true',
+                      help="also time the step under XLA's default CPU compiler options")
   parser.add_argument('--end_to_end', action='store_true',
                       help='also time the step fed by the input pipeline (needs TensorFlow)')
   parser.add_argument('--no_torchvision', action='store_true')
@@ -189,12 +194,15 @@ def main():
               torchvision_rate(base, batch, args.repeats, 'cuda', True), torch_rate, flops, {})
       for dtype in args.dtypes:
         config = make_config(name, args.width, dtype, batch_size)
-        runs = [('ssd_jax', True)] + ([('xla_grads', False)] if args.xla_gradients else [])
-        for what, ours in runs:
+        options = xla_cpu.OPTIONS
+        runs = ([('ssd_jax', True, options)]
+                + ([('xla_grads', False, options)] if args.xla_gradients else [])
+                + ([('xla_defaults', True, {})] if args.xla_defaults else []))
+        for what, ours, xla_cpu.OPTIONS in runs:
           layers.USE_CPU_GRADIENTS = ours
           rate = jax_step_rate(config, batch, args.repeats)
           row(name, batch_size, dtype, what, rate, torch_rate, flops, peak)
-        layers.USE_CPU_GRADIENTS = True
+        layers.USE_CPU_GRADIENTS, xla_cpu.OPTIONS = True, options
         if args.end_to_end:
           rate = end_to_end_rate(config, args.repeats)
           row(name, batch_size, dtype, 'end_to_end', rate, torch_rate, flops, peak)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ssd_jax import builders, checkpoints, config_lib, labels, postprocess
+from ssd_jax import builders, checkpoints, config_lib, labels, postprocess, xla_cpu
 
 EXPORTED_FILE = 'detector.jax'  # in a folder that ssd_jax.export --format=jax writes
 EXPORT_INFO_FILE = 'export.json'  # beside it: class names, how it was exported
@@ -50,9 +50,9 @@ class Detector:
     self.class_names = labels.class_names(config)
     self.variables = builders.inference_variables(variables)
     self.batch_size = batch_size
-    self._run = jax.jit(functools.partial(
+    self._run = xla_cpu.jit(functools.partial(
         postprocess.network_detections, model=builders.build_model(config),
-        anchors=jnp.asarray(builders.build_default_boxes(config)), config=config))
+        anchors=jnp.asarray(builders.build_default_boxes(config)), config=config), config)
 
   @property
   def params(self):
@@ -136,7 +136,7 @@ class ExportedDetector(Detector):
     self.class_names = tuple(self.info['class_names'])
     self.variables = None
     self.batch_size = batch_size
-    self._call = jax.jit(self.exported.call)
+    self._call = xla_cpu.jit(self.exported.call, self.config)
 
   def pixel_detections(self, images: Sequence[np.ndarray], size: int = 1) -> list[tuple]:
     """As Detector's, but each image goes alone and whole (uint8 [1, H, W, 3])

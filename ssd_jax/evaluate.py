@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ssd_jax import builders, config_lib, labels, metrics, paths, postprocess, sharding
+from ssd_jax import builders, config_lib, labels, metrics, paths, postprocess, sharding, xla_cpu
 from ssd_jax.data import input_pipeline
 
 
@@ -40,11 +40,11 @@ def _eval_step(variables, pixels, anchors, model, config) -> postprocess.Detecti
 
 def jit_eval_step(config, mesh):
   """Detections of a global batch of pixels (sharded), replicated on every host."""
-  return jax.jit(functools.partial(_eval_step, model=builders.build_model(config),
-                                   config=config),
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),
-                               sharding.replicated(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return xla_cpu.jit(functools.partial(_eval_step, model=builders.build_model(config),
+                                       config=config), config,
+                     in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),
+                                   sharding.replicated(mesh)),
+                     out_shardings=sharding.replicated(mesh))
 
 
 def _to_pixels(boxes: np.ndarray, size) -> np.ndarray:

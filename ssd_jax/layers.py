@@ -1,29 +1,28 @@
-"""Convolution and max pooling whose gradients (and depthwise convolutions) run fast on XLA:CPU.
+"""Max pooling whose gradient, and depthwise convolutions, run fast on XLA:CPU.
 
-The forward passes are XLA's own (`lax.conv_general_dilated`, `lax.reduce_window`);
-only the gradients differ, and only on CPU:
+The forward passes are XLA's own (`lax.reduce_window`, `lax.conv_general_dilated`)
+except for depthwise convolutions on CPU:
 
-- XLA:CPU computes a convolution's weight gradient as a convolution whose window
-  is the whole feature map, which runs at a fraction of the forward pass's rate
-  (measured at batch 8: 19 GFLOP/s at 150x150x128 against 87 for the forward).
-  Here it is a sum of matrix products, one per block of output rows of an image:
-  the im2col patches [rows*Wo, kh*kw*C] transposed times the output gradient
-  [rows*Wo, D] (blocks of about 4 MiB of patches, to stay in cache).
-- XLA:CPU runs max pooling's gradient as select-and-scatter, ~25x the forward's
-  time for SSD's pool1. Here it is one masked shift per window offset: each
-  output's gradient goes to the first input (row-major in the window) equal to
-  the maximum, as Caffe and PyTorch do.
-
+- XLA:CPU runs max pooling's gradient as select-and-scatter, many times the forward's
+  time (batch 8, SSD300's pools: 14x to 58x; 980 ms for pool1 against 17). Here it is
+  one masked shift per window offset (165 ms): each output's gradient goes to the
+  first input (row-major in the window) equal to the maximum, as Caffe and
+  PyTorch do.
 - XLA:CPU runs depthwise (grouped) convolutions several times slower than the
   same arithmetic written out: on CPU they are kh*kw shifted multiply-adds
   (depthwise_shifted), forward and backward (SSDLite320 inference 4.5 -> 23.7
   images/s at batch 1 on a 2-core CPU, experiments/bench_inference.py).
 
-On GPU and TPU (`jax.lax.platform_dependent`), XLA's gradients are used unchanged,
-and so they are with several CPU devices (simulated ones in tests, or several
-processes): there the row-block loop beside XLA:CPU's cross-device all-reduce
-aborted train steps with a collective rendezvous timeout in our tests.
-`experiments/bench_train.py` measures the train step with and without these.
+Other convolutions are lax's, forward and backward. Their speed on CPU comes
+from the compiler options in xla_cpu.py (XLA's own convolution kernels): with
+those, XLA's weight gradient is faster than the im2col matrix products this
+module used to compute it with under XLA's defaults (experiments/bench_layer_grads.py).
+
+On GPU and TPU (`jax.lax.platform_dependent`), XLA's pooling gradient is used
+unchanged, and so it is with several CPU devices (simulated ones in tests, or
+several processes), where a row-block loop this module once ran beside XLA:CPU's
+cross-device all-reduce aborted train steps with a collective rendezvous timeout.
+`experiments/bench_train.py --xla_gradients` measures the train step without it.
 """
 from __future__ import annotations
 
@@ -37,96 +36,14 @@ from jax import lax
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
-# Set False to use XLA's gradients on every platform (benchmarks compare both).
+# Set False to use XLA's pooling gradient on every platform (benchmarks compare both).
 USE_CPU_GRADIENTS = True
 # Set False to run depthwise convolutions as XLA's grouped convolution on CPU too.
 USE_CPU_DEPTHWISE = True
-# Feature maps smaller than this (pixels) keep XLA's weight gradient, which is the
-# faster one there (batch 8, 19x19x512: 73 ms against 109 for the matrix products).
-MIN_PIXELS = 32 * 32
-
-
-def _plain_conv(x, w, padding: Pads, dilation: tuple[int, int]):
-  return lax.conv_general_dilated(x, w, (1, 1), padding, rhs_dilation=dilation,
-                                  dimension_numbers=_NHWC)
-
-
-def _patches(rows, kernel: tuple[int, int], dilation: tuple[int, int], out: tuple[int, int]):
-  """f[R + (kh-1) dh, Wo + (kw-1) dw, C] padded input rows -> f[R*Wo, kh*kw*C]: each
-  output pixel's window (im2col) for R = out[0] output rows."""
-  (kh, kw), (dh, dw), (r, wo) = kernel, dilation, out
-  cols = [rows[i * dh:i * dh + r, j * dw:j * dw + wo] for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(cols, -1).reshape(r * wo, -1)
-
-
-# Bytes of im2col patches per matrix product: measured fastest on a 2-core CPU for
-# VGG's layers (1 MiB to 16 MiB within 10%; whole images 1.4x slower at 300x300x64).
-PATCH_BYTES = 4 << 20
-
-
-def _rows_per_block(out_rows: int, row_bytes: int) -> int:
-  """The largest divisor of out_rows whose patches fit PATCH_BYTES (at least 1)."""
-  fits = [r for r in range(1, out_rows + 1) if out_rows % r == 0 and r * row_bytes <= PATCH_BYTES]
-  return max(fits, default=1)
-
-
-def conv_weight_grad(x, g, kernel_shape, padding: Pads, dilation=(1, 1)):
-  """Weight gradient of a stride-1 NHWC/HWIO convolution, as matrix products.
-
-  Args:
-    x: f[B, H, W, C] the convolution's input; g: f[B, Ho, Wo, D] the gradient
-      of its output; kernel_shape: (kh, kw, C, D); padding: ((top, bottom),
-      (left, right)); dilation: the kernel's (dh, dw).
-  Returns:
-    f32[kh, kw, C, D]: the sum over blocks of R output rows of one image of
-    patches[R*Wo, kh*kw*C]^T @ g[R*Wo, D], accumulated in float32 (R chosen so a
-    block's patches take about PATCH_BYTES).
-  """
-  kh, kw, c, d = kernel_shape
-  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  ho, wo = g.shape[1:3]
-  r = _rows_per_block(ho, wo * kh * kw * c * x.dtype.itemsize)
-  blocks, span = ho // r, r + (kh - 1) * dilation[0]
-
-  def add_block(total, k):
-    b, i = k // blocks, k % blocks
-    rows = lax.dynamic_slice(xp, (b, i * r, 0, 0), (1, span) + xp.shape[2:])[0]
-    grad = lax.dynamic_slice(g, (b, i * r, 0, 0), (1, r, wo, d))[0]
-    cols = _patches(rows, (kh, kw), dilation, (r, wo))
-    return total + jnp.dot(cols.T, grad.reshape(-1, d), preferred_element_type=jnp.float32), None
-
-  total, _ = lax.scan(add_block, jnp.zeros((kh * kw * c, d), jnp.float32),
-                      jnp.arange(x.shape[0] * blocks))
-  return total.reshape(kh, kw, c, d)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, w, padding: Pads, dilation: tuple[int, int]):
-  return _plain_conv(x, w, padding, dilation)
-
-
-def _conv_fwd(x, w, padding, dilation):
-  return _plain_conv(x, w, padding, dilation), (x, w)
-
-
-def _conv_bwd(padding, dilation, residuals, g):
-  x, w = residuals
-
-  def xla(x, w, g):
-    return jax.vjp(lambda x, w: _plain_conv(x, w, padding, dilation), x, w)[1](g)
-
-  def cpu(x, w, g):
-    dx = jax.vjp(lambda x: _plain_conv(x, w, padding, dilation), x)[1](g)[0]
-    return dx, conv_weight_grad(x, g, w.shape, padding, dilation).astype(w.dtype)
-
-  return lax.platform_dependent(x, w, g, cpu=cpu, default=xla)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def cpu_gradients_apply() -> bool:
-  """Whether the CPU gradients are used: on, and not several devices (see the module doc)."""
+  """Whether the CPU pooling gradient is used: on, and not several devices (see the module doc)."""
   return USE_CPU_GRADIENTS and jax.device_count() == 1
 
 
@@ -168,11 +85,9 @@ def _is_depthwise(lhs, rhs, feature_group_count, lhs_dilation, rhs_dilation, pad
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, **kwargs):
-  """`lax.conv_general_dilated`, with the CPU weight gradient above for the stride-1,
-  explicitly padded NHWC convolutions of SSD's large maps, and, on CPU, depthwise
-  NHWC convolutions as shifted multiply-adds (depthwise_shifted: XLA:CPU runs
-  grouped convolutions far slower, measured by experiments/bench_inference.py on
-  SSDLite320); the rest go to lax as is.
+  """`lax.conv_general_dilated`, but on CPU depthwise NHWC convolutions are shifted
+  multiply-adds (depthwise_shifted: XLA:CPU runs grouped convolutions far slower,
+  measured by experiments/bench_inference.py on SSDLite320); the rest go to lax as is.
   Pass as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`."""
   if (USE_CPU_DEPTHWISE and _is_depthwise(lhs, rhs, feature_group_count, lhs_dilation,
                                           rhs_dilation, padding)
@@ -187,16 +102,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
     return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: depthwise_shifted(x, w, strides, pads),
                                   default=xla)
-  simple = (cpu_gradients_apply() and tuple(window_strides) == (1, 1)
-            and not isinstance(padding, str)
-            and lhs.ndim == 4 and lhs.shape[1] * lhs.shape[2] >= MIN_PIXELS
-            and all(v == 1 for v in (lhs_dilation or (1, 1))) and feature_group_count == 1
-            and not kwargs.get('precision') and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape))
-  if not simple:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, **kwargs)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv(lhs, rhs, pads, tuple(int(v) for v in (rhs_dilation or (1, 1))))
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                  dimension_numbers, feature_group_count, **kwargs)
 
 
 def _plain_pool(x, window, strides, padding):

@@ -18,7 +18,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from ssd_jax import builders, losses, matching, optim, pixels, sharding
+from ssd_jax import builders, losses, matching, optim, pixels, sharding, xla_cpu
 
 
 class TrainState(train_state.TrainState):
@@ -46,7 +46,7 @@ def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
                              batch_stats=variables.get('batch_stats'),
                              ema_params=params if config.optim.ema_decay else None)
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+  return xla_cpu.jit(init, config, out_shardings=sharding.replicated(mesh))(rng)
 
 
 def forward(state: TrainState, params, images) -> tuple:
@@ -108,6 +108,6 @@ def batch_spec(config, batch_size: int) -> dict:
 def jit_train_step(config, mesh: Mesh):
   """train_step compiled for the mesh; the input state is donated."""
   replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(functools.partial(train_step, config=config),
-                 in_shardings=(replicated, sharded, replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return xla_cpu.jit(functools.partial(train_step, config=config), config,
+                     in_shardings=(replicated, sharded, replicated),
+                     out_shardings=(replicated, replicated), donate_argnums=0)

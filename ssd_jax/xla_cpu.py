@@ -1,0 +1,70 @@
+"""The compiler options ssd_jax's jitted functions get on CPU, per backbone:
+which kinds of operation XLA:CPU hands to the YNNPACK library.
+
+JAX 0.10's XLA:CPU gives YNNPACK every convolution, every matrix product and
+reductions (its `INDIVIDUAL_CONVOLUTION`, `INDIVIDUAL_DOT` and `REDUCE`
+fusions) by default. On this project's 2-core AMD EPYC (Zen 3, AVX2, no
+AVX-512), compiled in one process and timed alternately (medians):
+
+- YNNPACK's convolutions ran slower than XLA's own: SSD300's forward pass at
+  batch 1 took 686 ms with only the matrix products left to YNNPACK against 783
+  by default, and the quickstart model's train forward and backward at batch 32
+  316 ms against 415. Its reduction fusion made SSD300's forward 773 ms: one
+  fusion took over most of the network.
+- For SSDLite320 the reductions (BatchNorm's, around the depthwise layers) are
+  what YNNPACK does best: its train forward and backward at batch 8 took
+  1938 ms with matrix products and reductions against 2271 by default and
+  5638 with matrix products alone; its forward at batch 1 21.3 ms against 26.4.
+
+`experiments/bench_inference.py` and `bench_train.py` print the defaults (as
+`xla_defaults`) beside these in the same run. GPU and TPU compilations get no
+options. Set OPTIONS = {} for XLA's defaults on CPU too. Where the installed
+XLA does not know an option (another jaxlib), the options are dropped with a
+warning rather than failing every compilation. Nothing here imports TensorFlow.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+_YNN = 'xla_cpu_experimental_ynn_fusion_type'
+_TYPE = 'LIBRARY_FUSION_TYPE_'
+
+
+def _ynn(*kinds: str) -> dict:
+  return {_YNN: ','.join(_TYPE + kind for kind in kinds)}
+
+
+# config.model.backbone -> XLA debug options; a backbone not listed gets XLA's defaults.
+OPTIONS = {'vgg16': _ynn('INDIVIDUAL_DOT'),
+           'mobilenet_v3_large': _ynn('INDIVIDUAL_DOT', 'REDUCE')}
+
+
+@functools.cache
+def _accepted(items: tuple) -> bool:
+  try:
+    jax.jit(jnp.negative).lower(jnp.zeros(())).compile(compiler_options=dict(items))
+    return True
+  except jax.errors.JaxRuntimeError as e:
+    logging.warning('XLA:CPU options %s not used (%s); compiling with XLA\'s defaults.',
+                    dict(items), str(e).splitlines()[0])
+    return False
+
+
+def compiler_options(backbone: str) -> Optional[dict]:
+  """OPTIONS[backbone] when the default backend is CPU and its XLA accepts them, else None."""
+  items = tuple(sorted(OPTIONS.get(backbone, {}).items()))
+  if not items or jax.default_backend() != 'cpu' or not _accepted(items):
+    return None
+  return dict(items)
+
+
+def jit(fun: Callable, config, **kwargs: Any):
+  """`jax.jit(fun, **kwargs)` with the compiler options of config.model.backbone.
+  Call it once the backend is chosen (e.g. after jax.distributed.initialize): it
+  asks for the default backend."""
+  return jax.jit(fun, compiler_options=compiler_options(config.model.backbone), **kwargs)
