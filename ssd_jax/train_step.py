@@ -46,7 +46,9 @@ def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
                              batch_stats=variables.get('batch_stats'),
                              ema_params=params if config.optim.ema_decay else None)
 
-  return xla_cpu.jit(init, config, out_shardings=sharding.replicated(mesh))(rng)
+  # Plain jax.jit: run once, and callable under a trace (jax.eval_shape), where
+  # compiler options are refused.
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
 
 
 def forward(state: TrainState, params, images) -> tuple:
