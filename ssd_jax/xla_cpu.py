@@ -66,5 +66,7 @@ def compiler_options(backbone: str) -> Optional[dict]:
 def jit(fun: Callable, config, **kwargs: Any):
   """`jax.jit(fun, **kwargs)` with the compiler options of config.model.backbone.
   Call it once the backend is chosen (e.g. after jax.distributed.initialize): it
-  asks for the default backend."""
+  asks for the default backend. On CPU the result must be called at the top
+  level: JAX refuses compiler options on a jit called inside another trace
+  (jit, eval_shape), which is why train_step.create_state uses plain jax.jit."""
   return jax.jit(fun, compiler_options=compiler_options(config.model.backbone), **kwargs)
