@@ -27,6 +27,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.xdist_group('hosts')  # see pytest.ini
 STEPS = 24
 HEARTBEAT_S = 5
+# What gloo prints as it aborts a host (SIGABRT, no Python runs) whose collective
+# partner died mid-message: one of the ways a survivor of a killed host stops.
+GLOO_ABORT = "Received data size doesn't match expected size"
 # One CPU device a host; LLVM's cheap passes only: compiling the initialisation
 # then takes 3 s instead of 20 (every run here compiles with the same flags).
 XLA_FLAGS = ('--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 '
@@ -255,11 +258,13 @@ def test_four_hosts_one_killed_the_others_stop_then_all_resume(config_file, tmp_
   codes, seconds = hosts.wait_stopped_after(start, timeout=HEARTBEAT_S + 60)
   assert codes[2] == -9 and all(c not in (0, None) for c in codes), hosts.tail()
   survivors = [hosts.output(i) for i in (0, 1, 3)]
-  for out in survivors:  # ssd_jax's word, or JAX ending it (a host outside a collective)
+  for out in survivors:  # ssd_jax's word, JAX ending it (a host outside a collective), or gloo
     assert ('a collective failed because another host stopped' in out
-            or 'Terminating process because the JAX distributed service' in out), hosts.tail()
-  assert any('host 2 stopped without a word' in out or 'stopped sending heartbeats):\n2' in out
-             for out in survivors), hosts.tail()
+            or 'Terminating process because the JAX distributed service' in out
+            or GLOO_ABORT in out), hosts.tail()
+  if GLOO_ABORT not in survivors[0]:  # else the coordination service went with host 0: no names
+    assert any('host 2 stopped without a word' in out or 'stopped sending heartbeats):\n2' in out
+               for out in survivors), hosts.tail()
   print(f'kill -9 of host 2 of 4: exit codes {codes}, every host stopped after {seconds:.1f} s')
   assert seconds < HEARTBEAT_S + 30
   again = Hosts(4, config_file, workdir, mode='train_and_eval')
