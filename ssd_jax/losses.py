@@ -15,8 +15,35 @@ def smooth_l1(x):
   return jnp.where(ax < 1.0, 0.5 * jnp.square(x), ax - 0.5)
 
 
+def _ordered_bits(x):
+  """f32 -> u32 whose unsigned order is the floats' order (-inf < ... < inf < NaN;
+  -0.0 and 0.0 equal, as when sorting)."""
+  x = x.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x), jnp.uint32)
+  negative = (bits >> 31) == 1
+  return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def kth_largest_bits(keys, k):
+  """Per row, the k-th largest of u32 keys [B, A] (k: i32 [B, 1], 1 <= k <= A): the
+  largest t with at least k keys >= t, built bit by bit from the top (32 counting
+  passes over the row, no sort). Rows with k = 0 get 0xFFFFFFFF."""
+  def bit(i, t):
+    candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    enough = jnp.sum(keys >= candidate, axis=1, keepdims=True) >= k
+    return jnp.where(enough, candidate, t)
+
+  return jax.lax.fori_loop(0, 32, bit, jnp.zeros(k.shape, jnp.uint32))
+
+
 def hard_negatives(background_loss, positive, neg_pos_ratio: float):
   """Per image, the negatives of highest background loss, ratio x positives.
+
+  Selected: the num_neg highest background losses among the negatives, num_neg
+  = min(floor(ratio x positives), negatives); ties go to the lower default box
+  index, as a stable descending sort's first num_neg would. Found by selecting
+  the num_neg-th largest loss (kth_largest_bits) rather than sorting each row,
+  which took 8% of the quickstart's train step on CPU.
 
   Args:
     background_loss: f32[B, A] cross-entropy of predicting background.
@@ -24,17 +51,17 @@ def hard_negatives(background_loss, positive, neg_pos_ratio: float):
     neg_pos_ratio: negatives kept per positive (3 in the paper).
 
   Returns:
-    bool[B, A] selected negatives. Ties go to the lower default box index.
+    bool[B, A] selected negatives.
   """
   num_pos = jnp.sum(positive, axis=1, keepdims=True)
   num_neg = jnp.minimum(jnp.floor(neg_pos_ratio * num_pos),
                         positive.shape[1] - num_pos).astype(jnp.int32)
-  ranked = jnp.where(positive, -jnp.inf, background_loss)
-  order = jnp.argsort(-ranked, axis=1, stable=True)
-  # Invert the permutation with a scatter (cheaper than a second sort).
-  positions = jnp.broadcast_to(jnp.arange(order.shape[1]), order.shape)
-  rank = jnp.zeros_like(order).at[jnp.arange(order.shape[0])[:, None], order].set(positions)
-  return (rank < num_neg) & ~positive
+  keys = jnp.where(positive, jnp.uint32(0), _ordered_bits(background_loss))
+  threshold = kth_largest_bits(keys, num_neg)
+  above = (keys > threshold) & ~positive
+  tied = (keys == threshold) & ~positive
+  room = num_neg - jnp.sum(above, axis=1, keepdims=True)  # ties taken in index order
+  return (above | (tied & (jnp.cumsum(tied, axis=1) <= room))) & (num_neg > 0)
 
 
 def multibox_loss(loc_pred, logits, loc_targets, cls_targets, neg_pos_ratio: float = 3.0,

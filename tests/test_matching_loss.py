@@ -154,6 +154,25 @@ def test_hard_negatives_hand_case():
   np.testing.assert_array_equal(got, [[False, False, True, True, False, True]])
 
 
+@pytest.mark.parametrize('values', ['continuous', 'ties', 'signed', 'infinite'])
+def test_hard_negatives_are_a_stable_sorts_first_choices(values):
+  rng = np.random.default_rng(len(values))
+  select = jax.jit(lambda loss, pos: losses.hard_negatives(loss, pos, 3.0))
+  for _ in range(40):
+    shape = (rng.integers(1, 6), rng.integers(1, 400))
+    loss = {'continuous': lambda: rng.exponential(1.0, shape),
+            'ties': lambda: rng.integers(0, 4, shape) * 0.5,  # many equal losses
+            'signed': lambda: rng.choice([-1.0, 1.0, -0.0, 0.0], shape) * rng.random(shape),
+            'infinite': lambda: np.where(rng.random(shape) < 0.3, -np.inf, np.where(
+                rng.random(shape) < 0.1, np.inf, rng.normal(0, 1, shape)))}[values]()
+    loss = loss.astype(np.float32)
+    positive = rng.random(shape) < rng.choice([0.0, 0.02, 0.3, 0.9])
+    want = np.zeros_like(positive)
+    for row, (l, p) in enumerate(zip(loss, positive)):
+      want[row, ref.hardest_negatives(l, p, 3.0)] = True
+    np.testing.assert_array_equal(select(loss, positive), want)
+
+
 def test_stage_two_takes_a_box_at_exactly_the_threshold():
   """The release compares with >=: IoU exactly 0.5 (exact in float32) is a match."""
   anchors = np.array([[0.25, 0.5, 0.5, 1.0],   # the ground truth itself: stage 1

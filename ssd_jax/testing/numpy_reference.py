@@ -44,6 +44,15 @@ def match_image(gt_boxes, gt_labels, anchors, threshold=0.5, variances=(0.1, 0.2
   return loc, cls
 
 
+def hardest_negatives(background, positive, neg_pos_ratio=3.0):
+  """One image's hard negatives: indices of the negatives (~positive) of highest
+  background loss, a stable descending sort's first min(floor(ratio x positives),
+  negatives), ties to the lower index."""
+  negatives = np.flatnonzero(~positive)
+  n_neg = min(int(np.floor(neg_pos_ratio * positive.sum())), len(negatives))
+  return negatives[np.argsort(-background[negatives], kind='stable')[:n_neg]]
+
+
 def multibox_loss(loc_pred, logits, loc_t, cls_t, neg_pos_ratio=3.0, loc_weight=1.0):
   """Per-image loop; returns (loss, loc, conf, num_pos) with the batch's N."""
   loc_pred, logits = np.asarray(loc_pred, np.float64), np.asarray(logits, np.float64)
@@ -57,10 +66,7 @@ def multibox_loss(loc_pred, logits, loc_t, cls_t, neg_pos_ratio=3.0, loc_weight=
     shifted = logits[b] - logits[b].max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     ce = -log_probs[np.arange(len(cls_t[b])), cls_t[b]]
-    negatives = np.flatnonzero(~pos)
-    background = -log_probs[negatives, 0]
-    n_neg = min(int(np.floor(neg_pos_ratio * n_pos)), len(negatives))
-    hardest = negatives[np.argsort(-background, kind='stable')[:n_neg]]
+    hardest = hardest_negatives(-log_probs[:, 0], pos, neg_pos_ratio)
     total_conf += ce[pos].sum() + ce[hardest].sum()
     total_pos += n_pos
   n = max(total_pos, 1)
