@@ -1,6 +1,7 @@
 """The tf.data pipelines: mock VOC/COCO batches, the order over the union, exact
 resume on 1 and 2 simulated hosts, per-host shares, clear errors."""
 import itertools
+import os
 import pathlib
 
 import numpy as np
@@ -105,6 +106,19 @@ def test_two_hosts_cover_the_eval_split_exactly_once(load_config, tiny_data_dir)
       seen += [round(float(v)) for v, real in zip(b['image'][:, 0, 0, 0], b['mask']) if real]
   assert all_steps[0] == all_steps[1]
   assert sorted(seen) == list(range(NUM_IMAGES))
+
+
+def test_no_pipeline_runs_the_autotuning_model(load_config, tiny_data_dir):
+  """Destroying an iterator waits for tf.data's autotuning thread, which sleeps
+  up to a minute between rounds (a run's end stalled up to 54 s with it), so
+  every pipeline here turns it off; the streams still read examples in parallel."""
+  c = tiny_config(load_config, tiny_data_dir, 4)
+  streams = {'train': input_pipeline.train_dataset(c, 0, 1),
+             'eval': input_pipeline.eval_dataset(c, 0, 1)[0],
+             'drawn': input_pipeline.decoded_eval_examples(c, 2)}
+  for name, ds in streams.items():
+    assert ds.options().autotune.enabled is False, name
+  assert input_pipeline.PARALLEL_CALLS == len(os.sched_getaffinity(0))
 
 
 def test_each_pass_is_a_new_permutation_of_the_union(load_config, tiny_data_dir):
