@@ -46,8 +46,7 @@ def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
                              batch_stats=variables.get('batch_stats'),
                              ema_params=params if config.optim.ema_decay else None)
 
-  # Plain jax.jit: run once, and callable under a trace (jax.eval_shape), where
-  # compiler options are refused.
+  # Plain jax.jit: it runs once, so the CPU options (xla_cpu.py) would buy nothing.
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
 
 

@@ -63,10 +63,27 @@ def compiler_options(backbone: str) -> Optional[dict]:
   return dict(items)
 
 
-def jit(fun: Callable, config, **kwargs: Any):
-  """`jax.jit(fun, **kwargs)` with the compiler options of config.model.backbone.
-  Call it once the backend is chosen (e.g. after jax.distributed.initialize): it
-  asks for the default backend. On CPU the result must be called at the top
-  level: JAX refuses compiler options on a jit called inside another trace
-  (jit, eval_shape), which is why train_step.create_state uses plain jax.jit."""
-  return jax.jit(fun, compiler_options=compiler_options(config.model.backbone), **kwargs)
+class Jitted:
+  """`jax.jit(fun, compiler_options=options, **kwargs)`, which JAX refuses to call
+  inside another trace (jit, vmap, grad, eval_shape): there, recognised by a
+  traced argument, the same function jitted without the options runs instead
+  (it is inlined into the outer program, whose own options then apply).
+  Attributes such as `lower` and `trace` are the top-level function's."""
+
+  def __init__(self, fun: Callable, options: Optional[dict], **kwargs: Any):
+    self._top = jax.jit(fun, compiler_options=options, **kwargs)
+    self._nested = jax.jit(fun, **kwargs) if options else self._top
+
+  def __call__(self, *args, **kwargs):
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+    return (self._nested if traced else self._top)(*args, **kwargs)
+
+  def __getattr__(self, name: str):
+    return getattr(self._top, name)
+
+
+def jit(fun: Callable, config, **kwargs: Any) -> Jitted:
+  """`jax.jit(fun, **kwargs)` with the compiler options of config.model.backbone
+  at the top level (see Jitted). Call it once the backend is chosen (e.g. after
+  jax.distributed.initialize): it asks for the default backend."""
+  return Jitted(fun, compiler_options(config.model.backbone), **kwargs)

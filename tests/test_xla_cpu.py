@@ -55,3 +55,18 @@ def test_an_option_this_xla_lacks_is_dropped_with_a_warning(monkeypatch, caplog)
 def test_no_options_means_xlas_defaults(monkeypatch):
   monkeypatch.setattr(xla_cpu, 'OPTIONS', {})
   assert xla_cpu.compiler_options('vgg16') is None
+
+
+def test_a_function_with_options_also_runs_inside_another_trace():
+  """JAX refuses compiler options on a jit called inside jit, vmap, grad or
+  eval_shape; xla_cpu.jit's functions run there without them, same values."""
+  f = xla_cpu.jit(lambda x: jnp.sin(x) * 2.0, VGG)
+  x = jnp.linspace(0.0, 1.0, 5)
+  want = np.sin(np.linspace(0.0, 1.0, 5)) * 2.0
+  np.testing.assert_allclose(f(x), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(lambda x: f(x) + 1.0)(x), want + 1.0, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(f)(x), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda x: f(x).sum())(x), 2.0 * np.cos(np.linspace(
+      0.0, 1.0, 5)), rtol=1e-6)
+  assert jax.eval_shape(f, jax.ShapeDtypeStruct((5,), jnp.float32)).shape == (5,)
+  assert ' sine(' in f.lower(x).compile().as_text()  # the top-level function's attributes
