@@ -1,6 +1,6 @@
 """A small SSD on the built-in synthetic `ssd_shapes` dataset: the offline quickstart.
 
-Run (generates the data, trains, evaluates, draws detections; 579 s after a
+Run (generates the data, trains, evaluates, draws detections; 527 s after a
 136 s install and VOC07 mAP 0.934, measured on the project's 2-core CPU, see
 the README):
   python -m ssd_jax.main --config=configs/shapes.py --workdir=/tmp/ssd_shapes --mode=train_and_eval
