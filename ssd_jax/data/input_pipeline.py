@@ -141,8 +141,8 @@ def _without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
   iterator waits for that model's thread, which sleeps up to a minute between
   rounds: the end of a run stalled 54 s (the quickstart) and 13-30 s per host
   (two- and four-host runs) with it. Without it the maps run PARALLEL_CALLS at
-  once, and on the quickstart's data the training stream gave 1082-1219
-  images/s at 1.6-1.8 ms CPU each against 913-1063 and 1.8-2.0 with it."""
+  once, and on the quickstart's data the training stream gave 1082-1322
+  images/s at 1.5-1.8 ms CPU each against 913-1063 and 1.8-2.0 with it."""
   options = tf.data.Options()
   options.autotune.enabled = False
   return ds.with_options(options)
