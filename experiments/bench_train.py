@@ -198,8 +198,8 @@ def main():
         runs = ([('ssd_jax', True, options)]
                 + ([('xla_grads', False, options)] if args.xla_gradients else [])
                 + ([('xla_defaults', True, {})] if args.xla_defaults else []))
-        for what, ours, xla_cpu.OPTIONS in runs:
-          layers.USE_CPU_GRADIENTS = ours
+        for what, ours, cpu_options in runs:
+          layers.USE_CPU_GRADIENTS, xla_cpu.OPTIONS = ours, cpu_options
           rate = jax_step_rate(config, batch, args.repeats)
           row(name, batch_size, dtype, what, rate, torch_rate, flops, peak)
         layers.USE_CPU_GRADIENTS, xla_cpu.OPTIONS = True, options
