@@ -1,5 +1,5 @@
-"""The built-in ssd_shapes dataset: deterministic, boxes on the drawn shapes,
-and readable by the real pipeline."""
+"""The built-in ssd_shapes dataset: deterministic, boxes on the visible extent of
+the drawn shapes, and readable by the real pipeline."""
 import numpy as np
 import pytest
 
@@ -38,6 +38,16 @@ def test_boxes_are_the_drawn_extent_of_the_shapes():
       assert not np.all(ring == inside[0]) or (x0 == 0 and y0 == 0)
       checked += 1
   assert checked >= 5
+
+
+def test_an_occluded_shape_s_box_is_the_extent_of_its_visible_pixels():
+  """Shape 1 covers the right half of shape 0; shape 2 is hidden under shape 3."""
+  owner = np.full((10, 10), -1)
+  owner[2:8, 2:8] = 0
+  owner[:, 5:] = 1
+  owner[0:2, 0:2] = 3
+  expected = [[2, 2, 5, 8], [5, 0, 10, 10], [0, 0, 0, 0], [0, 0, 2, 2]]
+  np.testing.assert_array_equal(shapes_dataset.visible_boxes(owner, 4), expected)
 
 
 @pytest.fixture(scope='module')
