@@ -108,6 +108,11 @@ class Backbone(nn.Module):
     atrous: pool5 3x3/1 and conv6 dilated by 6 (the paper); False keeps pool5
       2x2/2 and an undilated conv6 (the "no atrous" ablation).
     fc_features: channels of conv6 and conv7.
+    batch_norm: every convolution (VGG, conv6, conv7 and the extras) without a
+      bias, followed by BatchNorm '<name>_bn' before its ReLU, as torchvision's
+      vgg16_bn does for the base: a network trained from scratch then converges
+      in far fewer steps. False is the paper's network.
+    bn_momentum, bn_epsilon: those BatchNorm layers' settings (Flax's momentum).
   """
   sources: Sequence[str] = SSD300_SOURCES
   extras: str = 'ssd300'
@@ -115,6 +120,9 @@ class Backbone(nn.Module):
   atrous: bool = True
   fc_features: int = 1024
   l2norm_scale: float = 20.0
+  batch_norm: bool = False
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -123,12 +131,23 @@ class Backbone(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False) -> list:
-    """f[B, H, W, 3] -> list of f[B, h_i, w_i, c_i], one per source (no layer
-    depends on `train`)."""
+    """f[B, H, W, 3] -> list of f[B, h_i, w_i, c_i], one per source (`train`:
+    BatchNorm's batch statistics, where batch_norm is set)."""
     check_sources(self.sources, layer_order(self.extras))
-    conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=caffe_xavier,
-                             conv_general_dilated=layers.conv_general_dilated)
+    plain = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=caffe_xavier, use_bias=not self.batch_norm,
+                              conv_general_dilated=layers.conv_general_dilated)
+
+    def conv(features, kernel, name, **kw):
+      """The conv `name`, then its BatchNorm where batch_norm is set."""
+      layer = plain(features, kernel, name=name, **kw)
+      if not self.batch_norm:
+        return layer
+      norm = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=self.bn_epsilon, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name=f'{name}_bn')
+      return lambda x: norm(layer(x))
+
     outputs = {}
 
     def emit(name, x):
@@ -245,7 +264,8 @@ def _vgg16(model_cfg, settings, dtype, param_dtype) -> Backbone:
   return Backbone(sources=tuple(model_cfg.sources), extras=settings.extras,
                   width=model_cfg.width, atrous=settings.atrous,
                   fc_features=settings.fc_features, l2norm_scale=settings.l2norm_scale,
-                  dtype=dtype, param_dtype=param_dtype)
+                  batch_norm=settings.batch_norm, bn_momentum=model_cfg.batch_norm_momentum,
+                  bn_epsilon=model_cfg.batch_norm_epsilon, dtype=dtype, param_dtype=param_dtype)
 
 
 def _multibox_head(model_cfg, boxes_per_location, dtype, param_dtype) -> MultiBoxHead:
@@ -260,6 +280,7 @@ VGG16 = BackbonePart(
         atrous=True,            # pool5 3x3/1 + dilated conv6
         fc_features=1024,       # conv6 / conv7 channels
         l2norm_scale=20.0,      # initial conv4_3 L2Norm scale
+        batch_norm=False,       # BatchNorm after every conv (from-scratch training)
     ),
     layers=lambda settings: layer_order(settings.extras),
     build=_vgg16)

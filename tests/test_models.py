@@ -151,3 +151,38 @@ def test_new_layers_start_as_caffe_xavier(load_config):
     np.testing.assert_array_equal(params['backbone'][layer]['bias'], 0.0)
   head = np.asarray(params['head']['conv7_conf']['kernel'], np.float64)
   assert abs(head.var() * 3 * 3 * 1024 - 1) < 5 * np.sqrt(0.8 / head.size)
+
+
+def test_vgg_batch_norm_by_hand(load_config):
+  """backbone.batch_norm: each backbone conv loses its bias and gains BatchNorm
+  '<name>_bn' before its ReLU (head convs unchanged); in training it normalises
+  with the batch's mean and biased variance, in evaluation with its running ones."""
+  plain = config_lib.validate(load_config('shapes'))
+  c = load_config('shapes')
+  c.backbone.batch_norm = True
+  c = config_lib.validate(c)
+  (_, _), before = abstract_forward(plain)
+  (_, _), after = abstract_forward(c)
+  p, stats = after['params']['backbone'], after['batch_stats']['backbone']
+  convs = [n for n in before['params']['backbone'] if n != 'conv4_3_norm']
+  assert sorted(stats) == sorted(f'{n}_bn' for n in convs)
+  for n in convs:
+    channels = before['params']['backbone'][n]['bias'].shape[0]
+    assert set(p[n]) == {'kernel'} and set(p[f'{n}_bn']) == {'scale', 'bias'}
+    assert stats[f'{n}_bn']['mean'].shape == (channels,)
+  assert 'bias' in after['params']['head']['conv7_conf']
+  # Each conv: minus its C biases, plus BatchNorm's C scales and C offsets.
+  extra = sum(before['params']['backbone'][n]['bias'].shape[0] for n in convs)
+  assert count(after['params']) == count(before['params']) + extra
+
+  model = builders.build_model(c).backbone
+  images = jax.random.normal(jax.random.key(0), (4, 96, 96, 3)) * 3.0 + 1.0
+  variables = model.init(jax.random.key(1), images)
+  for train in (True, False):
+    _, inter = model.apply(variables, images, train, capture_intermediates=True,
+                           mutable=['intermediates', 'batch_stats'])
+    conv = np.asarray(inter['intermediates']['conv1_1']['__call__'][0], np.float64)
+    normed = np.asarray(inter['intermediates']['conv1_1_bn']['__call__'][0])
+    mean, var = (conv.mean((0, 1, 2)), conv.var((0, 1, 2))) if train else (0.0, 1.0)
+    np.testing.assert_allclose(normed, (conv - mean) / np.sqrt(var + 1e-5), rtol=1e-4,
+                               atol=1e-4)
