@@ -219,10 +219,13 @@ def test_pytorch_sgd_scales_the_velocity_by_the_current_rate(load_config):
 
 
 def test_a_config_json_of_an_older_version_reads(load_config, tmp_path):
-  """VGG16's fields were under `model` before backbones had a section."""
+  """VGG16's fields were under `model` before backbones had a section, and
+  backbone.batch_norm (newer) was not written at all: it reads as its default."""
   config = config_lib.validate(load_config('voc512'))
   values = json.loads(config.to_json())
-  values['model'].update(values.pop('backbone'))
+  backbone = values.pop('backbone')
+  values['model'].update({k: backbone[k] for k in checkpoints.MOVED_TO_BACKBONE})
+  assert set(backbone) - set(checkpoints.MOVED_TO_BACKBONE) == {'batch_norm'}
   del values['model']['backbone'], values['model']['head']
   (tmp_path / 'config.json').write_text(json.dumps(values))
   read = checkpoints.find_config(str(tmp_path))
