@@ -66,8 +66,9 @@ def _covered(a, b) -> float:
 def visible_boxes(owner: np.ndarray, count: int) -> np.ndarray:
   """i32 [N] pixel boxes xyxy (end exclusive) of each shape's visible pixels.
 
-  owner: i[S, S], the index of the shape drawn last at each pixel, -1 where only
-  background shows. A shape with no pixel showing gets an empty box (0, 0, 0, 0).
+  owner: i[S, S], the index of the shape drawn last at each pixel; any other
+  value (generate's 255) where only background shows. A shape with no pixel
+  showing gets an empty box (0, 0, 0, 0).
   """
   boxes = np.zeros((count, 4), np.int32)
   for k in range(count):
@@ -104,6 +105,7 @@ def generate(seed: int, config: ShapesConfig) -> tuple[np.ndarray, np.ndarray, n
   canvas = Image.fromarray(np.clip(_background(rng, s), 0, 255).astype(np.uint8))
   draw = ImageDraw.Draw(canvas)
   owner = Image.new('L', (s, s), 255)  # index of the shape on top; 255: background
+  draw_owner = ImageDraw.Draw(owner)
   boxes, labels = [], []
   for _ in range(rng.integers(1, config.max_objects + 1)):
     for _ in range(20):  # tries to place a shape that does not overlap too much
@@ -120,11 +122,10 @@ def generate(seed: int, config: ShapesConfig) -> tuple[np.ndarray, np.ndarray, n
     colour = tuple(int(c) for c in rng.integers(80, 256, 3))
     extent = (pixels[0], pixels[1], pixels[2] - 1, pixels[3] - 1)
     _draw(draw, label, extent, colour)
-    _draw(ImageDraw.Draw(owner), label, extent, len(boxes))
+    _draw(draw_owner, label, extent, len(boxes))
     boxes.append(box)
     labels.append(label)
-  owner = np.asarray(owner).astype(np.int32)
-  visible = visible_boxes(np.where(owner == 255, -1, owner), len(boxes))
+  visible = visible_boxes(np.asarray(owner), len(boxes))
   shown = visible[:, 2] > visible[:, 0]
   return (np.asarray(canvas), (visible[shown] / s).astype(np.float32).reshape(-1, 4),
           np.asarray(labels, np.int64)[shown])
