@@ -123,7 +123,7 @@ def generate(seed: int, config: ShapesConfig) -> tuple[np.ndarray, np.ndarray, n
     extent = (pixels[0], pixels[1], pixels[2] - 1, pixels[3] - 1)
     _draw(draw, label, extent, colour)
     _draw(draw_owner, label, extent, len(boxes))
-    boxes.append(box)
+    boxes.append(tuple(p / s for p in pixels))  # placement checks the drawn extent
     labels.append(label)
   visible = visible_boxes(np.asarray(owner), len(boxes))
   shown = visible[:, 2] > visible[:, 0]
