@@ -1,12 +1,12 @@
 """A small SSD on the built-in synthetic `ssd_shapes` dataset: the offline quickstart.
 
-Run (generates the data, trains, evaluates, draws detections; 258 s after a
-63 s install and VOC07 mAP 0.949, measured on the project's 2-core Zen 5 CPU,
+Run (generates the data, trains, evaluates, draws detections; 223 s after a
+58 s install and VOC07 mAP 0.947, measured on the project's 2-core Zen 5 CPU,
 see the README):
   python -m ssd_jax.main --config=configs/shapes.py --workdir=/tmp/ssd_shapes --mode=train_and_eval
 
 The dataset (ssd_jax/data/shapes_dataset.py, 4000 train / 500 test images of
-128x128) is generated on first use, in about 27 s, into the TFDS data_dir. The
+128x128) is generated on first use, in about 24 s, into the TFDS data_dir. The
 model is SSD300's layout at an eighth of the width, on 96x96 inputs. Trained
 from scratch, so Adam rather than the paper's SGD (which needs the ImageNet
 base); no zoom-out, as the objects already span small to large.
