@@ -140,6 +140,10 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
   before any host enters a collective.
   """
   lock, marker = cluster.agree('claiming the workdir', lambda: _claim_workdir(workdir, stack))
+  # Host 0 generates a built-in dataset missing from the data dir while the others
+  # wait here (agree is a collective): no two hosts ever write one dataset.
+  cluster.agree('preparing the data', lambda: (
+      input_pipeline.prepare_data(config) if jax.process_index() == 0 else None))
   marker = sharding.gather_objects(marker)[0]
   source = cluster.agree('checking the workdir and the data',
                          lambda: _check_host(config, workdir, marker))

@@ -37,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 
 from ssd_jax import config_lib, labels, pixels, sharding
-from ssd_jax.data import augment, custom_data, sources
+from ssd_jax.data import augment, custom_data, sources, tfds_data
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Examples decoded and augmented at once: one per schedulable core.
@@ -126,6 +126,16 @@ def train_example(source: sources.Source, position, config) -> dict:
                                           finish['place'], config.data.pixel_buffer)
   return {**finish, 'pixels': buffer, 'pixels_size': buffer_size, 'boxes': _pad(boxes, m),
           'labels': _pad(classes, m), 'num_boxes': tf.shape(classes)[0], 'name': ex['name']}
+
+
+def prepare_data(config) -> None:
+  """Generates the built-in TFDS datasets that the config's splits name, unless
+  on disk (one process at a time: see tfds_data). On several hosts, training
+  calls it on host 0 before any host opens its data."""
+  if config.data.format != 'tfds':
+    return  # custom data is read where it is (a voc_folder's split file: same bytes on each host)
+  for spec in (*config.data.train_splits, config.data.eval_split):
+    tfds_data.prepare_built_in(sources.parse_split(spec)[0], config.data.data_dir)
 
 
 def train_source(config) -> sources.Source:

@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from ssd_jax import images
-from ssd_jax.data import augment, shapes_dataset
+from ssd_jax.data import augment, tfds_data
 
 
 class PythonCalls:
@@ -152,43 +152,13 @@ def parse_split(spec: str) -> tuple[str, str]:
   return name, split
 
 
-def prepare_local(name: str, data_dir: Optional[str]) -> None:
-  """Generates a built-in dataset (`ssd_shapes`, no download) unless already on disk."""
-  if name.split('/')[0] == shapes_dataset.NAME:
-    tfds.builder(name, data_dir=data_dir, file_format='array_record').download_and_prepare()
-
-
-def _prepare_command(name: str, data_dir: Optional[str]) -> str:
-  return (f'python -c "import tensorflow_datasets as tfds; tfds.builder(\'{name}\', '
-          f'data_dir={data_dir!r}, file_format=\'array_record\').download_and_prepare()"')
-
-
 class TfdsSource(Source):
-  """A TFDS split in VOC's or COCO's feature layout, read by index from ArrayRecord files."""
+  """A TFDS split in VOC's or COCO's feature layout, read by index from ArrayRecord files
+  (opened, and a built-in dataset generated once, by tfds_data.open_data_source)."""
 
   def __init__(self, spec: str, data_dir: Optional[str]):
     name, split = parse_split(spec)
-    prepare_local(name, data_dir)
-    where = data_dir or f'{tfds.core.constants.DATA_DIR} (TFDS\'s default; set data.data_dir)'
-    missing = FileNotFoundError(
-        f'TFDS dataset {name} was not found in {where}. Prepare it once with: '
-        f'{_prepare_command(name, data_dir)} (or set --config.data.data_dir to where it is).')
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-      self._data = tfds.data_source(
-          name, split=split, data_dir=data_dir, download=False,
-          deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    except (AssertionError, tfds.core.DatasetNotFoundError) as e:
-      raise missing from e
-    except NotImplementedError as e:  # not prepared, or prepared as TFRecord
-      if not builder.is_prepared():
-        raise missing from e
-      raise ValueError(
-          f'TFDS dataset {name} in {where} is stored as TFRecord, which cannot be read by '
-          f'index; ssd_jax needs ArrayRecord files (resuming then reads nothing twice). '
-          f'Prepare it again with: {_prepare_command(name, data_dir)} (TFDS reuses the '
-          f'files it downloaded before).') from e
-    self._features = builder.info.features
+    self._data, self._features = tfds_data.open_data_source(name, split, data_dir)
     self._stand_in = self._data[0] if len(self._data) else b''  # see PythonCalls
     self.description = spec
 
