@@ -79,7 +79,7 @@ def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
   return init_variables(config, rng)['params']
 
 
-# Roles (optim.ROLES) of the parameters of Flax's own layers; modules of ours
+# Roles (models.ROLES) of the parameters of Flax's own layers; modules of ours
 # declare theirs in a PARAM_ROLES class attribute (models.L2Norm).
 FLAX_ROLES = {
     nn.Conv: {'kernel': 'weight', 'bias': 'bias'},
@@ -100,7 +100,7 @@ def _roles_of(module: nn.Module) -> dict:
 
 def param_roles(config: config_dict.ConfigDict) -> dict:
   """A tree like the parameters holding each one's role: 'weight', 'bias' or
-  'norm' (optim.ROLES), from the module that owns it, never from its name alone.
+  'norm' (models.ROLES), from the module that owns it, never from its name alone.
 
   Raises ValueError naming a parameter whose module declares no role for it.
   """

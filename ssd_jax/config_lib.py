@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
-from ssd_jax import anchors, labels, models, optim, parts, pixels, ssdlite
+from ssd_jax import anchors, labels, models, parts, pixels, ssdlite
 from ssd_jax.data import custom_data
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
@@ -131,7 +131,7 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       lr_batch_size=config_dict.placeholder(int),
       momentum=0.9,
       weight_decay=5e-4,
-      # Parameter roles weight decay applies to (optim.ROLES): 'weight' (kernels,
+      # Parameter roles weight decay applies to (models.ROLES): 'weight' (kernels,
       # the L2Norm scale), 'bias', 'norm' (BatchNorm scale and offset).
       weight_decay_roles=('weight',),
       bias_lr_mult=2.0,                          # sgd: biases learn at 2x the rate (Caffe lr_mult)
@@ -303,7 +303,7 @@ def torchvision_ssdlite320(dataset: str = 'coco') -> config_dict.ConfigDict:
   c.eval.update(dict(score_threshold=0.001, top_k=300, nms_iou=0.55, max_detections=300))
   c.optim.update(dict(name='sgd_torch', learning_rate=0.15, lr_batch_size=TORCHVISION_SSDLITE_BATCH,
                       momentum=0.9,
-                      weight_decay=4e-5, weight_decay_roles=optim.ROLES, bias_lr_mult=1.0,
+                      weight_decay=4e-5, weight_decay_roles=models.ROLES, bias_lr_mult=1.0,
                       schedule='cosine', warmup_steps=1000, warmup_start_factor=0.001,
                       boundaries=None))
   epochs, batch = TORCHVISION_SSDLITE_EPOCHS, TORCHVISION_SSDLITE_BATCH
@@ -427,9 +427,9 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
       raise ValueError(f'{section}.{name}={config[section][name]!r} is not one of {choices}.')
   _check_parts(config)
   config.optim.weight_decay_roles = tuple(config.optim.weight_decay_roles)
-  unknown = set(config.optim.weight_decay_roles) - set(optim.ROLES)
+  unknown = set(config.optim.weight_decay_roles) - set(models.ROLES)
   if unknown:
-    raise ValueError(f'optim.weight_decay_roles has {sorted(unknown)}; roles are {optim.ROLES}.')
+    raise ValueError(f'optim.weight_decay_roles has {sorted(unknown)}; roles are {models.ROLES}.')
   unknown = set(config.augment.resize_methods) - set(pixels.RESIZE_METHODS)
   if unknown or not config.augment.resize_methods:
     raise ValueError(f'augment.resize_methods={tuple(config.augment.resize_methods)}: each must '

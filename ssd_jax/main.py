@@ -42,8 +42,10 @@ def expected_errors() -> tuple:
   (missing or unprepared data, unreadable annotations, a bad config value, a
   workdir in use, a bad checkpoint, a diverged loss). Add new kinds here."""
   from ssd_jax import checkpoints, cluster
+  from ssd_jax.data import tfds_data
   return (OSError, ValueError, FloatingPointError, checkpoints.WorkdirInUseError,
-          checkpoints.NoReadableCheckpointError, cluster.HostFailed)
+          checkpoints.NoReadableCheckpointError, cluster.HostFailed,
+          tfds_data.PreparationFailed)
 
 
 def _config(workdir):
@@ -114,7 +116,8 @@ def parse_flags(argv):
     rest = flags.FLAGS(argv)
     if unset and _CONFIG.value is None:
       raise ValueError(f'--config.{unset[0]}=None needs --config=<file>')
-    config_lib.unset_fields(_CONFIG.value, unset)
+    if unset:
+      config_lib.unset_fields(_CONFIG.value, unset)
     return rest
   except flags.Error as e:
     print(f'{program}: {e}\nPass --helpfull to see the flags.', file=sys.stderr)

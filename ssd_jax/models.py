@@ -18,6 +18,11 @@ import jax.numpy as jnp
 
 from ssd_jax import layers
 
+# What each parameter is for, by the module that owns it (builders.param_roles):
+# 'weight' multiplies features (convolution and dense kernels, the L2Norm scale),
+# 'bias' is added to them, 'norm' is a normalisation layer's own scale or offset.
+ROLES = ('weight', 'bias', 'norm')
+
 Dtype = Any
 
 # VGG16 convolutions per block (conv1_1 ... conv5_3), all 3x3 pad 1.

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssd_jax.models import ROLES  # what each parameter is for (builders.param_roles)
+
 
 def _warmup(optim_cfg) -> optax.Schedule:
   """The warmup factor: 1 without warmup; min(1, (step + 1) / warmup_steps) by
@@ -59,10 +61,6 @@ def learning_rate_schedule(optim_cfg, num_steps: int | None = None,
   return schedule
 
 
-# What each parameter is for, by the module that owns it (param_roles): 'weight'
-# multiplies features (convolution and dense kernels, the L2Norm scale), 'bias' is
-# added to them, 'norm' is a normalisation layer's own scale or offset.
-ROLES = ('weight', 'bias', 'norm')
 
 
 def roles_by_name(params):

@@ -90,3 +90,57 @@ def test_drawn_label_has_a_filled_background_in_the_box_colour():
   nearer_ink = (np.abs(label - ink).sum(-1) < np.abs(label - np.asarray(colour, float)).sum(-1))
   assert nearer_ink.sum() > 10  # the text (anti-aliased), in its contrasting colour
   assert np.all(drawn[100:, 100:] == 250)  # nothing drawn away from the box
+
+
+# --- eval and predict without --config; missing data however the data dir is given ----
+
+def test_eval_and_predict_without_config_read_the_workdir(tmp_path):
+  """Without --config, eval and predict look for the workdir's config.json (an
+  empty workdir: the error says so) instead of failing on the absent config."""
+  for mode in (['--mode=eval'], ['--mode=predict', f'--input={tmp_path}']):
+    run = run_main(*mode, f'--workdir={tmp_path}')
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f'no config.json in or above {tmp_path}' in run.stderr
+    assert 'override failed' not in run.stderr
+
+
+@pytest.mark.parametrize('given', ['flag', 'TFDS_DATA_DIR', 'default'])
+@pytest.mark.parametrize('state', ['missing', 'empty'])
+def test_a_missing_dataset_is_one_line_whichever_way_the_data_dir_is_given(
+    tmp_path, given, state):
+  """The same one-line fix, naming the folder TFDS looks in, for data.data_dir,
+  TFDS_DATA_DIR and TFDS's default (~/tensorflow_datasets); a folder an
+  interrupted preparation left empty is named as such."""
+  data_dir = tmp_path / 'home' / 'tensorflow_datasets' if given == 'default' else tmp_path / 'd'
+  if state == 'empty':
+    (data_dir / 'voc' / '2007' / '5.0.0').mkdir(parents=True)
+  env = {**os.environ, 'HOME': str(tmp_path / 'home')}
+  env.pop('TFDS_DATA_DIR', None)
+  args = [f'--config={ROOT}/configs/voc300.py', f'--workdir={tmp_path / "run"}']
+  if given == 'flag':
+    args.append(f'--config.data.data_dir={data_dir}')
+  elif given == 'TFDS_DATA_DIR':
+    env['TFDS_DATA_DIR'] = str(data_dir)
+  run = subprocess.run([sys.executable, '-m', 'ssd_jax.main', *args], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300, env=env)
+  assert run.returncode == 1 and 'Traceback' not in run.stderr, run.stderr[-3000:]
+  error, = [line for line in run.stderr.splitlines() if ': error: ' in line]
+  fix = (f"tfds.builder('voc/2007', data_dir='{data_dir}', file_format='array_record')"
+         f".download_and_prepare()")
+  assert fix in error
+  if state == 'missing':
+    assert f'TFDS dataset voc/2007 was not found in {data_dir}.' in error
+  else:
+    assert f'its folder {data_dir}/voc/2007/5.0.0 is empty' in error and 'Delete' in error
+
+
+def test_the_detector_imports_no_training_code():
+  """Inference (ssd_jax.detector) imports neither optax, nor TensorFlow or the
+  tf.data pipeline, nor the training loop."""
+  code = ('import sys, ssd_jax.detector; print(sorted(m for m in sys.modules if m.split(".")[0] '
+          'in ("optax", "tensorflow") or m in ("ssd_jax.optim", "ssd_jax.train_loop", '
+          '"ssd_jax.train_step", "ssd_jax.data.input_pipeline")))')
+  run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.strip() == '[]'
