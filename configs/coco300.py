@@ -1,9 +1,8 @@
 """SSD300 on COCO 2017, the paper's recipe.
 
-Run (the paper starts from an ImageNet VGG16; convert one first, see the
-README's "Pretrained weights"):
-  python -m ssd_jax.main --config=configs/coco300.py --workdir=/tmp/coco300 \
-      --config.model.init_checkpoint=/ckpt/vgg16
+Run (the paper starts from an ImageNet VGG16: convert one as docs/pretrained.md
+shows, then add --config.model.init_checkpoint=/tmp/vgg16):
+  python -m ssd_jax.main --config=configs/coco300.py --workdir=/tmp/coco300
 
 Architecture, splits, schedule, optimiser and NMS come from
 `ssd_jax.config_lib` (shared by every config); this file holds what is

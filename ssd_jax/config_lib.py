@@ -456,7 +456,8 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   if d.category_ids and len(d.category_ids) != config.model.num_classes - 1:
     raise ValueError(f'data.category_ids has {len(d.category_ids)} ids for '
                      f'{config.model.num_classes - 1} foreground classes (model.num_classes - '
-                     f'1); give one id per class.')
+                     f'1); give one id per class, or unset it (--config.data.category_ids=None) '
+                     f'to number the classes 1..N in results files.')
   dtype(config.model.dtype)
   dtype(config.model.param_dtype)
   return config

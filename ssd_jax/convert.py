@@ -1,13 +1,10 @@
 """Pretrained PyTorch weights -> orbax checkpoints that ssd_jax restores.
 
-  python -m ssd_jax.convert --format=vgg16 --input=vgg16-397923af.pth --output=/ckpt/vgg16
-  python -m ssd_jax.convert --format=reduced_vgg --input=vgg16_reducedfc.pth --output=/ckpt/rvgg
-  python -m ssd_jax.convert --format=torchvision_ssd300 \
-      --input=ssd300_vgg16_coco-b556d3b4.pth --output=/ckpt/tv_ssd300
-  python -m ssd_jax.convert --format=torchvision_ssdlite320 \
-      --input=ssdlite320_mobilenet_v3_large_coco-a79551df.pth --output=/ckpt/tv_ssdlite
-  python -m ssd_jax.convert --format=mobilenet_v3_large \
-      --input=mobilenet_v3_large-8738ca79.pth --output=/ckpt/mobilenet_v3
+  python -m ssd_jax.convert --format=vgg16 --input=vgg16-397923af.pth --output=/tmp/vgg16
+  python -m ssd_jax.convert --format=reduced_vgg --input=vgg16_reducedfc.pth --output=/tmp/reduced_vgg
+  python -m ssd_jax.convert --format=torchvision_ssd300 --input=ssd300_vgg16_coco-b556d3b4.pth --output=/tmp/tv_ssd300
+  python -m ssd_jax.convert --format=torchvision_ssdlite320 --input=ssdlite320_mobilenet_v3_large_coco-a79551df.pth --output=/tmp/tv_ssdlite
+  python -m ssd_jax.convert --format=mobilenet_v3_large --input=mobilenet_v3_large-8738ca79.pth --output=/tmp/mobilenet_v3
 
 Formats (PyTorch state dicts, read with torch.load(weights_only=True)):
   vgg16: torchvision's ImageNet VGG16. conv1_1..conv5_3 are copied; fc6 and fc7

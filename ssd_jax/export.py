@@ -1,9 +1,8 @@
 """A trained detector -> one self-contained artifact for serving or devices.
 
-  python -m ssd_jax.export --workdir=/runs/voc300 --format=saved_model --output=/export/sm
-  python -m ssd_jax.export --workdir=/runs/voc300 --format=tflite --quantize=int8 \
-      --output=/export/tflite_int8
-  python -m ssd_jax.export --workdir=/runs/voc300 --format=jax --output=/export/jax
+  python -m ssd_jax.export --workdir=/tmp/voc300 --format=saved_model --output=/tmp/voc300_export/saved_model
+  python -m ssd_jax.export --workdir=/tmp/voc300 --format=tflite --quantize=int8 --output=/tmp/voc300_export/tflite_int8
+  python -m ssd_jax.export --workdir=/tmp/voc300 --format=jax --output=/tmp/voc300_export/jax
 
 The whole detector is one function, traced once in JAX: uint8 RGB images
 [B, H, W, 3] of any H, W -> bilinear resize to the network input (as

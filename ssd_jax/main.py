@@ -1,4 +1,8 @@
-"""Command line: python -m ssd_jax.main --config=configs/voc300.py --workdir=DIR [--mode=...].
+"""The command line: training, evaluation and prediction.
+
+  python -m ssd_jax.main --config=configs/voc300.py --workdir=/tmp/voc300
+  python -m ssd_jax.main --mode=eval --workdir=/tmp/voc300
+  python -m ssd_jax.main --mode=predict --workdir=/tmp/voc300 --input=photos/
 
 Modes:
   train           train (resuming from the workdir's latest checkpoint)

@@ -4,8 +4,7 @@ The paper reports VOC07 test mAP 74.2 (SSD300 itself, configs/voc300.py: 74.3).
 Run:
 
   python -m ssd_jax.main --config=configs/ablations/table2_no_atrous.py \
-      --workdir=/tmp/table2_no_atrous --mode=train_and_eval \
-      --config.model.init_checkpoint=/ckpt/vgg16
+      --workdir=/tmp/table2_no_atrous --mode=train_and_eval
 
 As the paper describes it: pool5 stays 2x2 stride 2, fc6 and fc7 keep 4096
 channels (not subsampled), and conv5_3 becomes a source. The maps are then

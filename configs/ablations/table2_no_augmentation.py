@@ -4,8 +4,7 @@ The paper reports VOC07 test mAP 65.5 (SSD300 itself, configs/voc300.py: 74.3).
 Run:
 
   python -m ssd_jax.main --config=configs/ablations/table2_no_augmentation.py \
-      --workdir=/tmp/table2_no_augmentation --mode=train_and_eval \
-      --config.model.init_checkpoint=/ckpt/vgg16
+      --workdir=/tmp/table2_no_augmentation --mode=train_and_eval
 
 Every image is only resized to 300x300: no photometric distortion, zoom-out,
 crop or mirror (augment.enabled=False). Everything else is configs/voc300.py.

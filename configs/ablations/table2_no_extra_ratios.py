@@ -4,8 +4,7 @@ The paper reports VOC07 test mAP 71.6 (SSD300 itself, configs/voc300.py: 74.3).
 Run:
 
   python -m ssd_jax.main --config=configs/ablations/table2_no_extra_ratios.py \
-      --workdir=/tmp/table2_no_extra_ratios --mode=train_and_eval \
-      --config.model.init_checkpoint=/ckpt/vgg16
+      --workdir=/tmp/table2_no_extra_ratios --mode=train_and_eval
 
 Two default boxes per location, both square (sizes s_k and sqrt(s_k s_k+1)):
 38^2*2 + (19^2 + 10^2 + 5^2 + 3^2 + 1) * 2 = 3880 default boxes.

@@ -4,8 +4,7 @@ The paper reports VOC07 test mAP 73.7 (SSD300 itself, configs/voc300.py: 74.3).
 Run:
 
   python -m ssd_jax.main --config=configs/ablations/table2_no_ratio_3.py \
-      --workdir=/tmp/table2_no_ratio_3 --mode=train_and_eval \
-      --config.model.init_checkpoint=/ckpt/vgg16
+      --workdir=/tmp/table2_no_ratio_3 --mode=train_and_eval
 
 Four default boxes per location (two squares, 2:1 and 1:2) on every source:
 (38^2 + 19^2 + 10^2 + 5^2 + 3^2 + 1) * 4 = 7760 default boxes.

@@ -4,8 +4,7 @@ The paper reports VOC07 test mAP 62.4 (SSD300 itself, configs/voc300.py: 74.3).
 Run:
 
   python -m ssd_jax.main --config=configs/ablations/table3_conv7_only.py \
-      --workdir=/tmp/table3_conv7_only --mode=train_and_eval \
-      --config.model.init_checkpoint=/ckpt/vgg16
+      --workdir=/tmp/table3_conv7_only --mode=train_and_eval
 
 Layers after the last source are not built. Default-box sizes follow the
 paper's scale rule over the kept sources (0.2 to 0.9; conv4_3 at 0.1); each

@@ -1,0 +1,448 @@
+"""Every documented command, run as a user types it (ssd_jax.testing.commands):
+the README's ```bash blocks and its Python block, and the commands in the
+docstrings of each config file and of ssd_jax.main, convert, export and summary.
+
+Only sizes are shrunk, by `--config.*` overrides appended to the command
+(fewer steps, a narrower model, the `small` shapes split, a tiny folder of
+images). Each subprocess sees one CPU device, as a user's machine would, and
+compiles with LLVM's cheap passes. test_every_documented_command_is_run_by_a_test
+fails when a document shows a command that no test here runs and that is not
+listed in NOT_RUN with the reason.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shlex
+import shutil
+import socket
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssd_jax import detector, images
+from ssd_jax.testing import commands, detections, synthetic
+
+ROOT = commands.ROOT
+ONE_DEVICE = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1 '
+                           '--xla_backend_optimization_level=0 '
+                           '--xla_llvm_disable_expensive_passes=true'}
+# The quickstart, shrunk: the small shapes split (64 train / 16 test images), 40 steps.
+SHAPES_SMALL = ['--config.data.train_splits=("ssd_shapes/small:train",)',
+                '--config.data.eval_split=ssd_shapes/small:test',
+                '--config.train.num_steps=40', '--config.train.batch_size=8',
+                '--config.optim.warmup_steps=5', '--config.optim.boundaries=(30,35)',
+                '--config.train.checkpoint_every=20', '--config.train.log_every=10',
+                '--config.eval.num_rendered=2']
+# voc300's model at an eighth of its width, two steps of batch 2.
+VOC300_TINY = ['--config.model.width=0.125', '--config.train.num_steps=2',
+               '--config.train.batch_size=2', '--config.train.checkpoint_every=2',
+               '--config.train.log_every=1', '--config.eval.num_rendered=1']
+# README commands no test runs, and why.
+NOT_RUN = {
+    'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test]" && .venv/bin/python -m '
+    'pytest -n auto tests': 'the test command itself: .ci/run runs it verbatim (checked below)',
+    "tfds.builder('voc/2007', file_format='array_record').download_and_prepare()":
+        'downloads PASCAL VOC; tests have no network (the same TFDS call prepares ssd_shapes '
+        'in the quickstart test)',
+    'pip install -e ".[convert]"': 'an install; the test command installs the same packages '
+                                   '(".[test]" includes "convert")',
+}
+
+
+def mean_ap(output: str) -> str:
+  """The mAP line of a printed evaluation table."""
+  return re.search(r'^mAP .*$', output, re.M).group(0)
+
+
+def write_photos(folder: pathlib.Path, names=('street', 'cat')) -> list[np.ndarray]:
+  """scikit-image photos as folder/<name>.jpg, at most 320 px wide; their pixels as read."""
+  folder.mkdir(parents=True, exist_ok=True)
+  out = []
+  for name, photo in zip(names, synthetic.sample_photos()[2:]):
+    image = Image.fromarray(photo)
+    image.thumbnail((320, 320))
+    image.save(folder / f'{name}.jpg', quality=92)
+    out.append(images.read_image(str(folder / f'{name}.jpg')))
+  return out
+
+
+# --- the quickstart's workdir: train, eval, predict, export, the Python API ---------
+
+@pytest.fixture(scope='module')
+def user(tmp_path_factory):
+  """The user's folder with photos/, and the environment of a fresh machine: an
+  empty TFDS data dir given through TFDS_DATA_DIR."""
+  folder = commands.scratch(tmp_path_factory.mktemp('user'))
+  write_photos(folder / 'photos')
+  return folder, {**ONE_DEVICE, 'TFDS_DATA_DIR': str(folder / 'tensorflow_datasets')}
+
+
+@pytest.fixture(scope='module')
+def quickstart(user):
+  folder, env = user
+  command = commands.find('--config=configs/shapes.py --workdir=/tmp/ssd_shapes --mode=')
+  return commands.run(command, folder, SHAPES_SMALL, env)
+
+
+@pytest.mark.xdist_group('quickstart_commands')
+def test_quickstart_then_eval_without_config_gives_the_same_map(user, quickstart):
+  folder, env = user
+  assert 'generating ssd_shapes/small' in quickstart  # a fresh data dir: made here, once
+  assert (folder / 'ssd_shapes' / 'detections').is_dir()
+  evaluated = commands.run(commands.find('--mode=eval --workdir=/tmp/ssd_shapes'), folder,
+                           env=env)
+  assert 'evaluation at step 40' in evaluated
+  assert mean_ap(evaluated) == mean_ap(quickstart)  # the same checkpoint, the same split
+  assert (folder / 'ssd_shapes' / 'eval_40' / 'metrics.json').is_file()
+
+
+@pytest.mark.xdist_group('quickstart_commands')
+def test_predict_without_config_writes_the_detectors_detections(user, quickstart):
+  folder, env = user
+  printed = commands.run(commands.find('--mode=predict --workdir=/tmp/ssd_shapes'), folder,
+                         env=env)
+  out = folder / 'ssd_shapes_predictions'
+  assert f'2 images: detections in {out / "detections.json"}' in printed
+  found = json.loads((out / 'detections.json').read_text())
+  det = detector.Detector.from_checkpoint(str(folder / 'ssd_shapes'))
+  for name in ('street.jpg', 'cat.jpg'):
+    assert (out / 'images' / name).is_file()
+    ours = detections.from_coco_results(found, name)
+    expected = det.detect([images.read_image(str(folder / 'photos' / name))])[0]
+    assert len(expected['scores']) > 0
+    assert not detections.unmatched(ours, expected, score_tol=1e-4, box_tol=0.02)
+
+
+@pytest.fixture(scope='module')
+def exported(user, quickstart):
+  """Runs the README's four export commands on the quickstart's workdir."""
+  folder, env = user
+  for command in (commands.find('--workdir=/tmp/ssd_shapes --format=saved_model'),
+                  commands.find('--workdir=/tmp/ssd_shapes --format=tflite --output'),
+                  commands.find('--workdir=/tmp/ssd_shapes --format=tflite --quantize=int8'),
+                  commands.find('--workdir=/tmp/ssd_shapes --format=jax')):
+    assert 'wrote ' in commands.run(command, folder, env=env)
+  return folder / 'ssd_shapes_export'
+
+
+def first(outputs: dict) -> dict:
+  """An artifact's outputs for a batch of one -> its num_detections detections."""
+  n = int(np.asarray(outputs['num_detections'])[0])
+  return {k: np.asarray(outputs[k])[0][:n] for k in ('boxes', 'scores', 'classes')}
+
+
+@pytest.mark.xdist_group('quickstart_commands')
+@pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+def test_each_exported_artifact_loads_and_gives_the_detectors_detections(user, exported):
+  import tensorflow as tf
+  folder, _ = user
+  photo = images.read_image(str(folder / 'photos' / 'street.jpg'))
+  expected = detector.Detector.from_checkpoint(str(folder / 'ssd_shapes')).detect([photo])[0]
+  assert len(expected['scores']) > 0
+  saved = tf.saved_model.load(str(exported / 'saved_model'))
+  tflite = tf.lite.Interpreter(model_path=str(exported / 'tflite' / 'detector.tflite'))
+  found = {
+      'saved_model': first(saved.signatures['serving_default'](images=tf.constant(photo[None]))),
+      'tflite': first(tflite.get_signature_runner('serving_default')(images=photo[None])),
+      'jax': detector.Detector.from_exported(str(exported / 'jax')).detect([photo])[0],
+  }
+  for fmt, ours in found.items():
+    assert not detections.unmatched(ours, expected, score_tol=1e-3, box_tol=0.5), fmt
+  int8 = tf.lite.Interpreter(model_path=str(exported / 'tflite_int8' / 'detector.tflite'))
+  ours = first(int8.get_signature_runner('serving_default')(images=photo[None]))
+  assert len(ours['scores']) and set(ours['classes'].tolist()) <= {1, 2, 3, 4}
+
+
+@pytest.mark.xdist_group('quickstart_commands')
+def test_the_readme_python_block_runs_as_written(user, exported):
+  folder, env = user
+  block, = commands.fenced_blocks(commands.README.read_text(), 'python')
+  commands.run(f"python -c {shlex.quote(block.replace('/tmp/', f'{folder}/'))}", folder,
+               env=env)
+  drawn = Image.open(folder / 'street_detections.jpg')
+  assert drawn.size == Image.open(folder / 'photos' / 'street.jpg').size
+
+
+# --- training commands on other data ------------------------------------------------
+
+def my_data(root: pathlib.Path, class_names=('cat', 'dog')) -> pathlib.Path:
+  """Photos with VOC XML files and no split lists (JPEGImages/ and Annotations/)."""
+  synthetic.photo_voc_folder(root, 12, size=(160, 120), class_names=class_names)
+  shutil.rmtree(root / 'ImageSets')
+  return root
+
+
+@pytest.mark.xdist_group('voc_commands')
+def test_your_own_data_command_trains_evaluates_and_records_its_split(tmp_path):
+  folder = commands.scratch(tmp_path)
+  my_data(folder / 'my_data')
+  printed = commands.run(commands.find('--workdir=/tmp/my_detector'), folder, VOC300_TINY,
+                         ONE_DEVICE)
+  assert 'evaluation at step 2' in printed and re.search(r'^cat ', printed, re.M)
+  split = json.loads((folder / 'my_detector' / 'data_split.json').read_text())
+  assert len(split['train']) + len(split['val']) == 12 and split['val']
+
+
+def small_voc_folder(folder: pathlib.Path) -> list[str]:
+  """Overrides that train on 8 images of red and green squares (a VOC folder):
+  their class names; the class count follows them, results number them 1, 2
+  (what the error asks of a config that fixes both, as COCO's SSDLite does)."""
+  synthetic.squares_voc_folder(folder / 'squares', 8)
+  return ['--config.data.format=voc_folder', f'--config.data.root={folder / "squares"}',
+          '--config.data.train_splits=("trainval",)', '--config.data.eval_split=trainval',
+          '--config.data.class_names=("red","green")', '--config.model.num_classes=None',
+          '--config.data.category_ids=None']
+
+
+@pytest.mark.xdist_group('voc_commands')
+def test_voc300_train_eval_predict_export_and_summary_commands(tmp_path):
+  """README's and main.py's voc300 training command on a small folder, then
+  main.py's eval and predict (no --config), export.py's three exports and
+  summary.py's table."""
+  folder = commands.scratch(tmp_path)
+  write_photos(folder / 'photos')
+  train = commands.find('python -m ssd_jax.main --config=configs/voc300.py --workdir=/tmp/voc300')
+  assert train == commands.find(train, 'ssd_jax/main.py')
+  commands.run(train, folder, VOC300_TINY + small_voc_folder(folder), ONE_DEVICE)
+  saved = json.loads((folder / 'voc300' / 'config.json').read_text())
+  assert saved['model']['num_classes'] == 3 and saved['model']['width'] == 0.125
+  evaluated = commands.run(commands.find('--mode=eval --workdir=/tmp/voc300', 'ssd_jax/main.py'),
+                           folder, env=ONE_DEVICE)
+  assert 'evaluation at step 2' in evaluated and re.search(r'^red ', evaluated, re.M)
+  commands.run(commands.find('--mode=predict --workdir=/tmp/voc300', 'ssd_jax/main.py'), folder,
+               env=ONE_DEVICE)
+  assert len(json.loads((folder / 'voc300' / 'predictions' / 'detections.json').read_text()))
+  for command in (commands.find('--format=saved_model', 'ssd_jax/export.py'),
+                  commands.find('--format=tflite --quantize=int8', 'ssd_jax/export.py'),
+                  commands.find('--format=jax', 'ssd_jax/export.py')):
+    commands.run(command, folder, env=ONE_DEVICE)
+  exported = json.loads((folder / 'voc300_export' / 'jax' / 'export.json').read_text())
+  assert exported['class_names'] == ['red', 'green']
+  assert (folder / 'voc300_export' / 'tflite_int8' / 'detector.tflite').is_file()
+  table = commands.run(commands.find('python -m ssd_jax.summary --config=configs/voc300.py',
+                                     'ssd_jax/summary.py'), folder, env=ONE_DEVICE)
+  assert '8732' in table
+
+
+# --- each config file's run command ---------------------------------------------------
+
+CONFIG_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*.py'))
+
+
+def config_training_commands() -> list[tuple[str, str]]:
+  """(config file, command) of every training command the configs' docstrings
+  show without a converted checkpoint (those run in the converter tests)."""
+  return [(path, c) for path in CONFIG_FILES for c in commands.documented(path)
+          if c.startswith(f'python -m ssd_jax.main --config={path} ') and 'init_checkpoint' not in c]
+
+
+@pytest.mark.xdist_group('config_commands')
+@pytest.mark.parametrize('path, command', [c for c in config_training_commands()
+                                           if 'shapes.py' not in c[0]],
+                         ids=lambda x: pathlib.Path(x).stem if x.endswith('.py') else '')
+def test_config_run_command(path, command, tmp_path):
+  """Each config's documented command, as typed, at an eighth of its width for
+  two steps on a small folder (shapes.py's is the quickstart's, run above)."""
+  folder = commands.scratch(tmp_path)
+  printed = commands.run(command, folder, VOC300_TINY + small_voc_folder(folder), ONE_DEVICE)
+  workdir = folder / re.search(r'--workdir=/tmp/(\S+)', command).group(1)
+  assert (workdir / 'checkpoints' / '2').is_dir(), printed[-2000:]
+  if '--mode=train_and_eval' in command:
+    assert 'evaluation at step 2' in printed
+
+
+# --- pretrained weights: convert, then predict or train ------------------------------
+
+def torchvision_model(kind: str, path: pathlib.Path):
+  """A seeded torchvision model of `kind`, its state dict saved at `path`; the model, in
+  eval mode."""
+  import torch
+  import torchvision
+  torch.manual_seed(0)
+  model = {'ssd300': lambda: torchvision.models.detection.ssd300_vgg16(
+               weights=None, weights_backbone=None),
+           'ssdlite': lambda: torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+               weights=None, weights_backbone=None, num_classes=91),
+           'vgg16': lambda: torchvision.models.vgg16(weights=None),
+           'mobilenet_v3_large': lambda: torchvision.models.mobilenet_v3_large(weights=None),
+           }[kind]()
+  torch.save(model.state_dict(), path)
+  return model.eval()
+
+
+def assert_predicts_like_torchvision(convert: str, predict: str, kind: str, weights: str,
+                                     workdir: str, folder: pathlib.Path):
+  """Runs the convert command, then predict on photos/ without --config; the
+  detections JSON matches torchvision's own detector on the same pixels."""
+  import torch
+  photos = write_photos(folder / 'photos')
+  model = torchvision_model(kind, folder / weights)
+  assert f'use it with --mode=eval/predict --workdir={folder / workdir}' in commands.run(
+      convert, folder, env=ONE_DEVICE)
+  commands.run(predict, folder, env=ONE_DEVICE)
+  found = json.loads((folder / workdir / 'predictions' / 'detections.json').read_text())
+  with torch.no_grad():
+    expected = model([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in photos])
+  for name, theirs in zip(('cat.jpg', 'street.jpg'), expected[::-1], strict=True):
+    theirs = {'boxes': theirs['boxes'].numpy(), 'scores': theirs['scores'].numpy(),
+              'classes': theirs['labels'].numpy()}
+    ours = detections.from_coco_results(found, name)
+    assert len(ours['scores']) == len(theirs['scores']) > 0
+    assert not detections.unmatched(ours, theirs, score_tol=1e-4, box_tol=0.1)
+
+
+@pytest.mark.xdist_group('convert_commands')
+def test_converted_torchvision_ssd300_predicts_without_config(tmp_path):
+  assert_predicts_like_torchvision(
+      commands.find('--format=torchvision_ssd300 '),
+      commands.find('--mode=predict --workdir=/tmp/tv_ssd300'), 'ssd300',
+      'ssd300_vgg16_coco-b556d3b4.pth', 'tv_ssd300', commands.scratch(tmp_path))
+
+
+@pytest.mark.xdist_group('convert_commands')
+def test_converted_torchvision_ssdlite_predicts_without_config(tmp_path):
+  assert_predicts_like_torchvision(
+      commands.find('--format=torchvision_ssdlite320 '),
+      commands.find('--mode=predict --workdir=/tmp/tv_ssdlite'), 'ssdlite',
+      'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'tv_ssdlite',
+      commands.scratch(tmp_path))
+
+
+@pytest.mark.xdist_group('convert_commands')
+def test_reduced_vgg_conversion_command(tmp_path):
+  """convert.py's reduced_vgg command on a state dict of the `vgg16_reducedfc.pth`
+  layout ('0.weight' ... '33.bias', conv6 and conv7 already reduced)."""
+  import torch
+  folder = commands.scratch(tmp_path)
+  torch.manual_seed(0)
+  convs = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+           (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+  index = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+  state = {}
+  for i, (c_in, c_out) in zip(index, convs):
+    state[f'{i}.weight'], state[f'{i}.bias'] = torch.randn(c_out, c_in, 3, 3) * 0.05, torch.zeros(c_out)
+  state['31.weight'], state['31.bias'] = torch.randn(1024, 512, 3, 3) * 0.02, torch.zeros(1024)
+  state['33.weight'], state['33.bias'] = torch.randn(1024, 1024, 1, 1) * 0.02, torch.zeros(1024)
+  torch.save(state, folder / 'vgg16_reducedfc.pth')
+  printed = commands.run(commands.find('--format=reduced_vgg', 'ssd_jax/convert.py'), folder,
+                         env=ONE_DEVICE)
+  assert f'--config.model.init_checkpoint={folder / "reduced_vgg"}' in printed
+  info = json.loads((folder / 'reduced_vgg' / 'conversion.json').read_text())
+  assert info['format'] == 'reduced_vgg' and info['channel_order'] == 'bgr'
+
+
+@pytest.mark.xdist_group('convert_commands')
+def test_converted_mobilenet_initialises_ssdlite_training(tmp_path):
+  """coco_ssdlite320.py's two commands: the ImageNet MobileNetV3 conversion, then
+  SSDLite320 (full tail) from it, one step of batch 2 on a small folder."""
+  folder = commands.scratch(tmp_path)
+  net = torchvision_model('mobilenet_v3_large', folder / 'mobilenet_v3_large-8738ca79.pth')
+  commands.run(commands.find('--format=mobilenet_v3_large', 'configs/coco_ssdlite320.py'),
+               folder, env=ONE_DEVICE)
+  shrink = ['--config.train.num_steps=1', '--config.train.batch_size=2',
+            '--config.train.checkpoint_every=1', '--config.train.log_every=1']
+  commands.run(commands.find('--config.model.init_checkpoint=/tmp/mobilenet_v3',
+                             'configs/coco_ssdlite320.py'),
+               folder, shrink + small_voc_folder(folder), ONE_DEVICE)
+  from ssd_jax import checkpoints
+  workdir = str(folder / 'coco_ssdlite')
+  variables, _ = checkpoints.restore_variables(checkpoints.find_config(workdir), workdir)
+  kernel, = [np.asarray(x) for x in jax.tree.leaves(variables['params']['backbone']['features_0'])
+             if np.ndim(x) == 4]
+  theirs = net.features[0][0].weight.detach().numpy().transpose(2, 3, 1, 0)
+  # One step at the warmup's first rate moves it a little; a fresh one is uncorrelated.
+  assert np.corrcoef(kernel.ravel(), theirs.ravel())[0, 1] > 0.999
+
+
+@pytest.mark.xdist_group('convert_commands')
+def test_converted_vgg16_initialises_voc300_training(tmp_path):
+  """The vgg16 conversion, then voc300 from it (full width: the converted base
+  must fit), one step of batch 2 on a small folder: conv1_1 starts as converted."""
+  folder = commands.scratch(tmp_path)
+  vgg = torchvision_model('vgg16', folder / 'vgg16-397923af.pth')
+  commands.run(commands.find('--format=vgg16 '), folder, env=ONE_DEVICE)
+  synthetic.squares_voc_folder(folder / 'squares', 4)
+  data = ['--config.data.format=voc_folder', f'--config.data.root={folder / "squares"}',
+          '--config.data.train_splits=("trainval",)', '--config.data.eval_split=trainval',
+          '--config.data.class_names=("red","green")']
+  shrink = ['--config.train.num_steps=1', '--config.train.batch_size=2',
+            '--config.train.checkpoint_every=1', '--config.train.log_every=1']
+  printed = commands.run(commands.find('--config.model.init_checkpoint=/tmp/vgg16'), folder,
+                         shrink + data, ONE_DEVICE)
+  assert 'training the VGG16 base from scratch' not in printed
+  from ssd_jax import checkpoints
+  workdir = str(folder / 'voc300')
+  params, _ = checkpoints.restore_variables(checkpoints.find_config(workdir), workdir)
+  conv3_3 = np.asarray(params['params']['backbone']['conv3_3']['kernel'])
+  theirs = vgg.features[14].weight.detach().numpy().transpose(2, 3, 1, 0)
+  # One SGD step (lr 1e-3) moves it a little; a fresh initialisation would be uncorrelated.
+  assert np.corrcoef(conv3_3.ravel(), theirs.ravel())[0, 1] > 0.999
+  assert np.median(np.abs(conv3_3 - theirs)) < 1e-3 * np.abs(theirs).max()
+
+
+# --- several hosts: two processes on this machine, a fresh shared data dir ----------
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.xdist_group('hosts')
+def test_two_hosts_on_a_fresh_data_dir_prepare_it_once_and_train(tmp_path):
+  folder = commands.scratch(tmp_path)
+  env = {**ONE_DEVICE, 'TFDS_DATA_DIR': str(folder / 'tensorflow_datasets')}
+  port = {'127.0.0.1:8476': f'127.0.0.1:{free_port()}'}
+  shrink = [a for a in SHAPES_SMALL if 'eval.' not in a] + ['--config.train.num_steps=8']
+  hosts = [commands.start(command, folder, tmp_path / f'{i}.log', shrink, env, port)
+           for i, command in enumerate((commands.find('JAX_PROCESS_ID=0 '),
+                                        commands.find('JAX_PROCESS_ID=1 ')))]
+  try:
+    codes = [h.wait(timeout=300) for h in hosts]
+  finally:
+    for h in hosts:
+      if h.poll() is None:
+        h.kill()
+  logs = [(tmp_path / f'{i}.log').read_text() for i in (0, 1)]
+  assert codes == [0, 0], '\n'.join(log[-3000:] for log in logs)
+  assert sum(log.count('generating ssd_shapes/small') for log in logs) == 1
+  assert 'generating ssd_shapes/small' in logs[0]  # host 0 made it
+  assert (folder / 'ssd_shapes_2hosts' / 'checkpoints' / '8').is_dir()
+
+
+# --- nothing documented goes untested --------------------------------------------------
+
+DOC_SOURCES = ['README.md', 'ssd_jax/main.py', 'ssd_jax/convert.py', 'ssd_jax/export.py',
+               'ssd_jax/summary.py', *CONFIG_FILES]
+NOT_RUN.update({
+    '--mode=eval --workdir=/tmp/tv_ssd300': 'evaluates on COCO val2017, which tests cannot '
+                                            'download (predict on the same workdir runs)',
+    '--mode=eval --workdir=/tmp/tv_ssdlite': 'evaluates on COCO val2017 (predict runs)',
+})
+
+
+def test_every_documented_command_is_run_by_a_test():
+  """A command of README.md's ```bash blocks or of a DOC_SOURCES docstring must be
+  found by a commands.find call of some test (the text it finds, in one string
+  literal, and the source), be the same as a README command, be a config's
+  training command (test_config_run_command), or be in NOT_RUN with the reason."""
+  tests = ''.join(p.read_text() for p in (ROOT / 'tests').glob('test_*.py'))
+  calls = re.findall(r"commands\.find\(\s*'([^']*)'(?:,\s*'([^']*)')?\)", tests)
+  covered = {commands.find(piece, source or 'README.md') for piece, source in calls}
+  covered |= {c for _, c in config_training_commands()}
+  missing = []
+  for source in DOC_SOURCES:
+    for command in commands.documented(source):
+      if command in covered or any(piece in command for piece in NOT_RUN):
+        continue
+      missing.append(f'{source}: {command}')
+  assert not missing, 'documented commands no test runs:\n' + '\n'.join(missing)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+  command = commands.find('pytest -n auto tests')
+  assert command in (ROOT / '.ci' / 'run').read_text().splitlines()
