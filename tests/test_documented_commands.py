@@ -27,9 +27,7 @@ from ssd_jax import detector, images
 from ssd_jax.testing import commands, detections, synthetic
 
 ROOT = commands.ROOT
-ONE_DEVICE = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1 '
-                           '--xla_backend_optimization_level=0 '
-                           '--xla_llvm_disable_expensive_passes=true'}
+ONE_DEVICE = commands.ONE_DEVICE
 # The quickstart, shrunk: the small shapes split (64 train / 16 test images), 40 steps.
 SHAPES_SMALL = ['--config.data.train_splits=("ssd_shapes/small:train",)',
                 '--config.data.eval_split=ssd_shapes/small:test',
@@ -37,9 +35,9 @@ SHAPES_SMALL = ['--config.data.train_splits=("ssd_shapes/small:train",)',
                 '--config.optim.warmup_steps=5', '--config.optim.boundaries=(30,35)',
                 '--config.train.checkpoint_every=20', '--config.train.log_every=10',
                 '--config.eval.num_rendered=2']
-# voc300's model at an eighth of its width, two steps of batch 2.
+# voc300's model at an eighth of its width, two steps of batch 1.
 VOC300_TINY = ['--config.model.width=0.125', '--config.train.num_steps=2',
-               '--config.train.batch_size=2', '--config.train.checkpoint_every=2',
+               '--config.train.batch_size=1', '--config.train.checkpoint_every=2',
                '--config.train.log_every=1', '--config.eval.num_rendered=1']
 # README commands no test runs, and why.
 NOT_RUN = {
@@ -176,7 +174,6 @@ def my_data(root: pathlib.Path, class_names=('cat', 'dog')) -> pathlib.Path:
   return root
 
 
-@pytest.mark.xdist_group('voc_commands')
 def test_your_own_data_command_trains_evaluates_and_records_its_split(tmp_path):
   folder = commands.scratch(tmp_path)
   my_data(folder / 'my_data')
@@ -198,7 +195,6 @@ def small_voc_folder(folder: pathlib.Path) -> list[str]:
           '--config.data.category_ids=None']
 
 
-@pytest.mark.xdist_group('voc_commands')
 def test_voc300_train_eval_predict_export_and_summary_commands(tmp_path):
   """README's and main.py's voc300 training command on a small folder, then
   main.py's eval and predict (no --config), export.py's three exports and
@@ -240,13 +236,13 @@ def config_training_commands() -> list[tuple[str, str]]:
           if c.startswith(f'python -m ssd_jax.main --config={path} ') and 'init_checkpoint' not in c]
 
 
-@pytest.mark.xdist_group('config_commands')
 @pytest.mark.parametrize('path, command', [c for c in config_training_commands()
-                                           if 'shapes.py' not in c[0]],
+                                           if c[1] not in commands.readme_commands()],
                          ids=lambda x: pathlib.Path(x).stem if x.endswith('.py') else '')
 def test_config_run_command(path, command, tmp_path):
   """Each config's documented command, as typed, at an eighth of its width for
-  two steps on a small folder (shapes.py's is the quickstart's, run above)."""
+  two steps on a small folder (shapes.py's and voc300.py's are README commands,
+  run above)."""
   folder = commands.scratch(tmp_path)
   printed = commands.run(command, folder, VOC300_TINY + small_voc_folder(folder), ONE_DEVICE)
   workdir = folder / re.search(r'--workdir=/tmp/(\S+)', command).group(1)
@@ -295,7 +291,6 @@ def assert_predicts_like_torchvision(convert: str, predict: str, kind: str, weig
     assert not detections.unmatched(ours, theirs, score_tol=1e-4, box_tol=0.1)
 
 
-@pytest.mark.xdist_group('convert_commands')
 def test_converted_torchvision_ssd300_predicts_without_config(tmp_path):
   assert_predicts_like_torchvision(
       commands.find('--format=torchvision_ssd300 '),
@@ -303,7 +298,6 @@ def test_converted_torchvision_ssd300_predicts_without_config(tmp_path):
       'ssd300_vgg16_coco-b556d3b4.pth', 'tv_ssd300', commands.scratch(tmp_path))
 
 
-@pytest.mark.xdist_group('convert_commands')
 def test_converted_torchvision_ssdlite_predicts_without_config(tmp_path):
   assert_predicts_like_torchvision(
       commands.find('--format=torchvision_ssdlite320 '),
@@ -312,7 +306,6 @@ def test_converted_torchvision_ssdlite_predicts_without_config(tmp_path):
       commands.scratch(tmp_path))
 
 
-@pytest.mark.xdist_group('convert_commands')
 def test_reduced_vgg_conversion_command(tmp_path):
   """convert.py's reduced_vgg command on a state dict of the `vgg16_reducedfc.pth`
   layout ('0.weight' ... '33.bias', conv6 and conv7 already reduced)."""
@@ -335,7 +328,6 @@ def test_reduced_vgg_conversion_command(tmp_path):
   assert info['format'] == 'reduced_vgg' and info['channel_order'] == 'bgr'
 
 
-@pytest.mark.xdist_group('convert_commands')
 def test_converted_mobilenet_initialises_ssdlite_training(tmp_path):
   """coco_ssdlite320.py's two commands: the ImageNet MobileNetV3 conversion, then
   SSDLite320 (full tail) from it, one step of batch 2 on a small folder."""
@@ -358,7 +350,6 @@ def test_converted_mobilenet_initialises_ssdlite_training(tmp_path):
   assert np.corrcoef(kernel.ravel(), theirs.ravel())[0, 1] > 0.999
 
 
-@pytest.mark.xdist_group('convert_commands')
 def test_converted_vgg16_initialises_voc300_training(tmp_path):
   """The vgg16 conversion, then voc300 from it (full width: the converted base
   must fit), one step of batch 2 on a small folder: conv1_1 starts as converted."""
@@ -412,6 +403,32 @@ def test_two_hosts_on_a_fresh_data_dir_prepare_it_once_and_train(tmp_path):
   assert sum(log.count('generating ssd_shapes/small') for log in logs) == 1
   assert 'generating ssd_shapes/small' in logs[0]  # host 0 made it
   assert (folder / 'ssd_shapes_2hosts' / 'checkpoints' / '8').is_dir()
+
+
+@pytest.mark.xdist_group('hosts')
+def test_two_hosts_both_name_a_failed_preparation(tmp_path):
+  """The same command with TFDS_DATA_DIR naming a file: host 0's preparation
+  fails, and each host's error names the dataset, the folder and the cause."""
+  folder = commands.scratch(tmp_path)
+  (folder / 'not_a_folder').write_text('')
+  env = {**ONE_DEVICE, 'TFDS_DATA_DIR': str(folder / 'not_a_folder')}
+  port = {'127.0.0.1:8476': f'127.0.0.1:{free_port()}'}
+  hosts = [commands.start(command, folder, tmp_path / f'{i}.log', SHAPES_SMALL, env, port)
+           for i, command in enumerate((commands.find('JAX_PROCESS_ID=0 '),
+                                        commands.find('JAX_PROCESS_ID=1 ')))]
+  try:
+    codes = [h.wait(timeout=300) for h in hosts]
+  finally:
+    for h in hosts:
+      if h.poll() is None:
+        h.kill()
+  logs = [(tmp_path / f'{i}.log').read_text() for i in (0, 1)]
+  assert codes == [1, 1], '\n'.join(log[-3000:] for log in logs)
+  failed = (f'preparing the dataset ssd_shapes/small in {folder / "not_a_folder"} failed: '
+            f'FileExistsError')
+  assert all(failed in log for log in logs), '\n'.join(log[-3000:] for log in logs)
+  assert ('preparing the data and weights failed on 1 of 2 hosts (host 0: PreparationFailed'
+          in logs[1])
 
 
 # --- nothing documented goes untested --------------------------------------------------

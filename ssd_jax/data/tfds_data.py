@@ -82,18 +82,18 @@ def prepare_built_in(name: str, data_dir: Optional[str]) -> None:
   """
   if not is_built_in(name):
     return
-  builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  if builder.is_prepared():
-    return
-  with prepare_lock(data_dir):
-    if builder.is_prepared():  # another process made it while this one waited
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+    if builder.is_prepared():
       return
-    print(f'generating {name} in {where(data_dir)} (once)', flush=True)
-    try:
+    with prepare_lock(data_dir):
+      if builder.is_prepared():  # another process made it while this one waited
+        return
+      print(f'generating {name} in {where(data_dir)} (once)', flush=True)
       builder.download_and_prepare()
-    except Exception as e:  # noqa: BLE001 - say which dataset and folder, keep the cause
-      raise PreparationFailed(f'preparing the dataset {name} in {where(data_dir)} failed: '
-                         f'{type(e).__name__}: {e}') from e
+  except Exception as e:  # noqa: BLE001 - say which dataset and folder, keep the cause
+    raise PreparationFailed(f'preparing the dataset {name} in {where(data_dir)} failed: '
+                            f'{type(e).__name__}: {e}') from e
 
 
 def _not_prepared(name: str, data_dir: Optional[str], builder) -> FileNotFoundError:
