@@ -257,7 +257,7 @@ def workdir_lock(workdir: str, kind: Optional[str] = None):
 # decide the parameters, what the heads predict, and the optimiser state.
 RESUME_SECTIONS = ('model', 'anchors')
 RESUME_FIELDS = ('optim.name',)
-RESUME_FREE = ('model.init_checkpoint',)  # used only by a fresh start
+RESUME_FREE = ('model.init_checkpoint', 'model.init_from')  # used only by a fresh start
 
 
 def _flat(config: config_dict.ConfigDict) -> dict:

@@ -43,6 +43,9 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       # parameters (same name and shape) initialise a new run: a pretrained
       # base, or a detector to fine-tune on other classes.
       init_checkpoint=config_dict.placeholder(str),
+      # Or published weights by name (ssd_jax.pretrained.PUBLISHED, e.g.
+      # 'vgg16_imagenet'): downloaded and converted once, then as init_checkpoint.
+      init_from=config_dict.placeholder(str),
   ))
 
   # Default boxes; sizes in pixels of the network input. When min_sizes is
@@ -451,6 +454,9 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     if a[name] is not None and len(a[name]) != n:
       raise ValueError(f'anchors.{name} has {len(a[name])} entries for {n} sources '
                        f'{config.model.sources}; give one entry per source.')
+  if config.model.init_checkpoint and config.model.init_from:
+    raise ValueError(f'model.init_checkpoint={config.model.init_checkpoint} and '
+                     f'model.init_from={config.model.init_from} are both set; give one.')
   if config.model.num_classes < 2:
     raise ValueError('model.num_classes counts background too and must be >= 2.')
   if d.category_ids and len(d.category_ids) != config.model.num_classes - 1:

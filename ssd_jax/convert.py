@@ -310,22 +310,27 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   return save(output, variables, info, config)
 
 
-FORMAT = flags.DEFINE_enum('format', None, FORMATS, 'What --input holds (see the module doc).')
-INPUT = flags.DEFINE_string('input', None, 'The PyTorch .pth state dict.')
-OUTPUT = flags.DEFINE_string('output', None, 'New folder for the orbax checkpoint.')
-CHANNEL_ORDER = flags.DEFINE_enum('channel_order', 'bgr', ('bgr', 'rgb'),
-                                  'reduced_vgg: the channel order its conv1_1 was trained on.')
+def define_flags() -> None:
+  """The command's flags; defined only when it runs (ssd_jax.main imports this
+  module for published weights, and has an --input flag of its own)."""
+  flags.DEFINE_enum('format', None, FORMATS, 'What --input holds (see the module doc).')
+  flags.DEFINE_string('input', None, 'The PyTorch .pth state dict.')
+  flags.DEFINE_string('output', None, 'New folder for the orbax checkpoint.')
+  flags.DEFINE_enum('channel_order', 'bgr', ('bgr', 'rgb'),
+                    'reduced_vgg: the channel order its conv1_1 was trained on.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  out = convert(FORMAT.value, INPUT.value, OUTPUT.value, CHANNEL_ORDER.value)
-  use = ('--mode=eval/predict --workdir=' if FORMAT.value in DETECTORS
+  f = flags.FLAGS
+  out = convert(f.format, f.input, f.output, f.channel_order)
+  use = ('--mode=eval/predict --workdir=' if f.format in DETECTORS
          else '--config.model.init_checkpoint=')
   print(f'wrote {out}; use it with {use}{out}')
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['format', 'input', 'output'])
   app.run(main)

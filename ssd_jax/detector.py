@@ -68,6 +68,14 @@ class Detector:
     variables, _ = checkpoints.restore_variables(config, path, step)
     return cls(config, variables, **kwargs)
 
+  @classmethod
+  def from_pretrained(cls, name: str, **kwargs) -> 'Detector':
+    """Published weights by name (ssd_jax.pretrained.PUBLISHED: 'ssd300_vgg16_coco',
+    'ssdlite320_mobilenet_v3_large_coco'), downloaded and converted on first use
+    into the cache folder and read from there afterwards (offline too)."""
+    from ssd_jax import pretrained
+    return cls.from_checkpoint(pretrained.converted(name), **kwargs)
+
   @staticmethod
   def preprocess_check(image: np.ndarray) -> None:
     """Raises ValueError unless the image is [H, W, 3]."""

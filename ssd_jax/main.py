@@ -11,7 +11,9 @@ Modes:
   eval            evaluate the latest (or --step) checkpoint: a per-class table,
                   DIR/eval_<step>/metrics.json and pr_curves.png
   predict         detect on --input (an image, a folder or a glob): COCO results
-                  JSON and drawn images in --output (default DIR/predictions)
+                  JSON and drawn images in --output (default DIR/predictions); with
+                  --pretrained=NAME instead of --workdir, published weights
+                  (default output ./predictions)
 
 Fields of the config can be overridden, e.g. --config.train.batch_size=64, and
 optional ones unset, e.g. --config.optim.grad_clip_norm=None. For eval and
@@ -35,6 +37,9 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'train_and_eval', 'eval', '
 _STEP = flags.DEFINE_integer('step', None, 'eval/predict: checkpoint step (default latest).')
 _INPUT = flags.DEFINE_string('input', None, 'predict: an image file, a folder or a glob.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder.')
+_PRETRAINED = flags.DEFINE_string(
+    'pretrained', None, 'predict: published weights by name instead of --workdir (see '
+    'ssd_jax.pretrained), downloaded and converted once into $SSD_JAX_CACHE.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the traceback of an expected error too.')
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -84,6 +89,11 @@ def _main(argv):
   tf.config.set_visible_devices([], 'TPU')
   from ssd_jax import workflows
   workdir, mode = _WORKDIR.value, _MODE.value
+  if _PRETRAINED.value and (mode != 'predict' or workdir):
+    raise app.UsageError('--pretrained=NAME is for --mode=predict, without --workdir; to '
+                         'train from published weights set --config.model.init_from=NAME.')
+  if not workdir and not _PRETRAINED.value:
+    raise app.UsageError('--workdir is required (or, for --mode=predict, --pretrained=NAME).')
   if mode in ('train', 'train_and_eval'):
     if _CONFIG.value is None:
       raise app.UsageError(f'--mode={mode} needs --config=configs/<name>.py.')
@@ -102,7 +112,11 @@ def _main(argv):
   else:
     if not _INPUT.value:
       raise app.UsageError('--mode=predict needs --input=<image, folder or glob>.')
-    out = workflows.run_prediction(_config(workdir), workdir, _INPUT.value, _OUTPUT.value,
+    output = _OUTPUT.value
+    if _PRETRAINED.value:
+      from ssd_jax import pretrained
+      workdir, output = pretrained.converted(_PRETRAINED.value), output or 'predictions'
+    out = workflows.run_prediction(_config(workdir), workdir, _INPUT.value, output,
                                    _STEP.value)
     skipped = f'; skipped {len(out["skipped"])} unreadable' if out['skipped'] else ''
     print(f'{out["count"]} images: detections in {out["detections"]}, pictures in '
@@ -138,5 +152,4 @@ def parse_flags(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
   app.run(main, flags_parser=parse_flags)

@@ -17,7 +17,7 @@ import tqdm
 from absl import logging
 
 from ssd_jax import builders, checkpoints, cluster, config_lib, evaluate, paths, progress
-from ssd_jax import sharding, train_step
+from ssd_jax import pretrained, sharding, train_step
 from ssd_jax.data import input_pipeline
 
 
@@ -128,6 +128,13 @@ def _check_host(config, workdir: str, marker: str):
   return input_pipeline.train_source(config)
 
 
+def _prepare(config) -> None:
+  """What one process makes for the others: a built-in dataset missing from the
+  data dir, and the published weights model.init_from names."""
+  input_pipeline.prepare_data(config)
+  pretrained.resolve(config.model.init_from)
+
+
 def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
   """(state, checkpoint manager or None, first step, data source, run lock) of
   a run: resumed from the newest readable checkpoint, or fresh (from
@@ -140,10 +147,11 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
   before any host enters a collective.
   """
   lock, marker = cluster.agree('claiming the workdir', lambda: _claim_workdir(workdir, stack))
-  # Host 0 generates a built-in dataset missing from the data dir while the others
-  # wait here (agree is a collective): no two hosts ever write one dataset.
-  cluster.agree('preparing the data', lambda: (
-      input_pipeline.prepare_data(config) if jax.process_index() == 0 else None))
+  # Host 0 generates a built-in dataset missing from the data dir and fetches the
+  # weights to start from, while the others wait here (agree is a collective): no
+  # two hosts ever write one dataset or one cached file.
+  cluster.agree('preparing the data and weights', lambda: (
+      _prepare(config) if jax.process_index() == 0 else None))
   marker = sharding.gather_objects(marker)[0]
   source = cluster.agree('checking the workdir and the data',
                          lambda: _check_host(config, workdir, marker))
@@ -159,8 +167,9 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
       (paths.path(workdir) / marker).unlink()
   if start:
     logging.info('resumed from step %d in %s', start, workdir)
-  elif config.model.init_checkpoint:
-    state = initialise_from(state, config.model.init_checkpoint, mesh)
+  elif config.model.init_checkpoint or config.model.init_from:
+    state = initialise_from(
+        state, config.model.init_checkpoint or pretrained.converted(config.model.init_from), mesh)
   elif config.model.backbone == 'vgg16' and config.model.width == 1.0:
     logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
                     'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '

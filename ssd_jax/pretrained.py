@@ -1,0 +1,165 @@
+"""Published weights by name: downloaded once, verified, converted, then reused offline.
+
+  Detector.from_pretrained('ssdlite320_mobilenet_v3_large_coco')
+  python -m ssd_jax.main --mode=predict --pretrained=ssd300_vgg16_coco --input=photos/
+  --config.model.init_from=vgg16_imagenet          (training: fine-tune from it)
+
+Each name is a PyTorch checkpoint its publisher serves, with the ssd_jax.convert
+format that reads it. torchvision names each file with the first 8 hex digits
+of its SHA-256 and its loader (torch.hub, check_hash) verifies that prefix;
+ssd_jax verifies the same, and a full SHA-256 when one is known.
+
+Files live under the cache folder ($SSD_JAX_CACHE, default
+~/.cache/ssd_jax): `downloads/<file>` as published, `<name>/` converted (a
+workdir: checkpoints/0, conversion.json and, for a detector, config.json).
+Each is written under a temporary name and renamed when complete, so an
+interrupted download or conversion leaves nothing that a later use would
+take for whole. A mirror is named by $SSD_JAX_WEIGHTS_URL (the folder that
+holds the files); $SSD_JAX_WEIGHTS_MANIFEST names a JSON file of
+{name: {"file", "sha256"}} for a mirror that serves other files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from typing import Optional
+
+TORCHVISION_URL = 'https://download.pytorch.org/models/'
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  file: str          # the published file name
+  sha256: str        # its SHA-256, or the prefix its publisher gives
+  format: str        # the ssd_jax.convert format that reads it
+  base_url: str = TORCHVISION_URL
+  what: str = ''
+
+
+# From torchvision's model builders (torchvision/models/...: *_Weights.url).
+PUBLISHED = {
+    'ssd300_vgg16_coco': Weights(
+        'ssd300_vgg16_coco-b556d3b4.pth', 'b556d3b4', 'torchvision_ssd300',
+        what="torchvision's SSD300 (VGG16) on COCO 2017, box AP 25.1"),
+    'ssdlite320_mobilenet_v3_large_coco': Weights(
+        'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'a79551df', 'torchvision_ssdlite320',
+        what="torchvision's SSDLite320-MobileNetV3-Large on COCO 2017, box AP 21.3"),
+    'vgg16_imagenet': Weights(
+        'vgg16-397923af.pth', '397923af', 'vgg16',
+        what="torchvision's ImageNet VGG16, reduced to SSD's base (conv6, conv7)"),
+    'mobilenet_v3_large_imagenet': Weights(
+        'mobilenet_v3_large-8738ca79.pth', '8738ca79', 'mobilenet_v3_large',
+        what="torchvision's ImageNet MobileNetV3-Large (full tail: train with "
+             "--config.backbone.reduced_tail=False)"),
+}
+
+
+class DownloadError(OSError):
+  """A download failed or its bytes are not the published file; nothing was kept."""
+
+
+def cache_dir() -> str:
+  return os.path.abspath(os.environ.get('SSD_JAX_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'ssd_jax'))
+
+
+def weights(name: str) -> Weights:
+  """The published weights of `name` (with a mirror's manifest applied)."""
+  if name not in PUBLISHED:
+    raise ValueError(f'no published weights named {name!r}; the names are '
+                     f'{", ".join(sorted(PUBLISHED))}.')
+  w = PUBLISHED[name]
+  manifest = os.environ.get('SSD_JAX_WEIGHTS_MANIFEST')
+  if manifest:
+    with open(manifest) as f:
+      entry = json.load(f).get(name)
+    if entry:
+      w = dataclasses.replace(w, file=entry['file'], sha256=entry['sha256'].lower())
+  return w
+
+
+def url(w: Weights) -> str:
+  base = os.environ.get('SSD_JAX_WEIGHTS_URL') or w.base_url
+  return base.rstrip('/') + '/' + w.file
+
+
+def sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _download(source: str, target: str, expected: str) -> None:
+  """source -> target, verified against `expected` (a SHA-256 or its prefix); a
+  partial or wrong file is removed."""
+  partial = f'{target}.partial-{os.getpid()}'
+  print(f'downloading {source}', file=sys.stderr, flush=True)
+  try:
+    with urllib.request.urlopen(source, timeout=60) as response, open(partial, 'wb') as out:
+      shutil.copyfileobj(response, out, 1 << 20)
+      announced = response.headers.get('Content-Length')
+    size = os.path.getsize(partial)
+    if announced is not None and size != int(announced):
+      raise DownloadError(f'downloading {source} failed (the connection ended after {size} of '
+                          f'{announced} bytes); nothing was kept. Try again, or set '
+                          f'$SSD_JAX_WEIGHTS_URL to a mirror.')
+    got = sha256(partial)
+    if not got.startswith(expected):
+      raise DownloadError(f'{source} is not the published file: its SHA-256 is {got}, '
+                          f'expected {expected}{"..." if len(expected) < 64 else ""}. Nothing '
+                          f'was kept; check the mirror ($SSD_JAX_WEIGHTS_URL) and try again.')
+    os.replace(partial, target)
+  except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+    if isinstance(e, DownloadError):
+      raise
+    raise DownloadError(f'downloading {source} failed ({e}); nothing was kept. Try again, or '
+                        f'set $SSD_JAX_WEIGHTS_URL to a mirror.') from e
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+
+
+def fetch(name: str) -> str:
+  """The path of `name`'s published file in the cache, downloaded if missing."""
+  w = weights(name)
+  folder = os.path.join(cache_dir(), 'downloads')
+  os.makedirs(folder, exist_ok=True)
+  target = os.path.join(folder, w.file)
+  if not os.path.isfile(target):
+    _download(url(w), target, w.sha256)
+  return target
+
+
+def converted(name: str) -> str:
+  """The workdir of `name` converted for ssd_jax (downloaded and converted once)."""
+  target = os.path.join(cache_dir(), name)
+  if os.path.isfile(os.path.join(target, 'conversion.json')):
+    return target
+  source = fetch(name)
+  from ssd_jax import convert  # reads .pth files with torch: pip install -e ".[convert]"
+  partial = f'{target}.partial-{os.getpid()}'
+  shutil.rmtree(partial, ignore_errors=True)
+  try:
+    convert.convert(weights(name).format, source, partial)
+    try:
+      os.replace(partial, target)
+    except OSError:  # another process converted it meanwhile
+      if not os.path.isfile(os.path.join(target, 'conversion.json')):
+        raise
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+  return target
+
+
+def resolve(name: Optional[str]) -> Optional[str]:
+  """`converted(name)` for a published name; None stays None."""
+  return None if name is None else converted(name)

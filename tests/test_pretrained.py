@@ -1,0 +1,180 @@
+"""Published weights by name (ssd_jax.pretrained) against an HTTP server on
+127.0.0.1 that serves seeded torchvision state dicts: downloaded once, verified,
+converted, reused with the server stopped; a wrong or cut file leaves nothing."""
+import functools
+import hashlib
+import http.server
+import json
+import pathlib
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from ssd_jax import detector, pretrained
+from ssd_jax.testing import commands, detections, synthetic
+
+torch = pytest.importorskip('torch')
+torchvision = pytest.importorskip('torchvision')
+NAME = 'ssdlite320_mobilenet_v3_large_coco'
+
+
+class Server:
+  """http.server on 127.0.0.1 serving `folder` from a thread; with `cut`, each
+  file's whole length is announced but only its first half sent."""
+
+  def __init__(self, folder: pathlib.Path, cut: bool = False):
+    handler = functools.partial(_Cut if cut else _Quiet, directory=str(folder))
+    self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/'
+    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+  def stop(self):
+    self.httpd.shutdown()
+    self.httpd.server_close()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+  def log_message(self, *args):
+    pass
+
+
+class _Cut(_Quiet):
+  def do_GET(self):
+    data = pathlib.Path(self.translate_path(self.path)).read_bytes()
+    self.send_response(200)
+    self.send_header('Content-Length', str(len(data)))
+    self.end_headers()
+    self.wfile.write(data[:len(data) // 2])
+    self.wfile.flush()
+    self.close_connection = True
+
+
+@pytest.fixture(scope='module')
+def served(tmp_path_factory):
+  """A folder with a seeded SSDLite state dict under its published file name, the
+  model itself, and a manifest giving that file's SHA-256."""
+  folder = tmp_path_factory.mktemp('mirror')
+  torch.manual_seed(0)
+  model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+      weights=None, weights_backbone=None, num_classes=91).eval()
+  file = pretrained.PUBLISHED[NAME].file
+  torch.save(model.state_dict(), folder / file)
+  digest = hashlib.sha256((folder / file).read_bytes()).hexdigest()
+  manifest = folder / 'manifest.json'
+  manifest.write_text(json.dumps({NAME: {'file': file, 'sha256': digest}}))
+  return folder, model, manifest
+
+
+@pytest.fixture
+def mirror(served, tmp_path, monkeypatch):
+  folder, model, manifest = served
+  server = Server(folder)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
+  monkeypatch.setenv('SSD_JAX_CACHE', str(tmp_path / 'cache'))
+  yield server, model
+  server.stop()
+
+
+def torchvision_detections(model, image: np.ndarray) -> dict:
+  with torch.no_grad():
+    out, = model([torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255])
+  return {'boxes': out['boxes'].numpy(), 'scores': out['scores'].numpy(),
+          'classes': out['labels'].numpy()}
+
+
+def test_from_pretrained_downloads_once_then_works_offline(mirror, tmp_path):
+  server, model = mirror
+  image = synthetic.sample_photos()[2]
+  det = detector.Detector.from_pretrained(NAME)
+  first = det.detect([image])[0]
+  theirs = torchvision_detections(model, image)
+  assert len(first['scores']) == len(theirs['scores']) > 0
+  ids = np.asarray(det.config.data.category_ids)  # model classes -> COCO ids, as torchvision's
+  assert not detections.unmatched({**first, 'classes': ids[first['classes'] - 1]}, theirs,
+                                  score_tol=1e-4, box_tol=0.1)
+  cached = tmp_path / 'cache'
+  assert sorted(p.name for p in (cached / 'downloads').iterdir()) == [
+      pretrained.PUBLISHED[NAME].file]
+  assert (cached / NAME / 'config.json').is_file()
+  server.stop()  # a second use needs no server
+  again = detector.Detector.from_pretrained(NAME).detect([image])[0]
+  np.testing.assert_array_equal(again['boxes'], first['boxes'])
+
+
+def test_a_wrong_checksum_keeps_nothing(served, tmp_path, monkeypatch):
+  folder, _, _ = served
+  manifest = tmp_path / 'manifest.json'
+  manifest.write_text(json.dumps({NAME: {'file': pretrained.PUBLISHED[NAME].file,
+                                         'sha256': '0' * 64}}))
+  server = Server(folder)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
+  monkeypatch.setenv('SSD_JAX_CACHE', str(tmp_path / 'cache'))
+  try:
+    with pytest.raises(pretrained.DownloadError, match='is not the published file: its SHA-256'):
+      pretrained.converted(NAME)
+  finally:
+    server.stop()
+  assert list((tmp_path / 'cache' / 'downloads').iterdir()) == []
+  assert not (tmp_path / 'cache' / NAME).exists()
+
+
+def test_an_interrupted_download_keeps_nothing(served, tmp_path, monkeypatch):
+  folder, _, manifest = served
+  server = Server(folder, cut=True)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
+  monkeypatch.setenv('SSD_JAX_CACHE', str(tmp_path / 'cache'))
+  try:
+    with pytest.raises(pretrained.DownloadError, match='failed .*nothing was kept'):
+      pretrained.fetch(NAME)
+  finally:
+    server.stop()
+  assert list((tmp_path / 'cache' / 'downloads').iterdir()) == []
+
+
+def test_unknown_names_are_listed():
+  with pytest.raises(ValueError, match='the names are mobilenet_v3_large_imagenet, '
+                                       'ssd300_vgg16_coco'):
+    pretrained.weights('ssd512_coco')
+
+
+def test_predict_by_name_and_fine_tune_from_a_name_on_the_command_line(mirror, tmp_path):
+  """--mode=predict --pretrained=NAME, then voc_ssdlite320 with
+  --config.model.init_from=NAME (every layer but the class heads) with the
+  server stopped: the cached conversion is reused."""
+  server, model = mirror
+  folder = commands.scratch(tmp_path / 'user')
+  (folder / 'photos').mkdir()
+  from PIL import Image
+  Image.fromarray(synthetic.sample_photos()[2]).save(folder / 'photos' / 'a.png')
+  env = commands.ONE_DEVICE
+  commands.run(commands.find('--pretrained=ssdlite320_mobilenet_v3_large_coco'), folder, env=env)
+  found = json.loads((folder / 'predictions' / 'detections.json').read_text())
+  ours = detections.from_coco_results(found, 'a.png')
+  theirs = torchvision_detections(model, synthetic.sample_photos()[2])
+  assert not detections.unmatched(ours, theirs, score_tol=1e-4, box_tol=0.1)
+  server.stop()
+  synthetic.squares_voc_folder(folder / 'squares', 4)
+  commands.run(
+      commands.find('--config.model.init_from=ssdlite320_mobilenet_v3_large_coco'), folder,
+      ['--config.data.format=voc_folder',
+       f'--config.data.root={folder / "squares"}', '--config.data.train_splits=("trainval",)',
+       '--config.data.eval_split=trainval', '--config.data.class_names=("red","green")',
+       '--config.train.num_steps=1', '--config.train.batch_size=2',
+       '--config.train.checkpoint_every=1'], env)
+  from ssd_jax import checkpoints
+  workdir = str(folder / 'voc_ssdlite')
+  variables, _ = checkpoints.restore_variables(checkpoints.find_config(workdir), workdir)
+  reference, _ = checkpoints.restore_variables(
+      checkpoints.find_config(pretrained.converted(NAME)), pretrained.converted(NAME))
+  def first_kernel(tree):
+    return next(np.asarray(x) for x in jax.tree.leaves(tree['params']['backbone']['features_0'])
+                if np.ndim(x) == 4)
+
+  # One step at the warmup's first rate moves it a little; a fresh one is uncorrelated.
+  ours, theirs = first_kernel(variables), first_kernel(reference)
+  assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.999
