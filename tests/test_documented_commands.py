@@ -383,13 +383,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.xdist_group('hosts')
-def test_two_hosts_on_a_fresh_data_dir_prepare_it_once_and_train(tmp_path):
-  folder = commands.scratch(tmp_path)
-  env = {**ONE_DEVICE, 'TFDS_DATA_DIR': str(folder / 'tensorflow_datasets')}
+def run_two_hosts(folder: pathlib.Path, data_dir: pathlib.Path, shrink: list):
+  """The README's two host commands at once, on a free port, with TFDS_DATA_DIR
+  = data_dir: (exit codes, logs)."""
+  env = {**ONE_DEVICE, 'TFDS_DATA_DIR': str(data_dir)}
   port = {'127.0.0.1:8476': f'127.0.0.1:{free_port()}'}
-  shrink = [a for a in SHAPES_SMALL if 'eval.' not in a] + ['--config.train.num_steps=8']
-  hosts = [commands.start(command, folder, tmp_path / f'{i}.log', shrink, env, port)
+  hosts = [commands.start(command, folder, folder / f'host{i}.log', shrink, env, port)
            for i, command in enumerate((commands.find('JAX_PROCESS_ID=0 '),
                                         commands.find('JAX_PROCESS_ID=1 ')))]
   try:
@@ -398,7 +397,14 @@ def test_two_hosts_on_a_fresh_data_dir_prepare_it_once_and_train(tmp_path):
     for h in hosts:
       if h.poll() is None:
         h.kill()
-  logs = [(tmp_path / f'{i}.log').read_text() for i in (0, 1)]
+  return codes, [(folder / f'host{i}.log').read_text() for i in (0, 1)]
+
+
+@pytest.mark.xdist_group('hosts')
+def test_two_hosts_on_a_fresh_data_dir_prepare_it_once_and_train(tmp_path):
+  folder = commands.scratch(tmp_path)
+  shrink = [a for a in SHAPES_SMALL if 'eval.' not in a] + ['--config.train.num_steps=8']
+  codes, logs = run_two_hosts(folder, folder / 'tensorflow_datasets', shrink)
   assert codes == [0, 0], '\n'.join(log[-3000:] for log in logs)
   assert sum(log.count('generating ssd_shapes/small') for log in logs) == 1
   assert 'generating ssd_shapes/small' in logs[0]  # host 0 made it
@@ -411,18 +417,7 @@ def test_two_hosts_both_name_a_failed_preparation(tmp_path):
   fails, and each host's error names the dataset, the folder and the cause."""
   folder = commands.scratch(tmp_path)
   (folder / 'not_a_folder').write_text('')
-  env = {**ONE_DEVICE, 'TFDS_DATA_DIR': str(folder / 'not_a_folder')}
-  port = {'127.0.0.1:8476': f'127.0.0.1:{free_port()}'}
-  hosts = [commands.start(command, folder, tmp_path / f'{i}.log', SHAPES_SMALL, env, port)
-           for i, command in enumerate((commands.find('JAX_PROCESS_ID=0 '),
-                                        commands.find('JAX_PROCESS_ID=1 ')))]
-  try:
-    codes = [h.wait(timeout=300) for h in hosts]
-  finally:
-    for h in hosts:
-      if h.poll() is None:
-        h.kill()
-  logs = [(tmp_path / f'{i}.log').read_text() for i in (0, 1)]
+  codes, logs = run_two_hosts(folder, folder / 'not_a_folder', SHAPES_SMALL)
   assert codes == [1, 1], '\n'.join(log[-3000:] for log in logs)
   failed = (f'preparing the dataset ssd_shapes/small in {folder / "not_a_folder"} failed: '
             f'FileExistsError')

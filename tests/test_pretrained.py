@@ -67,13 +67,19 @@ def served(tmp_path_factory):
   return folder, model, manifest
 
 
+def serve(monkeypatch, folder, manifest, cache, cut: bool = False) -> Server:
+  """A Server of `folder`, and the environment that points ssd_jax.pretrained at it."""
+  server = Server(folder, cut)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
+  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
+  monkeypatch.setenv('SSD_JAX_CACHE', str(cache))
+  return server
+
+
 @pytest.fixture
 def mirror(served, tmp_path, monkeypatch):
   folder, model, manifest = served
-  server = Server(folder)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
-  monkeypatch.setenv('SSD_JAX_CACHE', str(tmp_path / 'cache'))
+  server = serve(monkeypatch, folder, manifest, tmp_path / 'cache')
   yield server, model
   server.stop()
 
@@ -109,10 +115,7 @@ def test_a_wrong_checksum_keeps_nothing(served, tmp_path, monkeypatch):
   manifest = tmp_path / 'manifest.json'
   manifest.write_text(json.dumps({NAME: {'file': pretrained.PUBLISHED[NAME].file,
                                          'sha256': '0' * 64}}))
-  server = Server(folder)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
-  monkeypatch.setenv('SSD_JAX_CACHE', str(tmp_path / 'cache'))
+  server = serve(monkeypatch, folder, manifest, tmp_path / 'cache')
   try:
     with pytest.raises(pretrained.DownloadError, match='is not the published file: its SHA-256'):
       pretrained.converted(NAME)
@@ -124,10 +127,7 @@ def test_a_wrong_checksum_keeps_nothing(served, tmp_path, monkeypatch):
 
 def test_an_interrupted_download_keeps_nothing(served, tmp_path, monkeypatch):
   folder, _, manifest = served
-  server = Server(folder, cut=True)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
-  monkeypatch.setenv('SSD_JAX_CACHE', str(tmp_path / 'cache'))
+  server = serve(monkeypatch, folder, manifest, tmp_path / 'cache', cut=True)
   try:
     with pytest.raises(pretrained.DownloadError, match='failed .*nothing was kept'):
       pretrained.fetch(NAME)
