@@ -119,10 +119,10 @@ def as_typed(command: str, folder: pathlib.Path, extra: Sequence[str] = (),
       env[name] = value
     if _installs(words):
       continue
-    if words[0] in INTERPRETERS:
-      words[0] = sys.executable
     words = [w.replace('=/tmp/', f'={folder}/') if '=/tmp/' in w else
              (str(folder) + w[4:] if w.startswith('/tmp/') else w) for w in words]
+    if words[0] in INTERPRETERS:  # after the /tmp paths: this interpreter may live there
+      words[0] = sys.executable
     parts.append((words + list(extra), env))
   return parts
 
