@@ -50,7 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from ssd_jax import builders, checkpoints, config_lib, labels, models, ssdlite
+from ssd_jax import builders, config_lib, labels, models, ssdlite, workdirs
 
 FORMATS = ('vgg16', 'reduced_vgg', 'torchvision_ssd300', 'torchvision_ssdlite320',
            'mobilenet_v3_large')
@@ -267,7 +267,7 @@ def save(output: str, variables: dict, info: dict, config=None) -> str:
     mngr.save(0, args=ocp.args.StandardSave(builders.inference_variables(variables)))
     mngr.wait_until_finished()
   if config is not None:
-    checkpoints.save_config(config, output)
+    workdirs.save_config(config, output)
   with open(os.path.join(output, 'conversion.json'), 'w') as f:
     json.dump(info, f, indent=2)
   return output

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ssd_jax import builders, checkpoints, config_lib, labels, postprocess, xla_cpu
+from ssd_jax import builders, checkpoints, config_lib, labels, postprocess, workdirs
+from ssd_jax import xla_cpu
 
 EXPORTED_FILE = 'detector.jax'  # in a folder that ssd_jax.export --format=jax writes
 EXPORT_INFO_FILE = 'export.json'  # beside it: class names, how it was exported
@@ -64,7 +65,7 @@ class Detector:
                       **kwargs) -> 'Detector':
     """Restores parameters from a workdir, its checkpoints folder or a step folder;
     the config defaults to the config.json training saved in the workdir."""
-    config = config_lib.validate(config if config is not None else checkpoints.find_config(path))
+    config = config_lib.validate(config if config is not None else workdirs.find_config(path))
     variables, _ = checkpoints.restore_variables(config, path, step)
     return cls(config, variables, **kwargs)
 
@@ -139,8 +140,8 @@ class ExportedDetector(Detector):
       self.exported = jax.export.deserialize(bytearray(f.read()))
     with open(os.path.join(path, EXPORT_INFO_FILE)) as f:
       self.info = json.load(f)
-    self.config = config_lib.validate(checkpoints.read_config(
-        os.path.join(path, checkpoints.CONFIG_FILE)))
+    self.config = config_lib.validate(workdirs.read_config(
+        os.path.join(path, workdirs.CONFIG_FILE)))
     self.class_names = tuple(self.info['class_names'])
     self.variables = None
     self.batch_size = batch_size

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from ssd_jax import builders, checkpoints, config_lib, detector, labels, postprocess
+from ssd_jax import builders, checkpoints, config_lib, detector, labels, postprocess, workdirs
 
 FORMATS = ('saved_model', 'tflite', 'jax')
 DTYPES = ('float32', 'bfloat16')
@@ -74,9 +74,9 @@ def load(workdir: str, dtype: str = 'float32') -> tuple:
     raise FileNotFoundError(f'--workdir={workdir} does not exist; give the workdir of a '
                             f'training run (or an ssd_jax.convert output with config.json).')
   try:
-    config = checkpoints.find_config(workdir)
+    config = workdirs.find_config(workdir)
   except FileNotFoundError:
-    raise FileNotFoundError(f'--workdir={workdir} has no {checkpoints.CONFIG_FILE}; give the '
+    raise FileNotFoundError(f'--workdir={workdir} has no {workdirs.CONFIG_FILE}; give the '
                             f'workdir of a training run (it holds config.json and '
                             f'checkpoints/).') from None
   config.model.dtype = dtype
@@ -219,7 +219,7 @@ def check_options(fmt: str, batch: int, dtype: str, quantize: str) -> None:
 
 def write_info(output: str, info: dict, config) -> None:
   """output/config.json (the config, as training writes it) and output/export.json."""
-  checkpoints.save_config(config, output)
+  workdirs.save_config(config, output)
   with open(os.path.join(output, INFO_FILE), 'w') as f:
     json.dump(info, f, indent=2)
 

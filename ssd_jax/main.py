@@ -50,16 +50,16 @@ def expected_errors() -> tuple:
   """Exceptions that end the command with their message alone: what a user can fix
   (missing or unprepared data, unreadable annotations, a bad config value, a
   workdir in use, a bad checkpoint, a diverged loss). Add new kinds here."""
-  from ssd_jax import checkpoints, cluster
+  from ssd_jax import checkpoints, cluster, workdirs
   from ssd_jax.data import tfds_data
-  return (OSError, ValueError, FloatingPointError, checkpoints.WorkdirInUseError,
+  return (OSError, ValueError, FloatingPointError, workdirs.WorkdirInUseError,
           checkpoints.NoReadableCheckpointError, cluster.HostFailed,
           tfds_data.PreparationFailed)
 
 
 def _config(workdir):
-  from ssd_jax import checkpoints
-  return _CONFIG.value if _CONFIG.value is not None else checkpoints.find_config(workdir)
+  from ssd_jax import workdirs
+  return _CONFIG.value if _CONFIG.value is not None else workdirs.find_config(workdir)
 
 
 def _print_evaluation(out: dict) -> None:

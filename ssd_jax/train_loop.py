@@ -17,7 +17,7 @@ import tqdm
 from absl import logging
 
 from ssd_jax import builders, checkpoints, cluster, config_lib, evaluate, paths, progress
-from ssd_jax import pretrained, sharding, train_step
+from ssd_jax import pretrained, sharding, train_step, workdirs
 from ssd_jax.data import input_pipeline
 
 
@@ -107,7 +107,7 @@ def _claim_workdir(workdir: str, stack: contextlib.ExitStack):
   if jax.process_index() != 0:
     return None, None
   check_workdir(workdir)
-  lock = stack.enter_context(checkpoints.workdir_lock(workdir))
+  lock = stack.enter_context(workdirs.workdir_lock(workdir))
   marker = f'.hosts_see_{os.getpid()}_{int(time.time())}'
   if cluster.is_multihost():
     (paths.path(workdir) / marker).write_text('written by host 0')
@@ -124,7 +124,7 @@ def _check_host(config, workdir: str, marker: str):
       raise FileNotFoundError(
           f'--workdir={workdir} on this host is not the folder host 0 created: every host '
           f'must see one shared workdir (a shared filesystem or a bucket such as gs://...).')
-  checkpoints.check_resumable(config, workdir)
+  workdirs.check_resumable(config, workdir)
   return input_pipeline.train_source(config)
 
 
@@ -191,7 +191,7 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
     mngr = checkpoints.manager(workdir, config)
     stack.callback(mngr.close)
   if jax.process_index() == 0:  # the run starts: the workdir now describes it
-    checkpoints.save_config(config, workdir)
+    workdirs.save_config(config, workdir)
   step_fn = train_step.jit_train_step(config, mesh)
   preemption = stack.enter_context(cluster.Preemption(mngr))
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None

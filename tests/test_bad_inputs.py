@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ssd_jax import checkpoints, config_lib, detector, images, train_loop, workflows
+from ssd_jax import checkpoints, config_lib, detector, images, train_loop, workdirs, workflows
 from ssd_jax.data import custom_data, input_pipeline
 from ssd_jax.testing import synthetic
 
@@ -94,7 +94,7 @@ def test_resuming_with_another_model_changes_nothing(trained, tmp_path, load_con
   with pytest.raises(ValueError, match=r'model.width: 0.125 in config.json, 0.25 now'):
     train_loop.run(c, str(workdir))
   assert snapshot(workdir) == before  # config.json, checkpoints, no lock left behind
-  params, step = checkpoints.restore_params(checkpoints.find_config(str(workdir)), str(workdir))
+  params, step = checkpoints.restore_params(workdirs.find_config(str(workdir)), str(workdir))
   assert step == 4
 
 
@@ -147,8 +147,8 @@ def test_evaluation_never_cuts_ground_truth(tmp_path, load_config, caplog):
 
 HOLD_LOCK = '''
 import sys, time
-from ssd_jax import checkpoints
-with checkpoints.workdir_lock(sys.argv[1]):
+from ssd_jax import workdirs
+with workdirs.workdir_lock(sys.argv[1]):
   print('locked', flush=True)
   time.sleep(600)
 '''
@@ -160,7 +160,7 @@ def test_a_second_run_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, load_
                             stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == 'locked'
   c = squares_config(load_config, squares, 1)
-  with pytest.raises(checkpoints.WorkdirInUseError, match=f'in use by process {holder.pid}'):
+  with pytest.raises(workdirs.WorkdirInUseError, match=f'in use by process {holder.pid}'):
     train_loop.run(c, str(tmp_path))
   assert os.listdir(tmp_path) == ['lock']  # nothing written but the holder's lock
   holder.send_signal(signal.SIGKILL)  # dies holding it: the kernel releases the flock
@@ -193,7 +193,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_newest_readable(
   kept = snapshot(step_4)
   if how == 'truncated data':  # evaluation falls back read-only (without _METADATA the
     with caplog.at_level(py_logging.WARNING):  # parameters alone still read fine)
-      _, step = checkpoints.restore_params(checkpoints.find_config(str(workdir)), str(workdir))
+      _, step = checkpoints.restore_params(workdirs.find_config(str(workdir)), str(workdir))
     assert step == 2 and 'checkpoint step 4' in caplog.text and step_4.exists()
   with caplog.at_level(py_logging.WARNING):
     state = train_loop.run(squares_config(load_config, squares, 6), str(workdir))
@@ -210,7 +210,7 @@ def test_no_readable_checkpoint_is_a_clear_error(trained, tmp_path, load_config)
   for step in ('2', '4'):
     damage(workdir / 'checkpoints' / step, 'truncated data')
   with pytest.raises(RuntimeError, match=r'no readable checkpoint in .*step 4: .*step 2: '):
-    checkpoints.restore_params(checkpoints.find_config(str(workdir)), str(workdir))
+    checkpoints.restore_params(workdirs.find_config(str(workdir)), str(workdir))
 
 
 # --- 7-11. custom datasets ---------------------------------------------------------------

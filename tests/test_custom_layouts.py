@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import checkpoints, config_lib, workflows
+from ssd_jax import config_lib, workdirs, workflows
 from ssd_jax.data import custom_data, input_pipeline
 from ssd_jax.testing import synthetic
 
@@ -271,7 +271,7 @@ def test_yolo_and_labelimg_datasets_train_evaluate_predict_and_fine_tune(load_co
   c = tiny(load_config, format='yolo', root=str(yolo), train_splits=('train',), eval_split='val')
   out = workflows.run_training(c, str(tmp_path / 'run_yolo'), with_eval=True)
   assert out['step'] == 2 and set(out['result']['per_class_AP']) == {'cat', 'dog'}
-  saved = checkpoints.find_config(str(tmp_path / 'run_yolo'))
+  saved = workdirs.find_config(str(tmp_path / 'run_yolo'))
   assert saved.data.class_names == ('cat', 'dog') and saved.model.num_classes == 3
   assert out['result']['num_images'] == 1  # val.txt lists one image
   predicted = workflows.run_prediction(saved, str(tmp_path / 'run_yolo'),
@@ -287,7 +287,7 @@ def test_yolo_and_labelimg_datasets_train_evaluate_predict_and_fine_tune(load_co
   workflows.run_training(c, str(workdir))
   recorded = json.loads((workdir / workflows.SPLIT_FILE).read_text())
   assert len(recorded['val']) == 2 and len(recorded['train']) == 3
-  saved = checkpoints.find_config(str(workdir))
+  saved = workdirs.find_config(str(workdir))
   assert saved.data.split_file == str(workdir / workflows.SPLIT_FILE)
   for i in range(10):  # images added after training: evaluation keeps the recorded split
     jpeg(folder / 'images' / f'late_{i}.jpg')

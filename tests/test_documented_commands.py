@@ -340,9 +340,9 @@ def test_converted_mobilenet_initialises_ssdlite_training(tmp_path):
   commands.run(commands.find('--config.model.init_checkpoint=/tmp/mobilenet_v3',
                              'configs/coco_ssdlite320.py'),
                folder, shrink + small_voc_folder(folder), ONE_DEVICE)
-  from ssd_jax import checkpoints
+  from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'coco_ssdlite')
-  variables, _ = checkpoints.restore_variables(checkpoints.find_config(workdir), workdir)
+  variables, _ = checkpoints.restore_variables(workdirs.find_config(workdir), workdir)
   kernel, = [np.asarray(x) for x in jax.tree.leaves(variables['params']['backbone']['features_0'])
              if np.ndim(x) == 4]
   theirs = net.features[0][0].weight.detach().numpy().transpose(2, 3, 1, 0)
@@ -365,9 +365,9 @@ def test_converted_vgg16_initialises_voc300_training(tmp_path):
   printed = commands.run(commands.find('--config.model.init_checkpoint=/tmp/vgg16'), folder,
                          shrink + data, ONE_DEVICE)
   assert 'training the VGG16 base from scratch' not in printed
-  from ssd_jax import checkpoints
+  from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'voc300')
-  params, _ = checkpoints.restore_variables(checkpoints.find_config(workdir), workdir)
+  params, _ = checkpoints.restore_variables(workdirs.find_config(workdir), workdir)
   conv3_3 = np.asarray(params['params']['backbone']['conv3_3']['kernel'])
   theirs = vgg.features[14].weight.detach().numpy().transpose(2, 3, 1, 0)
   # One SGD step (lr 1e-3) moves it a little; a fresh initialisation would be uncorrelated.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import checkpoints, detector, evaluate, images, train_loop, workflows
+from ssd_jax import checkpoints, detector, evaluate, images, train_loop, workdirs, workflows
 from ssd_jax.data import input_pipeline
 from ssd_jax.testing import synthetic
 
@@ -38,7 +38,7 @@ def test_train_and_eval_writes_metrics_plots_and_pictures(trained):
 
 def test_eval_from_the_checkpoint_reproduces_the_end_of_training_metrics(trained):
   config, workdir, end_of_training = trained
-  again = workflows.run_evaluation(checkpoints.find_config(str(workdir)), str(workdir))['result']
+  again = workflows.run_evaluation(workdirs.find_config(str(workdir)), str(workdir))['result']
   assert again['scalars']['mAP'] == pytest.approx(end_of_training['scalars']['mAP'], abs=1e-9)
   for name, ap in end_of_training['per_class_AP'].items():
     assert again['per_class_AP'][name] == pytest.approx(ap, abs=1e-9)
@@ -93,7 +93,7 @@ def test_clear_errors(trained, tmp_path, load_config):
   with pytest.raises(ValueError, match='could be read'):
     workflows.run_prediction(config, str(workdir), str(tmp_path / 'bad.png'), str(tmp_path / 'o'))
   with pytest.raises(FileNotFoundError, match='no config.json'):
-    checkpoints.find_config(str(tmp_path))
+    workdirs.find_config(str(tmp_path))
 
 
 def test_fine_tuning_on_new_classes_restores_all_but_the_class_heads(trained, tmp_path,

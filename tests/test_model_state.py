@@ -12,6 +12,7 @@ import pytest
 from flax.training import train_state
 
 from ssd_jax import builders, checkpoints, config_lib, models, optim, parts, sharding
+from ssd_jax import workdirs
 from ssd_jax import train_step
 from ssd_jax.testing.synthetic import synthetic_batch
 
@@ -224,11 +225,11 @@ def test_a_config_json_of_an_older_version_reads(load_config, tmp_path):
   config = config_lib.validate(load_config('voc512'))
   values = json.loads(config.to_json())
   backbone = values.pop('backbone')
-  values['model'].update({k: backbone[k] for k in checkpoints.MOVED_TO_BACKBONE})
-  assert set(backbone) - set(checkpoints.MOVED_TO_BACKBONE) == {'batch_norm'}
+  values['model'].update({k: backbone[k] for k in workdirs.MOVED_TO_BACKBONE})
+  assert set(backbone) - set(workdirs.MOVED_TO_BACKBONE) == {'batch_norm'}
   del values['model']['backbone'], values['model']['head']
   (tmp_path / 'config.json').write_text(json.dumps(values))
-  read = checkpoints.find_config(str(tmp_path))
+  read = workdirs.find_config(str(tmp_path))
   assert read.model.backbone == 'vgg16' and read.backbone.extras == 'ssd512'
   assert read.backbone.to_dict() == config.backbone.to_dict()
   assert len(builders.build_default_boxes(config_lib.validate(read))) == 24564

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from etils.epath import gpath, testing as epath_testing
 
-from ssd_jax import checkpoints, evaluate, paths, train_loop
+from ssd_jax import evaluate, paths, train_loop, workdirs
 
 
 @pytest.fixture
@@ -49,9 +49,9 @@ def test_a_bucket_workdir_holds_the_runs_files(fake_bucket, load_config):
   train_loop.check_workdir(workdir)
   assert (fake_bucket / 'runs' / 'a').is_dir() and not list((fake_bucket / 'runs' / 'a').iterdir())
   config = load_config('voc300')
-  checkpoints.save_config(config, workdir)
+  workdirs.save_config(config, workdir)
   assert json.loads((fake_bucket / 'runs/a/config.json').read_text())['model']['image_size'] == 300
-  assert checkpoints.find_config(workdir).to_dict() == config.to_dict()
+  assert workdirs.find_config(workdir).to_dict() == config.to_dict()
   result = {'metric': 'voc07', 'headline': 'mAP', 'scalars': {'mAP': 0.5},
             'per_class_AP': {'a': 0.5}, 'curves': {'a': (np.array([0, 1.0]), np.array([1.0, 0]))},
             'num_images': 1}
@@ -59,8 +59,8 @@ def test_a_bucket_workdir_holds_the_runs_files(fake_bucket, load_config):
   saved = json.loads((fake_bucket / 'runs/a/eval_7/metrics.json').read_text())
   assert saved['step'] == 7 and saved['scalars'] == {'mAP': 0.5}
   assert (fake_bucket / 'runs/a/eval_7/pr_curves.png').read_bytes()[:4] == b'\x89PNG'
-  with checkpoints.workdir_lock(workdir) as lock:  # no flock on a bucket: the lease
-    assert isinstance(lock, checkpoints.Lease)
+  with workdirs.workdir_lock(workdir) as lock:  # no flock on a bucket: the lease
+    assert isinstance(lock, workdirs.Lease)
     held = json.loads((fake_bucket / 'runs/a/lock').read_text())
     assert held['token'] == lock.token and 'process' in held['holder']
   assert not (fake_bucket / 'runs/a/lock').exists()
@@ -69,15 +69,15 @@ def test_a_bucket_workdir_holds_the_runs_files(fake_bucket, load_config):
 def lease(workdir, **kwargs):
   options = dict(renew_s=0.1, lease_s=2.0, settle_s=0.2)
   options.update(kwargs)
-  return checkpoints.Lease(str(workdir), **options)
+  return workdirs.Lease(str(workdir), **options)
 
 
 def test_a_lease_refuses_a_second_run_and_is_released(tmp_path):
   first = lease(tmp_path).acquire()
-  with pytest.raises(checkpoints.WorkdirInUseError, match='in use by process .* lease runs'):
+  with pytest.raises(workdirs.WorkdirInUseError, match='in use by process .* lease runs'):
     lease(tmp_path).acquire()
   time.sleep(0.5)  # renewed meanwhile: still refused
-  with pytest.raises(checkpoints.WorkdirInUseError):
+  with pytest.raises(workdirs.WorkdirInUseError):
     lease(tmp_path).acquire()
   first.release()
   assert not (tmp_path / 'lock').exists()
@@ -103,7 +103,7 @@ def test_of_runs_starting_at_once_one_holds_the_lease(tmp_path, trial):
     start_line.wait()
     try:
       outcomes.append(candidate.acquire())
-    except checkpoints.WorkdirInUseError as e:
+    except workdirs.WorkdirInUseError as e:
       outcomes.append(e)
 
   threads = [threading.Thread(target=start) for _ in range(8)]
@@ -111,7 +111,7 @@ def test_of_runs_starting_at_once_one_holds_the_lease(tmp_path, trial):
     t.start()
   for t in threads:
     t.join()
-  held = [o for o in outcomes if isinstance(o, checkpoints.Lease)]
+  held = [o for o in outcomes if isinstance(o, workdirs.Lease)]
   assert len(outcomes) == 8 and len(held) == 1, [type(o).__name__ for o in outcomes]
   assert json.loads((tmp_path / 'lock').read_text())['token'] == held[0].token
   held[0].release()
@@ -123,7 +123,7 @@ def test_a_holder_whose_lease_was_taken_stops_before_saving(tmp_path):
   (tmp_path / 'lock').write_text(json.dumps(
       {'holder': 'the other run', 'token': 'y', 'renewed': time.time(), 'lease_s': 2.0}))
   time.sleep(0.4)  # its next renewal finds the other token
-  with pytest.raises(checkpoints.WorkdirInUseError, match='the other run.*without saving'):
+  with pytest.raises(workdirs.WorkdirInUseError, match='the other run.*without saving'):
     holder.check()
   holder.release()
   assert json.loads((tmp_path / 'lock').read_text())['token'] == 'y'  # not removed

@@ -166,11 +166,11 @@ def test_predict_by_name_and_fine_tune_from_a_name_on_the_command_line(mirror, t
        '--config.data.eval_split=trainval', '--config.data.class_names=("red","green")',
        '--config.train.num_steps=1', '--config.train.batch_size=2',
        '--config.train.checkpoint_every=1'], env)
-  from ssd_jax import checkpoints
+  from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'voc_ssdlite')
-  variables, _ = checkpoints.restore_variables(checkpoints.find_config(workdir), workdir)
+  variables, _ = checkpoints.restore_variables(workdirs.find_config(workdir), workdir)
   reference, _ = checkpoints.restore_variables(
-      checkpoints.find_config(pretrained.converted(NAME)), pretrained.converted(NAME))
+      workdirs.find_config(pretrained.converted(NAME)), pretrained.converted(NAME))
   def first_kernel(tree):
     return next(np.asarray(x) for x in jax.tree.leaves(tree['params']['backbone']['features_0'])
                 if np.ndim(x) == 4)
