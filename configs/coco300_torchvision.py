@@ -8,10 +8,10 @@ so --config is optional):
   python -m ssd_jax.main --mode=predict --workdir=/tmp/tv_ssd300 --input=photos/
 
 The values (torchvision's default-box scales and size clipping, its input
-mean, 91 classes in ssd_jax's order) are `config_lib.torchvision_ssd300()`.
+mean, 91 classes in ssd_jax's order) are `recipes.torchvision_ssd300()`.
 """
-from ssd_jax import config_lib
+from ssd_jax import recipes
 
 
 def get_config():
-  return config_lib.torchvision_ssd300()
+  return recipes.torchvision_ssd300()

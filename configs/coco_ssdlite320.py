@@ -16,11 +16,11 @@ as config.json:
   python -m ssd_jax.convert --format=torchvision_ssdlite320 --input=ssdlite320_mobilenet_v3_large_coco-a79551df.pth --output=/tmp/tv_ssdlite
   python -m ssd_jax.main --mode=eval --workdir=/tmp/tv_ssdlite
 
-Every value is `config_lib.torchvision_ssdlite320()` (architecture preset
+Every value is `recipes.torchvision_ssdlite320()` (architecture preset
 'ssdlite320').
 """
-from ssd_jax import config_lib
+from ssd_jax import recipes
 
 
 def get_config():
-  return config_lib.torchvision_ssdlite320('coco')
+  return recipes.torchvision_ssdlite320('coco')

@@ -24,11 +24,11 @@ conv8_2 (3x3) 64-88. Every object size then has a default box at IoU >= 0.5
 for >= 97% of positions (tests/test_quickstart.py checks), with 5-8
 matches per object instead of 1-2. 3204 default boxes.
 """
-from ssd_jax import config_lib, labels
+from ssd_jax import labels, recipes
 
 
 def get_config():
-  config = config_lib.preset('ssd300', 'voc')
+  config = recipes.preset('ssd300', 'voc')
   m, a, d = config.model, config.anchors, config.data
   m.image_size, m.width = 96, 0.125
   m.num_classes = len(labels.SHAPES_NAMES) + 1

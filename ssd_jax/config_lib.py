@@ -1,7 +1,7 @@
 """The one schema of every setting, with the values all SSD recipes share.
 
-Config files in `configs/` start from `base_config()` and fill in what is
-specific to a dataset and input size. The returned config is locked: assigning
+Config files in `configs/` start from `base_config()` through the presets of
+ssd_jax/recipes.py and fill in what is specific to a dataset and input size. The returned config is locked: assigning
 a field that does not exist (a typo) raises at once, naming the field. Where
 each value of the authors' recipe comes from, and where ssd_jax differs from
 it: docs/recipe.md (tests/test_recipe.py keeps the two in agreement).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
-from ssd_jax import anchors, labels, models, parts, pixels, ssdlite
+from ssd_jax import anchors, labels, models, parts, pixels
 from ssd_jax.data import custom_data
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
@@ -183,159 +183,6 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
   ))
   c.lock()
   return c
-
-
-# torchvision's SSDLite default-box scales (fractions of the input): min_ratio
-# 0.2 to max_ratio 0.95 over six maps, then 1.0 (the last map's s'_k).
-SSDLITE_SCALES = tuple(ssdlite.SSDLITE_MIN_RATIO + (ssdlite.SSDLITE_MAX_RATIO -
-                                                    ssdlite.SSDLITE_MIN_RATIO) * k / 5
-                       for k in range(6)) + (1.0,)
-
-# What the input size fixes, whatever the dataset (the recipe's values).
-ARCHITECTURES = {
-    'ssd300': dict(
-        model=dict(image_size=300, sources=models.SSD300_SOURCES),
-        backbone=dict(extras='ssd300'),
-        anchors=dict(steps=(8, 16, 32, 64, 100, 300),
-                     aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))),
-    ),
-    'ssd512': dict(
-        model=dict(image_size=512, sources=models.SSD512_SOURCES),
-        backbone=dict(extras='ssd512'),
-        anchors=dict(steps=(8, 16, 32, 64, 128, 256, 512),
-                     aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))),
-    ),
-    # torchvision's ssdlite320_mobilenet_v3_large: MobileNetV3-Large (reduced tail)
-    # with four extra blocks, the SSDLite head, BatchNorm as torchvision sets it,
-    # inputs scaled to [-1, 1], its default boxes (scales 0.2 to 0.95, 1.0 for the
-    # last level's second square box, sizes clipped to the image: 3234 boxes).
-    'ssdlite320': dict(
-        model=dict(image_size=320, backbone='mobilenet_v3_large', head='ssdlite',
-                   sources=ssdlite.SOURCES, batch_norm_momentum=ssdlite.BN_MOMENTUM,
-                   batch_norm_epsilon=ssdlite.BN_EPSILON),
-        anchors=dict(min_sizes=tuple(320 * s for s in SSDLITE_SCALES[:-1]),
-                     max_sizes=tuple(320 * s for s in SSDLITE_SCALES[1:]),
-                     steps=None, aspect_ratios=ssdlite.SSDLITE_ASPECT_RATIOS, clip='wh'),
-        data=dict(mean_rgb=(127.5,) * 3, std_rgb=(127.5,) * 3),
-    ),
-}
-
-# What the dataset fixes, whatever the input size: splits, schedule, metric.
-DATASETS = {
-    'voc': dict(
-        model=dict(num_classes=labels.num_model_classes('voc')),
-        data=dict(name='voc', train_splits=('voc/2007:train+validation',
-                                            'voc/2012:train+validation'),
-                  eval_split='voc/2007:test'),
-        optim=dict(boundaries=(80_000, 100_000)),
-        train=dict(num_steps=120_000),
-        eval=dict(metric='voc07'),
-    ),
-    'coco': dict(
-        model=dict(num_classes=labels.num_model_classes('coco')),
-        data=dict(name='coco', train_splits=('coco/2017:train',),
-                  eval_split='coco/2017:validation', pixel_buffer=640),
-        optim=dict(boundaries=(280_000, 360_000)),
-        train=dict(num_steps=400_000),
-        eval=dict(metric='coco'),
-    ),
-}
-
-
-def preset(architecture: str, dataset: str) -> config_dict.ConfigDict:
-  """`base_config()` with an architecture's and a dataset's values filled in."""
-  for table, key in ((ARCHITECTURES, architecture), (DATASETS, dataset)):
-    if key not in table:
-      raise ValueError(f'unknown preset {key!r}; known: {sorted(table)}.')
-  c = base_config(ARCHITECTURES[architecture]['model'].get('backbone', 'vgg16'))
-  for table, key in ((ARCHITECTURES, architecture), (DATASETS, dataset)):
-    for section, values in table[key].items():
-      c[section].update(values)
-  return c
-
-
-# torchvision's ssd300_vgg16: its default-box scales (fractions of the 300 px
-# input) and its input mean of [0, 1] RGB (with std 1/255, i.e. 0..255 pixels).
-TORCHVISION_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
-TORCHVISION_MEAN = (0.48235, 0.45882, 0.40784)
-
-
-def torchvision_ssd300() -> config_dict.ConfigDict:
-  """SSD300 on COCO as torchvision's ssd300_vgg16 builds it (see ssd_jax/convert.py).
-
-  Default boxes: TORCHVISION_SCALES of 300 px, sizes clipped to the image.
-  Input: RGB pixels minus 255 * TORCHVISION_MEAN, resized bilinearly. Decoding,
-  clipping to the image, score > 0.01, the best 400 per class, NMS at 0.45 and
-  200 per image, as its postprocess_detections does. 91 classes, ordered as
-  labels.TORCHVISION_CLASS_ORDER.
-  """
-  c = preset('ssd300', 'coco')
-  sizes = tuple(300 * s for s in TORCHVISION_SCALES)
-  c.anchors.min_sizes, c.anchors.max_sizes, c.anchors.clip = sizes[:-1], sizes[1:], 'wh'
-  c.model.num_classes = len(labels.TORCHVISION_CLASS_ORDER)
-  c.data.class_names = labels.TORCHVISION_CLASS_NAMES
-  c.data.category_ids = labels.TORCHVISION_CLASS_ORDER[1:]
-  c.data.mean_rgb = tuple(255 * m for m in TORCHVISION_MEAN)
-  c.eval.update(dict(score_threshold=0.01, top_k=400, nms_iou=0.45, max_detections=200))
-  return c
-
-
-# torchvision's references/detection recipe for ssdlite320_mobilenet_v3_large on
-# COCO: 660 epochs at batch 192 (8 GPUs x 24), SGD momentum 0.9 as PyTorch runs it,
-# lr 0.15 with cosine annealing and a 1000-iteration linear warmup from 0.001,
-# weight decay 4e-5 on every parameter (norm_weight_decay unset), RandomIoUCrop
-# and horizontal flip only. An epoch: the 117,266 COCO 2017 train images that
-# have objects (torchvision drops the rest for training); VOC 07+12 trainval has
-# 16,551 (the same 660 epochs there are ssd_jax's choice, not a published recipe).
-TORCHVISION_SSDLITE_EPOCHS, TORCHVISION_SSDLITE_BATCH = 660, 192
-TRAIN_IMAGES = {'coco': 117_266, 'voc': 16_551}
-
-
-def torchvision_ssdlite320(dataset: str = 'coco') -> config_dict.ConfigDict:
-  """SSDLite320-MobileNetV3-Large as torchvision builds and trains it.
-
-  Inference as its SSD postprocess: score > 0.001, the best 300 per class, NMS
-  at 0.55, 300 per image. On 'coco', 91 classes in labels.TORCHVISION_CLASS_ORDER,
-  so converted weights (ssd_jax.convert --format=torchvision_ssdlite320) apply.
-  """
-  c = preset('ssdlite320', dataset)
-  if dataset == 'coco':
-    c.model.num_classes = len(labels.TORCHVISION_CLASS_ORDER)
-    c.data.class_names = labels.TORCHVISION_CLASS_NAMES
-    c.data.category_ids = labels.TORCHVISION_CLASS_ORDER[1:]
-  c.eval.update(dict(score_threshold=0.001, top_k=300, nms_iou=0.55, max_detections=300))
-  c.optim.update(dict(name='sgd_torch', learning_rate=0.15, lr_batch_size=TORCHVISION_SSDLITE_BATCH,
-                      momentum=0.9,
-                      weight_decay=4e-5, weight_decay_roles=models.ROLES, bias_lr_mult=1.0,
-                      schedule='cosine', warmup_steps=1000, warmup_start_factor=0.001,
-                      boundaries=None))
-  epochs, batch = TORCHVISION_SSDLITE_EPOCHS, TORCHVISION_SSDLITE_BATCH
-  c.train.update(dict(batch_size=batch, num_steps=round(epochs * TRAIN_IMAGES[dataset] / batch)))
-  c.augment.update(dict(photometric=False, zoom_out=False, crop_trials=40,
-                        resize_methods=('bilinear',)))
-  return c
-
-
-def with_sources(config: config_dict.ConfigDict, sources) -> config_dict.ConfigDict:
-  """The config predicting from `sources` only (the paper's Table 3), in place.
-
-  Each kept source keeps its step and aspect ratios; default-box sizes follow
-  the paper's scale rule over the kept sources (s_min to s_max, conv4_3 at
-  anchors.first_scale when it is kept, else no special first scale).
-  """
-  old = tuple(config.model.sources)
-  unknown = [s for s in sources if s not in old]
-  if unknown:
-    raise ValueError(f'with_sources: {unknown} are not sources of this config {old}.')
-  steps = dict(zip(old, config.anchors.steps or (None,) * len(old)))
-  ratios = dict(zip(old, config.anchors.aspect_ratios))
-  config.model.sources = tuple(sources)
-  config.anchors.steps = (tuple(steps[s] for s in sources) if config.anchors.steps else None)
-  config.anchors.aspect_ratios = tuple(ratios[s] for s in sources)
-  config.anchors.min_sizes = config.anchors.max_sizes = None
-  if sources[0] != 'conv4_3':
-    config.anchors.first_scale = None
-  return config
 
 
 def dtype(name: str):

@@ -17,14 +17,14 @@ Formats (PyTorch state dicts, read with torch.load(weights_only=True)):
     Caffe, which reads BGR: conv1_1's input channels are reversed to take RGB
     (channel_order='rgb' keeps them as they are).
   torchvision_ssd300: torchvision's `ssd300_vgg16` COCO detector, with the
-    config `config_lib.torchvision_ssd300()` reproducing its default boxes,
+    config `recipes.torchvision_ssd300()` reproducing its default boxes,
     clipping, preprocessing and post-processing, so the same weights give the
     same detections. Its 91 classes are COCO category ids (0 background, ten
     ids unused); here classes 1..80 are COCO's 80 in label order, as the TFDS
     pipeline numbers them, and the ten unused ids follow.
   torchvision_ssdlite320: torchvision's `ssdlite320_mobilenet_v3_large` COCO
     detector (parameters and BatchNorm statistics; ssd_jax/ssdlite.py maps its
-    layers), with `config_lib.torchvision_ssdlite320()`; classes as above.
+    layers), with `recipes.torchvision_ssdlite320()`; classes as above.
   mobilenet_v3_large: torchvision's ImageNet MobileNetV3-Large (its features,
     full tail), to fine-tune SSDLite from: train with
     --config.backbone.reduced_tail=False (torchvision's layout with an ImageNet
@@ -50,7 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from ssd_jax import builders, config_lib, labels, models, ssdlite, workdirs
+from ssd_jax import builders, config_lib, labels, models, recipes, ssdlite, workdirs
 
 FORMATS = ('vgg16', 'reduced_vgg', 'torchvision_ssd300', 'torchvision_ssdlite320',
            'mobilenet_v3_large')
@@ -190,7 +190,7 @@ def permute_classes(conv: dict, order: Sequence[int]) -> dict:
 
 
 def torchvision_ssd300(sd: StateDict) -> dict:
-  """torchvision ssd300_vgg16 -> full detector params for config_lib.torchvision_ssd300()."""
+  """torchvision ssd300_vgg16 -> full detector params for recipes.torchvision_ssd300()."""
   backbone = {name: sd.conv(prefix) for name, prefix in TV_LAYERS.items()}
   backbone['conv4_3_norm'] = {'scale': sd['backbone.scale_weight'].astype(np.float32)}
   head = {}
@@ -203,7 +203,7 @@ def torchvision_ssd300(sd: StateDict) -> dict:
 
 def torchvision_ssdlite320(sd: StateDict) -> dict:
   """torchvision ssdlite320_mobilenet_v3_large -> its variables ({'params',
-  'batch_stats'}) for config_lib.torchvision_ssdlite320(), classes in ssd_jax's order."""
+  'batch_stats'}) for recipes.torchvision_ssdlite320(), classes in ssd_jax's order."""
   variables = ssdlite.torchvision_ssdlite320_variables(sd.tensors, source=sd.source)
   head = variables['params']['head']
   for name in head:
@@ -216,10 +216,10 @@ def torchvision_ssdlite320(sd: StateDict) -> dict:
 def base_config(fmt: str = 'vgg16'):
   """The architecture a base's shapes are checked against (any SSD at width 1)."""
   if fmt == 'mobilenet_v3_large':
-    config = config_lib.preset('ssdlite320', 'voc')
+    config = recipes.preset('ssdlite320', 'voc')
     config.backbone.reduced_tail = False  # ImageNet MobileNetV3's layout
     return config
-  return config_lib.preset('ssd300', 'voc')
+  return recipes.preset('ssd300', 'voc')
 
 
 def _name(key: tuple) -> str:
@@ -292,10 +292,10 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   info = {'format': fmt, 'input': os.path.abspath(path), 'sha256': _sha256(path)}
   config = None
   if fmt == 'torchvision_ssd300':
-    config = config_lib.torchvision_ssd300()
+    config = recipes.torchvision_ssd300()
     variables = {'params': torchvision_ssd300(sd)}
   elif fmt == 'torchvision_ssdlite320':
-    config = config_lib.torchvision_ssdlite320()
+    config = recipes.torchvision_ssdlite320()
     variables = torchvision_ssdlite320(sd)
   elif fmt == 'mobilenet_v3_large':
     variables = ssdlite.mobilenet_v3_large_variables(sd.tensors, source=sd.source)

@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssd_jax.models import ROLES  # what each parameter is for (builders.param_roles)
-
 
 def _warmup(optim_cfg) -> optax.Schedule:
   """The warmup factor: 1 without warmup; min(1, (step + 1) / warmup_steps) by
@@ -111,7 +109,7 @@ def schedule_of(config) -> optax.Schedule:
 
 def create_optimizer(optim_cfg, roles=None, schedule: optax.Schedule | None = None
                      ) -> optax.GradientTransformation:
-  """The run's optimiser over parameters whose roles (ROLES) `roles` gives (a tree
+  """The run's optimiser over parameters whose roles (models.ROLES) `roles` gives (a tree
   like the parameters; None: roles_by_name), following `schedule` (None:
   learning_rate_schedule of optim_cfg alone; runs pass schedule_of(config)).
 

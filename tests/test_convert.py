@@ -18,7 +18,7 @@ from torch.nn import functional as F  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
 from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detector, labels  # noqa: E402
-from ssd_jax import models, workflows  # noqa: E402
+from ssd_jax import models, recipes, workflows  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
 
 def torch_base(convs, conv6, conv7, x):
@@ -163,7 +163,7 @@ def test_torchvision_ssd300_gives_the_same_regressions_and_logits(torchvision_ss
                                                                  load_config):
   net, det = torchvision_ssd
   assert det.config.to_json() == load_config('coco300_torchvision').to_json()  # config.json
-  mean = np.array(config_lib.TORCHVISION_MEAN)
+  mean = np.array(recipes.TORCHVISION_MEAN)
   x = (torch.from_numpy(pixels).permute(0, 3, 1, 2) / 255 - torch.tensor(mean)[:, None, None]
        ) * 255  # torchvision's Normalize(mean, std=1/255)
   with torch.no_grad():

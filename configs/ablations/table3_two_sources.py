@@ -15,7 +15,7 @@ gives each source one scale, so this row has fewer boxes than the paper's.
 """
 import os
 
-from ssd_jax import config_lib
+from ssd_jax import config_lib, recipes
 
 VOC300 = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, 'voc300.py')
 PAPER_MAP = 64.2
@@ -23,4 +23,4 @@ PAPER_MAP = 64.2
 
 def get_config():
   config = config_lib.load(VOC300)
-  return config_lib.with_sources(config, ('conv4_3', 'conv7'))
+  return recipes.with_sources(config, ('conv4_3', 'conv7'))
