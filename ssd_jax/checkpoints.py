@@ -1,6 +1,6 @@
 """Checkpoints of a workdir, and loading a trained model from them.
 
-A workdir (ssd_jax.workdir: its config.json and run lock) holds orbax
+A workdir (ssd_jax.workdirs: its config.json and run lock) holds orbax
 checkpoints of the train state in `checkpoints/<step>`. This module saves them
 and restores the whole train state (to resume; unreadable
 steps are moved to `unreadable_checkpoints/` and the newest readable one is

@@ -1,8 +1,9 @@
 """The one schema of every setting, with the values all SSD recipes share.
 
 Config files in `configs/` start from `base_config()` through the presets of
-ssd_jax/recipes.py and fill in what is specific to a dataset and input size. The returned config is locked: assigning
-a field that does not exist (a typo) raises at once, naming the field. Where
+ssd_jax/recipes.py and fill in what is specific to a dataset and input size.
+The returned config is locked: assigning a field that does not exist (a typo)
+raises at once, naming the field. Where
 each value of the authors' recipe comes from, and where ssd_jax differs from
 it: docs/recipe.md (tests/test_recipe.py keeps the two in agreement).
 """

@@ -273,7 +273,8 @@ def save(output: str, variables: dict, info: dict, config=None) -> str:
   return output
 
 
-def _sha256(path: str) -> str:
+def sha256(path: str) -> str:
+  """The SHA-256 of a file, in hex."""
   with open(path, 'rb') as f:
     return hashlib.file_digest(f, 'sha256').hexdigest()
 
@@ -289,7 +290,7 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
     raise ValueError(f'--format={fmt!r} is not one of {FORMATS}.')
   check_output(output)
   sd = read_state_dict(path, fmt)
-  info = {'format': fmt, 'input': os.path.abspath(path), 'sha256': _sha256(path)}
+  info = {'format': fmt, 'input': os.path.abspath(path), 'sha256': sha256(path)}
   config = None
   if fmt == 'torchvision_ssd300':
     config = recipes.torchvision_ssd300()

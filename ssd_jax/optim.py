@@ -59,8 +59,6 @@ def learning_rate_schedule(optim_cfg, num_steps: int | None = None,
   return schedule
 
 
-
-
 def roles_by_name(params):
   """Roles read from leaf names, for a bare parameter tree of convolutions and
   L2Norm only (kernel, scale: weight; bias: bias). Models with normalisation

@@ -21,7 +21,6 @@ holds the files); $SSD_JAX_WEIGHTS_MANIFEST names a JSON file of
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import http.client
 import json
 import os
@@ -29,7 +28,8 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
-from typing import Optional
+
+from ssd_jax import convert  # reads .pth files with torch: pip install -e ".[convert]"
 
 TORCHVISION_URL = 'https://download.pytorch.org/models/'
 
@@ -40,24 +40,22 @@ class Weights:
   sha256: str        # its SHA-256, or the prefix its publisher gives
   format: str        # the ssd_jax.convert format that reads it
   base_url: str = TORCHVISION_URL
-  what: str = ''
 
 
 # From torchvision's model builders (torchvision/models/...: *_Weights.url).
 PUBLISHED = {
+    # torchvision's SSD300 (VGG16) on COCO 2017, box AP 25.1
     'ssd300_vgg16_coco': Weights(
-        'ssd300_vgg16_coco-b556d3b4.pth', 'b556d3b4', 'torchvision_ssd300',
-        what="torchvision's SSD300 (VGG16) on COCO 2017, box AP 25.1"),
+        'ssd300_vgg16_coco-b556d3b4.pth', 'b556d3b4', 'torchvision_ssd300'),
+    # torchvision's SSDLite320-MobileNetV3-Large on COCO 2017, box AP 21.3
     'ssdlite320_mobilenet_v3_large_coco': Weights(
-        'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'a79551df', 'torchvision_ssdlite320',
-        what="torchvision's SSDLite320-MobileNetV3-Large on COCO 2017, box AP 21.3"),
-    'vgg16_imagenet': Weights(
-        'vgg16-397923af.pth', '397923af', 'vgg16',
-        what="torchvision's ImageNet VGG16, reduced to SSD's base (conv6, conv7)"),
+        'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'a79551df', 'torchvision_ssdlite320'),
+    # torchvision's ImageNet VGG16, reduced to SSD's base (conv6, conv7)
+    'vgg16_imagenet': Weights('vgg16-397923af.pth', '397923af', 'vgg16'),
+    # torchvision's ImageNet MobileNetV3-Large (full tail: train with
+    # --config.backbone.reduced_tail=False)
     'mobilenet_v3_large_imagenet': Weights(
-        'mobilenet_v3_large-8738ca79.pth', '8738ca79', 'mobilenet_v3_large',
-        what="torchvision's ImageNet MobileNetV3-Large (full tail: train with "
-             "--config.backbone.reduced_tail=False)"),
+        'mobilenet_v3_large-8738ca79.pth', '8738ca79', 'mobilenet_v3_large'),
 }
 
 
@@ -90,14 +88,6 @@ def url(w: Weights) -> str:
   return base.rstrip('/') + '/' + w.file
 
 
-def sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _download(source: str, target: str, expected: str) -> None:
   """source -> target, verified against `expected` (a SHA-256 or its prefix); a
   partial or wrong file is removed."""
@@ -112,7 +102,7 @@ def _download(source: str, target: str, expected: str) -> None:
       raise DownloadError(f'downloading {source} failed (the connection ended after {size} of '
                           f'{announced} bytes); nothing was kept. Try again, or set '
                           f'$SSD_JAX_WEIGHTS_URL to a mirror.')
-    got = sha256(partial)
+    got = convert.sha256(partial)
     if not got.startswith(expected):
       raise DownloadError(f'{source} is not the published file: its SHA-256 is {got}, '
                           f'expected {expected}{"..." if len(expected) < 64 else ""}. Nothing '
@@ -145,7 +135,6 @@ def converted(name: str) -> str:
   if os.path.isfile(os.path.join(target, 'conversion.json')):
     return target
   source = fetch(name)
-  from ssd_jax import convert  # reads .pth files with torch: pip install -e ".[convert]"
   partial = f'{target}.partial-{os.getpid()}'
   shutil.rmtree(partial, ignore_errors=True)
   try:
@@ -158,8 +147,3 @@ def converted(name: str) -> str:
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return target
-
-
-def resolve(name: Optional[str]) -> Optional[str]:
-  """`converted(name)` for a published name; None stays None."""
-  return None if name is None else converted(name)

@@ -132,7 +132,8 @@ def _prepare(config) -> None:
   """What one process makes for the others: a built-in dataset missing from the
   data dir, and the published weights model.init_from names."""
   input_pipeline.prepare_data(config)
-  pretrained.resolve(config.model.init_from)
+  if config.model.init_from:
+    pretrained.converted(config.model.init_from)
 
 
 def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):

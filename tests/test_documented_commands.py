@@ -237,7 +237,7 @@ def config_training_commands() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize('path, command', [c for c in config_training_commands()
-                                           if c[1] not in commands.readme_commands()],
+                                           if c[1] not in commands.documented('README.md')],
                          ids=lambda x: pathlib.Path(x).stem if x.endswith('.py') else '')
 def test_config_run_command(path, command, tmp_path):
   """Each config's documented command, as typed, at an eighth of its width for

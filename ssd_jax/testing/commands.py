@@ -68,18 +68,10 @@ def documented(source: str = 'README.md') -> list[str]:
   return commands(README.read_text()) if source == 'README.md' else docstring_commands(source)
 
 
-def readme_commands() -> list[str]:
-  return documented('README.md')
-
-
 def find(piece: str, source: str = 'README.md') -> str:
   """The command of `source` (README.md, or a module's path for its docstring) that
   is `piece`, else the one that contains it."""
-  return find_in(piece, documented(source))
-
-
-def find_in(piece: str, listed: Sequence[str]) -> str:
-  """The command of `listed` that is `piece`, else the one that contains it."""
+  listed = documented(source)
   matches = [c for c in listed if piece == c] or [c for c in listed if piece in c]
   if len(matches) != 1:
     raise LookupError(f'{len(matches)} documented commands contain {piece!r}: {matches}')
