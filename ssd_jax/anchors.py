@@ -1,6 +1,6 @@
 """SSD default boxes ("anchors"), computed once on the host with NumPy.
 
-Order (the same as the flattened head outputs, see `models.MultiBoxHead`):
+Order (the same as the flattened head outputs, see `models.heads`):
 source layer, then row i, then column j, then the boxes of one location:
   1. ratio 1 at size s_k,
   2. ratio 1 at size sqrt(s_k * s_{k+1})  (only when max sizes are given),

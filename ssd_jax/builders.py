@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
-from ssd_jax import anchors, config_lib, models, parts, pixels
+from ssd_jax import anchors, config_lib, models, pixels
+from ssd_jax.models import ssd
 
 
 def boxes_per_location(config) -> tuple[int, ...]:
@@ -29,16 +30,16 @@ def boxes_per_location(config) -> tuple[int, ...]:
 
 def _build_backbone(config) -> nn.Module:
   m = config.model
-  return parts.backbone(m.backbone).build(m, config.backbone, config_lib.dtype(m.dtype),
+  return models.backbone(m.backbone).build(m, config.backbone, config_lib.dtype(m.dtype),
                                           config_lib.dtype(m.param_dtype))
 
 
-def build_model(config: config_dict.ConfigDict) -> models.SSD:
-  """The SSD module the config describes: its backbone and head (ssd_jax/parts.py)."""
+def build_model(config: config_dict.ConfigDict) -> ssd.SSD:
+  """The SSD module the config describes: its backbone and head (ssd_jax.models)."""
   m = config.model
-  head = parts.head(m.head).build(m, boxes_per_location(config), config_lib.dtype(m.dtype),
+  head = models.head(m.head).build(m, boxes_per_location(config), config_lib.dtype(m.dtype),
                                   config_lib.dtype(m.param_dtype))
-  return models.SSD(backbone=_build_backbone(config), head=head)
+  return ssd.SSD(backbone=_build_backbone(config), head=head)
 
 
 def train_images(batch: dict, config) -> jax.Array:
@@ -79,8 +80,8 @@ def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
   return init_variables(config, rng)['params']
 
 
-# Roles (models.ROLES) of the parameters of Flax's own layers; modules of ours
-# declare theirs in a PARAM_ROLES class attribute (models.L2Norm).
+# Roles (ssd.ROLES) of the parameters of Flax's own layers; modules of ours
+# declare theirs in a PARAM_ROLES class attribute (vgg16.L2Norm).
 FLAX_ROLES = {
     nn.Conv: {'kernel': 'weight', 'bias': 'bias'},
     nn.ConvTranspose: {'kernel': 'weight', 'bias': 'bias'},
@@ -100,7 +101,7 @@ def _roles_of(module: nn.Module) -> dict:
 
 def param_roles(config: config_dict.ConfigDict) -> dict:
   """A tree like the parameters holding each one's role: 'weight', 'bias' or
-  'norm' (models.ROLES), from the module that owns it, never from its name alone.
+  'norm' (ssd.ROLES), from the module that owns it, never from its name alone.
 
   Raises ValueError naming a parameter whose module declares no role for it.
   """

@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
-from ssd_jax import anchors, labels, models, parts, pixels
+from ssd_jax import anchors, labels, models, pixels
+from ssd_jax.models import ssd
 from ssd_jax.data import custom_data
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
@@ -22,8 +23,8 @@ MEAN_RGB = (123.0, 117.0, 104.0)
 def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
   """Every field with its shared default; `None` placeholders must be set.
 
-  The section `backbone` holds the settings of the backbone named (model.backbone;
-  parts.BACKBONES), so its fields depend on which one.
+  The section `backbone` holds the settings of the backbone named (model.backbone,
+  a family of ssd_jax.models), so its fields depend on which one.
   """
   c = config_dict.ConfigDict()
   c.seed = 0
@@ -32,9 +33,10 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       image_size=config_dict.placeholder(int),   # side of the square input, pixels
       # Including background (class 0); None: the class names (config_lib.validate).
       num_classes=config_dict.placeholder(int),
-      backbone=backbone,                         # parts.BACKBONES; settings: section backbone
-      head='ssd',                                # parts.HEADS: 'ssd' (3x3 convs), ...
-      sources=models.SSD300_SOURCES,             # prediction source layers, network order
+      backbone=backbone,                         # a family of ssd_jax.models; settings: backbone
+      head='ssd',                                # models.all_heads(): 'ssd' (3x3 convs), ...
+      # Prediction source layers, network order (an architecture preset sets them).
+      sources=config_dict.placeholder(tuple),
       width=1.0,                                 # channel multiplier (tiny models < 1)
       batch_norm_momentum=0.99,                  # BatchNorm layers, where a part has them
       batch_norm_epsilon=1e-5,
@@ -63,7 +65,7 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       variances=(0.1, 0.2),                      # centre, size
   ))
 
-  c.backbone = config_dict.ConfigDict(dict(parts.backbone(backbone).settings))
+  c.backbone = config_dict.ConfigDict(dict(models.backbone(backbone).settings))
 
   c.matching = config_dict.ConfigDict(dict(iou_threshold=0.5))
   c.loss = config_dict.ConfigDict(dict(neg_pos_ratio=3.0, loc_weight=1.0))
@@ -135,7 +137,7 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       lr_batch_size=config_dict.placeholder(int),
       momentum=0.9,
       weight_decay=5e-4,
-      # Parameter roles weight decay applies to (models.ROLES): 'weight' (kernels,
+      # Parameter roles weight decay applies to (ssd.ROLES): 'weight' (kernels,
       # the L2Norm scale), 'bias', 'norm' (BatchNorm scale and offset).
       weight_decay_roles=('weight',),
       bias_lr_mult=2.0,                          # sgd: biases learn at 2x the rate (Caffe lr_mult)
@@ -221,13 +223,16 @@ def _check_parts(config) -> None:
   """The section `backbone` holds the named backbone's settings, and model.sources
   are layers of it, distinct and in network order."""
   m = config.model
-  parts.head(m.head)  # a clear error for an unknown name
-  expected = set(parts.backbone(m.backbone).settings)
+  models.head(m.head)  # a clear error for an unknown name
+  expected = set(models.backbone(m.backbone).settings)
   if set(config.backbone.keys()) != expected:
     raise ValueError(f'config section backbone has the fields {sorted(config.backbone.keys())} '
                      f'but model.backbone={m.backbone!r} takes {sorted(expected)}; start from a '
                      f'config file of that backbone (config_lib.base_config({m.backbone!r})).')
-  models.check_sources(m.sources, parts.backbone(m.backbone).layers(config.backbone))
+  if not m.sources:
+    raise ValueError('config field model.sources is not set; start from an architecture preset '
+                     '(recipes.preset) or name the prediction source layers.')
+  ssd.check_sources(m.sources, models.backbone(m.backbone).layers(config.backbone))
 
 
 def _num_classes(config) -> int:
@@ -270,7 +275,7 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   for name in ('min_sizes', 'max_sizes', 'steps'):
     a[name] = _optional_tuple(a[name])
   a.aspect_ratios = tuple(tuple(r) for r in a.aspect_ratios)
-  config.model.sources = tuple(config.model.sources)
+  config.model.sources = tuple(config.model.sources or ())
   d.class_names = _optional_tuple(d.class_names)
   d.category_ids = _optional_tuple(d.category_ids)
   for (section, name), choices in CHOICES.items():
@@ -278,9 +283,9 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
       raise ValueError(f'{section}.{name}={config[section][name]!r} is not one of {choices}.')
   _check_parts(config)
   config.optim.weight_decay_roles = tuple(config.optim.weight_decay_roles)
-  unknown = set(config.optim.weight_decay_roles) - set(models.ROLES)
+  unknown = set(config.optim.weight_decay_roles) - set(ssd.ROLES)
   if unknown:
-    raise ValueError(f'optim.weight_decay_roles has {sorted(unknown)}; roles are {models.ROLES}.')
+    raise ValueError(f'optim.weight_decay_roles has {sorted(unknown)}; roles are {ssd.ROLES}.')
   unknown = set(config.augment.resize_methods) - set(pixels.RESIZE_METHODS)
   if unknown or not config.augment.resize_methods:
     raise ValueError(f'augment.resize_methods={tuple(config.augment.resize_methods)}: each must '

@@ -1,4 +1,5 @@
-"""Max pooling whose gradient, and depthwise convolutions, run fast on XLA:CPU.
+"""Max pooling whose gradient, and depthwise convolutions, run fast on XLA:CPU;
+and ConvBN, the conv + BatchNorm + activation unit of the BatchNorm families.
 
 The forward passes are XLA's own (`lax.reduce_window`, `lax.conv_general_dilated`)
 except for depthwise convolutions on CPU:
@@ -27,8 +28,9 @@ cross-device all-reduce aborted train steps with a collective rendezvous timeout
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -170,3 +172,47 @@ def max_pool(x, window: Sequence[int], strides: Sequence[int], padding: Sequence
   if not cpu_gradients_apply():
     return _plain_pool(x, *args)
   return _pool(x, *args)
+
+
+ACTIVATIONS = {
+    'none': lambda x: x,
+    'relu': nn.relu,
+    'relu6': nn.relu6,
+    'hardswish': nn.hard_swish,  # x * relu6(x + 3) / 6, torch's Hardswish
+}
+
+
+class ConvBN(nn.Module):
+  """Conv (no bias) -> BatchNorm -> activation: torchvision's Conv2dNormActivation.
+
+  Submodules 'conv' (kernel [k, k, C_in, features], or [k, k, 1, C] depthwise)
+  and 'bn'. Pads `padding` on all four sides, by default (k - 1) // 2 as
+  PyTorch's layers do (not 'SAME', which pads stride-2 layers on one side only):
+  f[B, H, W, C_in] -> f[B, (H + 2p - k) // stride + 1, ..., features].
+  """
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  depthwise: bool = False
+  activation: str = 'none'
+  padding: Optional[int] = None
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bn_epsilon: float = 1e-5
+  bn_momentum: float = 0.9
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    k, s = self.kernel_size, self.strides
+    p = (k - 1) // 2 if self.padding is None else self.padding
+    if self.depthwise and x.shape[-1] != self.features:
+      raise ValueError(f'a depthwise conv keeps its {x.shape[-1]} channels, not {self.features}.')
+    x = nn.Conv(self.features, (k, k), strides=(s, s), padding=((p, p), (p, p)),
+                feature_group_count=x.shape[-1] if self.depthwise else 1, use_bias=False,
+                kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                conv_general_dilated=conv_general_dilated, name='conv')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name='bn')(x)
+    return ACTIVATIONS[self.activation](x)

@@ -107,7 +107,7 @@ def schedule_of(config) -> optax.Schedule:
 
 def create_optimizer(optim_cfg, roles=None, schedule: optax.Schedule | None = None
                      ) -> optax.GradientTransformation:
-  """The run's optimiser over parameters whose roles (models.ROLES) `roles` gives (a tree
+  """The run's optimiser over parameters whose roles (models.ssd.ROLES) `roles` gives (a tree
   like the parameters; None: roles_by_name), following `schedule` (None:
   learning_rate_schedule of optim_cfg alone; runs pass schedule_of(config)).
 

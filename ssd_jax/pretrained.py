@@ -5,7 +5,7 @@
   --config.model.init_from=vgg16_imagenet          (training: fine-tune from it)
 
 Each name is a PyTorch checkpoint its publisher serves, with the ssd_jax.convert
-format that reads it. torchvision names each file with the first 8 hex digits
+format that reads it; the model families list them (ssd_jax/models/). torchvision names each file with the first 8 hex digits
 of its SHA-256 and its loader (torch.hub, check_hash) verifies that prefix;
 ssd_jax verifies the same, and a full SHA-256 when one is known.
 
@@ -30,33 +30,12 @@ import urllib.error
 import urllib.request
 
 from ssd_jax import convert  # reads .pth files with torch: pip install -e ".[convert]"
+from ssd_jax import models
+from ssd_jax.models import ssd
 
-TORCHVISION_URL = 'https://download.pytorch.org/models/'
-
-
-@dataclasses.dataclass(frozen=True)
-class Weights:
-  file: str          # the published file name
-  sha256: str        # its SHA-256, or the prefix its publisher gives
-  format: str        # the ssd_jax.convert format that reads it
-  base_url: str = TORCHVISION_URL
-
-
-# From torchvision's model builders (torchvision/models/...: *_Weights.url).
-PUBLISHED = {
-    # torchvision's SSD300 (VGG16) on COCO 2017, box AP 25.1
-    'ssd300_vgg16_coco': Weights(
-        'ssd300_vgg16_coco-b556d3b4.pth', 'b556d3b4', 'torchvision_ssd300'),
-    # torchvision's SSDLite320-MobileNetV3-Large on COCO 2017, box AP 21.3
-    'ssdlite320_mobilenet_v3_large_coco': Weights(
-        'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'a79551df', 'torchvision_ssdlite320'),
-    # torchvision's ImageNet VGG16, reduced to SSD's base (conv6, conv7)
-    'vgg16_imagenet': Weights('vgg16-397923af.pth', '397923af', 'vgg16'),
-    # torchvision's ImageNet MobileNetV3-Large (full tail: train with
-    # --config.backbone.reduced_tail=False)
-    'mobilenet_v3_large_imagenet': Weights(
-        'mobilenet_v3_large-8738ca79.pth', '8738ca79', 'mobilenet_v3_large'),
-}
+# Every family's published weights (ssd_jax/models/: each module's PUBLISHED).
+PUBLISHED = models.published()
+Weights = ssd.Weights
 
 
 class DownloadError(OSError):

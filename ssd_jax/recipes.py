@@ -9,43 +9,13 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from ssd_jax import config_lib, labels, models, ssdlite
+from ssd_jax import config_lib, labels, models
+from ssd_jax.models import ssd
 
 
-# torchvision's SSDLite default-box scales (fractions of the input): min_ratio
-# 0.2 to max_ratio 0.95 over six maps, then 1.0 (the last map's s'_k).
-SSDLITE_SCALES = tuple(ssdlite.SSDLITE_MIN_RATIO + (ssdlite.SSDLITE_MAX_RATIO -
-                                                    ssdlite.SSDLITE_MIN_RATIO) * k / 5
-                       for k in range(6)) + (1.0,)
-
-# What the input size fixes, whatever the dataset (the recipe's values).
-ARCHITECTURES = {
-    'ssd300': dict(
-        model=dict(image_size=300, sources=models.SSD300_SOURCES),
-        backbone=dict(extras='ssd300'),
-        anchors=dict(steps=(8, 16, 32, 64, 100, 300),
-                     aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))),
-    ),
-    'ssd512': dict(
-        model=dict(image_size=512, sources=models.SSD512_SOURCES),
-        backbone=dict(extras='ssd512'),
-        anchors=dict(steps=(8, 16, 32, 64, 128, 256, 512),
-                     aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))),
-    ),
-    # torchvision's ssdlite320_mobilenet_v3_large: MobileNetV3-Large (reduced tail)
-    # with four extra blocks, the SSDLite head, BatchNorm as torchvision sets it,
-    # inputs scaled to [-1, 1], its default boxes (scales 0.2 to 0.95, 1.0 for the
-    # last level's second square box, sizes clipped to the image: 3234 boxes).
-    'ssdlite320': dict(
-        model=dict(image_size=320, backbone='mobilenet_v3_large', head='ssdlite',
-                   sources=ssdlite.SOURCES, batch_norm_momentum=ssdlite.BN_MOMENTUM,
-                   batch_norm_epsilon=ssdlite.BN_EPSILON),
-        anchors=dict(min_sizes=tuple(320 * s for s in SSDLITE_SCALES[:-1]),
-                     max_sizes=tuple(320 * s for s in SSDLITE_SCALES[1:]),
-                     steps=None, aspect_ratios=ssdlite.SSDLITE_ASPECT_RATIOS, clip='wh'),
-        data=dict(mean_rgb=(127.5,) * 3, std_rgb=(127.5,) * 3),
-    ),
-}
+# What the input size fixes, whatever the dataset: each model family's presets
+# (ssd300, ssd512: models/vgg16.py; ssdlite320: models/mobilenet_v3.py; ...).
+ARCHITECTURES = models.architectures()
 
 # What the dataset fixes, whatever the input size: splits, schedule, metric.
 DATASETS = {
@@ -133,7 +103,7 @@ def torchvision_ssdlite320(dataset: str = 'coco') -> config_dict.ConfigDict:
   c.eval.update(dict(score_threshold=0.001, top_k=300, nms_iou=0.55, max_detections=300))
   c.optim.update(dict(name='sgd_torch', learning_rate=0.15, lr_batch_size=TORCHVISION_SSDLITE_BATCH,
                       momentum=0.9,
-                      weight_decay=4e-5, weight_decay_roles=models.ROLES, bias_lr_mult=1.0,
+                      weight_decay=4e-5, weight_decay_roles=ssd.ROLES, bias_lr_mult=1.0,
                       schedule='cosine', warmup_steps=1000, warmup_start_factor=0.001,
                       boundaries=None))
   epochs, batch = TORCHVISION_SSDLITE_EPOCHS, TORCHVISION_SSDLITE_BATCH

@@ -17,7 +17,7 @@ import tqdm
 from absl import logging
 
 from ssd_jax import builders, checkpoints, cluster, config_lib, evaluate, paths, progress
-from ssd_jax import pretrained, sharding, train_step, workdirs
+from ssd_jax import models, pretrained, sharding, train_step, workdirs
 from ssd_jax.data import input_pipeline
 
 
@@ -171,10 +171,10 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
   elif config.model.init_checkpoint or config.model.init_from:
     state = initialise_from(
         state, config.model.init_checkpoint or pretrained.converted(config.model.init_from), mesh)
-  elif config.model.backbone == 'vgg16' and config.model.width == 1.0:
-    logging.warning('training the VGG16 base from scratch: the paper starts from ImageNet '
-                    'weights. Convert them with python -m ssd_jax.convert --format=vgg16 and '
-                    'pass --config.model.init_checkpoint=<its output>.')
+  elif models.family(config.model.backbone).imagenet and config.model.width == 1.0:
+    logging.warning('training the %s base from scratch: SSD starts from ImageNet weights, '
+                    '--config.model.init_from=%s.', config.model.backbone,
+                    models.family(config.model.backbone).imagenet)
   return state, mngr, start, source, lock
 
 

@@ -1,5 +1,6 @@
-"""The compiler options ssd_jax's jitted functions get on CPU, per backbone:
-which kinds of operation XLA:CPU hands to the YNNPACK library.
+"""The compiler options ssd_jax's jitted functions get on CPU, per model family
+(its `compiler_options`, ssd_jax/models/): which kinds of operation XLA:CPU
+hands to the YNNPACK library.
 
 JAX 0.10's XLA:CPU gives YNNPACK every convolution, every matrix product and
 reductions (its `INDIVIDUAL_CONVOLUTION`, `INDIVIDUAL_DOT` and `REDUCE`
@@ -31,17 +32,11 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-_YNN = 'xla_cpu_experimental_ynn_fusion_type'
-_TYPE = 'LIBRARY_FUSION_TYPE_'
+from ssd_jax import models
 
-
-def _ynn(*kinds: str) -> dict:
-  return {_YNN: ','.join(_TYPE + kind for kind in kinds)}
-
-
-# config.model.backbone -> XLA debug options; a backbone not listed gets XLA's defaults.
-OPTIONS = {'vgg16': _ynn('INDIVIDUAL_DOT'),
-           'mobilenet_v3_large': _ynn('INDIVIDUAL_DOT', 'REDUCE')}
+# config.model.backbone -> XLA debug options, from each family (benchmarks
+# replace entries to compare); a backbone not listed gets XLA's defaults.
+OPTIONS = {name: dict(family.compiler_options) for name, family in models.families().items()}
 
 
 @functools.cache

@@ -18,7 +18,8 @@ from torch.nn import functional as F  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
 from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detector, labels  # noqa: E402
-from ssd_jax import models, recipes, workflows  # noqa: E402
+from ssd_jax import recipes, workflows  # noqa: E402
+from ssd_jax.models import vgg16  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
 
 def torch_base(convs, conv6, conv7, x):
@@ -45,7 +46,7 @@ def fc_as_conv(weight, bias, kernel, dilation):
 def jax_base(backbone_params, images):
   """Our Backbone (sources conv4_3, conv7) on NHWC images; conv4_3_norm at its init, 20."""
   params = dict(backbone_params, conv4_3_norm={'scale': jnp.full((512,), 20.0)})
-  outs = models.Backbone(sources=('conv4_3', 'conv7')).apply({'params': params}, images)
+  outs = vgg16.VGG16Backbone(sources=('conv4_3', 'conv7')).apply({'params': params}, images)
   return [np.asarray(o).transpose(0, 3, 1, 2) for o in outs]
 
 
@@ -58,7 +59,7 @@ def assert_close(ours, theirs, rtol=2e-4):
 def restore_backbone(output):
   """The converted base as training's model.init_checkpoint sees it: (backbone
   params, load_matching_params' report)."""
-  init = checkpoints.abstract_params(config_lib.validate(convert.base_config()))
+  init = checkpoints.abstract_params(config_lib.validate(convert.formats()['vgg16'].base()))
   init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
   params, report = checkpoints.load_matching_params(str(output), init)
   return params['backbone'], report
@@ -73,20 +74,20 @@ def test_vgg16_base_gives_pytorchs_conv4_3_and_conv7(tmp_path, pixels):
   torch.manual_seed(0)
   vgg = torchvision.models.vgg16().eval()
   torch.save(vgg.state_dict(), tmp_path / 'vgg16.pth')
-  mean = 255 * np.array(convert.IMAGENET_MEAN)  # exact also at the image border
+  mean = 255 * np.array(vgg16.IMAGENET_MEAN)  # exact also at the image border
   out = convert.convert('vgg16', str(tmp_path / 'vgg16.pth'), str(tmp_path / 'out'),
                         mean_rgb=tuple(mean))
   backbone, report = restore_backbone(out)
-  assert {p.split('/')[1] for p in report['restored']} == set(convert.VGG_CONVS) | {'conv6',
+  assert {p.split('/')[1] for p in report['restored']} == set(vgg16.VGG_CONVS) | {'conv6',
                                                                                      'conv7'}
   fc6, fc7 = vgg.classifier[0], vgg.classifier[3]
   conv6 = fc_as_conv(fc6.weight.view(4096, 512, 7, 7)[::4, :, ::3, ::3], fc6.bias[::4], 3, 6)
   conv7 = fc_as_conv(fc7.weight[::4, ::4, None, None], fc7.bias[::4], 1, 1)
   x = (torch.from_numpy(pixels).permute(0, 3, 1, 2) / 255
-       - torch.tensor(convert.IMAGENET_MEAN)[:, None, None]) / torch.tensor(
-           convert.IMAGENET_STD)[:, None, None]
+       - torch.tensor(vgg16.IMAGENET_MEAN)[:, None, None]) / torch.tensor(
+           vgg16.IMAGENET_STD)[:, None, None]
   with torch.no_grad():
-    expected = torch_base([vgg.features[i] for i in convert.VGG_INDICES], conv6, conv7, x)
+    expected = torch_base([vgg.features[i] for i in vgg16.VGG_INDICES], conv6, conv7, x)
   for ours, theirs in zip(jax_base(backbone, pixels - mean), expected, strict=True):
     assert ours.shape == theirs.shape
     assert_close(ours, theirs)
@@ -97,10 +98,10 @@ def test_normalisation_folds_into_conv1_1_for_any_mean():
   conv = {'kernel': rng.normal(size=(3, 3, 3, 8)).astype(np.float32),
           'bias': rng.normal(size=8).astype(np.float32)}
   mean_rgb = (120.0, 110.0, 100.0)
-  folded = convert.fold_input_normalisation(conv, convert.IMAGENET_MEAN, convert.IMAGENET_STD,
+  folded = vgg16.fold_input_normalisation(conv, vgg16.IMAGENET_MEAN, vgg16.IMAGENET_STD,
                                             mean_rgb)
   pixels = rng.uniform(0, 255, (1, 12, 12, 3)).astype(np.float32)
-  normalised = (pixels / 255 - np.array(convert.IMAGENET_MEAN)) / np.array(convert.IMAGENET_STD)
+  normalised = (pixels / 255 - np.array(vgg16.IMAGENET_MEAN)) / np.array(vgg16.IMAGENET_STD)
 
   def apply(params, x):
     return np.asarray(jax.lax.conv_general_dilated(
@@ -116,8 +117,8 @@ def reduced_vgg_modules():
   convs at VGG_INDICES, conv6 (3x3, dilation 6) at 31, conv7 (1x1) at 33."""
   layers = [torch.nn.Identity() for _ in range(35)]
   channels = 3
-  for i, (b, convs) in zip(convert.VGG_INDICES, [(b, f) for b, fs in enumerate(
-      models.VGG16_BLOCKS) for f in fs]):
+  for i, (b, convs) in zip(vgg16.VGG_INDICES, [(b, f) for b, fs in enumerate(
+      vgg16.VGG16_BLOCKS) for f in fs]):
     layers[i] = torch.nn.Conv2d(channels, convs, 3, padding=1)
     channels = convs
   layers[31] = torch.nn.Conv2d(512, 1024, 3, padding=6, dilation=6)
@@ -139,7 +140,7 @@ def test_reduced_vgg_base_gives_pytorchs_features_on_bgr_input(tmp_path, pixels)
   mean = np.array(config_lib.MEAN_RGB)
   bgr = torch.from_numpy((pixels - mean)[..., ::-1].astype(np.float32)).permute(0, 3, 1, 2)  # Caffe's input
   with torch.no_grad():
-    expected = torch_base([vgg[i] for i in convert.VGG_INDICES], vgg[31], vgg[33], bgr)
+    expected = torch_base([vgg[i] for i in vgg16.VGG_INDICES], vgg[31], vgg[33], bgr)
   for ours, theirs in zip(jax_base(backbone, pixels - mean), expected, strict=True):
     assert_close(ours, theirs)
 
@@ -225,7 +226,7 @@ def test_bad_inputs_get_errors_that_name_the_file_and_the_fix(tmp_path):
   with pytest.raises(ValueError, match="--format='vgg' is not one of"):
     convert.convert('vgg', str(tmp_path / 'junk.pth'), str(tmp_path / 'o'))
   small = {f'{i}.{p}': torch.zeros((8, 3, 3, 3) if p == 'weight' else (8,))
-           for i in list(convert.VGG_INDICES) + [31, 33] for p in ('weight', 'bias')}
+           for i in list(vgg16.VGG_INDICES) + [31, 33] for p in ('weight', 'bias')}
   torch.save(small, tmp_path / 'small.pth')
   with pytest.raises(ValueError, match="small.pth has no tensor 'features.0.weight'.*--format"):
     convert.convert('vgg16', str(tmp_path / 'small.pth'), str(tmp_path / 'o'))
@@ -235,7 +236,7 @@ def test_bad_inputs_get_errors_that_name_the_file_and_the_fix(tmp_path):
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'keep.txt').write_text('mine')
   conv1 = torch.nn.Conv2d(3, 64, 3).state_dict()
-  torch.save({'state_dict': {f'module.{i}.{k}': v for i in list(convert.VGG_INDICES)[:1]
+  torch.save({'state_dict': {f'module.{i}.{k}': v for i in list(vgg16.VGG_INDICES)[:1]
                              for k, v in conv1.items()}}, tmp_path / 'wrapped.pth')
   with pytest.raises(ValueError, match="wrapped.pth has no tensor '2.weight'"):  # unwrapped
     convert.convert('reduced_vgg', str(tmp_path / 'wrapped.pth'), str(tmp_path / 'o'))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax.training import train_state
 
-from ssd_jax import builders, checkpoints, config_lib, models, optim, parts, sharding
+from ssd_jax import builders, checkpoints, config_lib, models, optim, sharding
 from ssd_jax import workdirs
+from ssd_jax.models import ssd
 from ssd_jax import train_step
 from ssd_jax.testing.synthetic import synthetic_batch
 
@@ -32,7 +33,7 @@ class TinyBatchNormBackbone(nn.Module):
     return [a, b]
 
 
-TINY = models.BackbonePart(settings=dict(channels=8), layers=lambda s: ('a', 'b'),
+TINY = ssd.BackbonePart(settings=dict(channels=8), layers=lambda s: ('a', 'b'),
                            build=lambda m, s, dtype, param_dtype: TinyBatchNormBackbone(
                                s.channels))
 
@@ -41,7 +42,7 @@ TINY = models.BackbonePart(settings=dict(channels=8), layers=lambda s: ('a', 'b'
 def tiny_bn(monkeypatch):
   """A config of a BatchNorm backbone registered for the test (one part, no
   other file touched), 96 px inputs, two classes."""
-  monkeypatch.setitem(parts.BACKBONES, 'tiny_bn', TINY)
+  monkeypatch.setitem(models.families(), 'tiny_bn', ssd.Family('tiny_bn', TINY, {}))
   c = config_lib.base_config('tiny_bn')
   c.model.image_size, c.model.sources = 96, ('a', 'b')
   c.anchors.aspect_ratios = ((2,), (2,))
@@ -161,8 +162,8 @@ def test_a_parameter_without_a_role_is_refused(tiny_bn, monkeypatch):
     def __call__(self, images, train=False):
       alpha = self.param('alpha', nn.initializers.ones, (3,))
       return TinyBatchNormBackbone()(images * alpha, train)
-  monkeypatch.setitem(parts.BACKBONES, 'tiny_bn', models.BackbonePart(
-      settings=TINY.settings, layers=TINY.layers, build=lambda *a: Odd()))
+  odd = ssd.BackbonePart(settings=TINY.settings, layers=TINY.layers, build=lambda *a: Odd())
+  monkeypatch.setitem(models.families(), 'tiny_bn', ssd.Family('tiny_bn', odd, {}))
   with pytest.raises(ValueError, match='parameter backbone/alpha has no role'):
     builders.param_roles(config_lib.validate(tiny_bn))
 

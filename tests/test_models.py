@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssd_jax import builders, config_lib, models
+from ssd_jax import builders, config_lib
+from ssd_jax.models import vgg16
 
 
 def abstract_forward(config, batch=2):
@@ -30,7 +31,7 @@ def test_vgg_part_matches_hand_count(load_config):
   """VGG16 conv1_1..conv5_3 is 14,714,688 parameters; conv6 4,719,616; conv7 1,049,600."""
   (_, _), variables = abstract_forward(load_config('voc300'))
   p = variables['params']['backbone']
-  vgg_names = models.layer_order('ssd300')[:13]
+  vgg_names = vgg16.layer_order('ssd300')[:13]
   assert vgg_names[0] == 'conv1_1' and vgg_names[-1] == 'conv5_3'
   vgg = sum(count(p[n]) for n in vgg_names)
   assert vgg == 14_714_688
@@ -48,14 +49,14 @@ def test_other_configs_shapes(load_config, name, classes):
 
 def test_ceil_pooling_rounds_up():
   x = jnp.arange(75 * 75, dtype=jnp.float32).reshape(1, 75, 75, 1)
-  y = models.ceil_max_pool(x)
+  y = vgg16.ceil_max_pool(x)
   assert y.shape == (1, 38, 38, 1)
   np.testing.assert_array_equal(y[0, -1, -1, 0], x[0, -1, -1, 0])  # lone corner pixel
 
 
 def test_l2norm_starts_at_scale_20():
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 16))
-  layer = models.L2Norm()
+  layer = vgg16.L2Norm()
   y, variables = layer.init_with_output(jax.random.key(1), x)
   np.testing.assert_allclose(variables['params']['scale'], np.full(16, 20.0))
   np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), 20.0, rtol=1e-5)

@@ -1,8 +1,9 @@
-"""SSDLite320 with a MobileNetV3-Large base in Flax Linen, as torchvision builds it.
+"""The MobileNetV3 family: SSDLite320-MobileNetV3-Large as torchvision builds it.
 
 torchvision's `ssdlite320_mobilenet_v3_large` (detection/ssdlite.py on top of
 mobilenetv3.py and ops/misc.py), layer for layer, so its state dicts convert one
-to one (see `torchvision_ssdlite320_variables`).
+to one (see `torchvision_ssdlite320_variables`). Registered as model.backbone
+'mobilenet_v3_large', with the SSDLite head ('ssdlite', heads.py).
 
 Conventions:
   - Images are NHWC RGB already scaled to [-1, 1] ((x / 255 - 0.5) / 0.5, what
@@ -16,7 +17,7 @@ Conventions:
     weight of the new batch). Variables are {'params', 'batch_stats'}.
   - Initialisers: torchvision re-initialises every conv of the backbone, extras
     and head from normal(0, 0.03) with zero biases when no ImageNet backbone is
-    given; BatchNorm scale 1, bias 0. `SSDLITE_INIT` does the same here.
+    given; BatchNorm scale 1, bias 0. `heads.SSDLITE_INIT` does the same here.
 
 Source maps at 320x320 (reduced tail): the C4 block's expansion 1x1 conv
 (672 channels, 20x20, stride 16), the features' last 1x1 conv (480, 10x10),
@@ -31,11 +32,10 @@ import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ssd_jax import layers, models
+from ssd_jax import labels, layers
+from ssd_jax.models import heads, ssd, torch_weights
 
 Dtype = Any
 
@@ -81,15 +81,9 @@ SSDLITE_NUM_CLASSES = 91  # torchvision's COCO category ids, 0 background
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.97  # torch momentum 0.03
 
-# torchvision's _normal_init: normal(0, 0.03) for every conv weight, biases 0.
-SSDLITE_INIT = nn.initializers.normal(stddev=0.03)
-
-ACTIVATIONS = {
-    'none': lambda x: x,
-    'relu': nn.relu,
-    'relu6': nn.relu6,
-    'hardswish': nn.hard_swish,  # x * relu6(x + 3) / 6, torch's Hardswish
-}
+# torchvision's _normal_init for every conv of SSDLite (heads.SSDLITE_INIT).
+ConvBN = functools.partial(layers.ConvBN, kernel_init=heads.SSDLITE_INIT, bn_epsilon=BN_EPSILON,
+                           bn_momentum=BN_MOMENTUM)
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -145,42 +139,6 @@ def source_channels(width_mult: float = 1.0, reduced_tail: bool = True,
           *extra_channels)
 
 
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-  p = (k - 1) // 2
-  return ((p, p), (p, p))
-
-
-class ConvBN(nn.Module):
-  """Conv (no bias) -> BatchNorm -> activation: torchvision's Conv2dNormActivation.
-
-  Submodules 'conv' (kernel [k, k, C_in, features], or [k, k, 1, C] depthwise)
-  and 'bn'. f[B, H, W, C_in] -> f[B, ceil(H / stride), ceil(W / stride), features].
-  """
-  features: int
-  kernel_size: int = 1
-  strides: int = 1
-  depthwise: bool = False
-  activation: str = 'none'
-  bn_epsilon: float = BN_EPSILON
-  bn_momentum: float = BN_MOMENTUM
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    k, s = self.kernel_size, self.strides
-    if self.depthwise and x.shape[-1] != self.features:
-      raise ValueError(f'a depthwise conv keeps its {x.shape[-1]} channels, not {self.features}.')
-    x = nn.Conv(self.features, (k, k), strides=(s, s), padding=_pad(k),
-                feature_group_count=x.shape[-1] if self.depthwise else 1, use_bias=False,
-                kernel_init=SSDLITE_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
-                conv_general_dilated=layers.conv_general_dilated, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='bn')(x)
-    return ACTIVATIONS[self.activation](x)
-
-
 class SqueezeExcitation(nn.Module):
   """x * hardsigmoid(fc2(relu(fc1(mean over H, W of x)))); fc1, fc2 1x1 convs
   with biases (torchvision's SqueezeExcitation with scale_activation=Hardsigmoid)."""
@@ -190,7 +148,7 @@ class SqueezeExcitation(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=SSDLITE_INIT,
+    conv = functools.partial(nn.Conv, kernel_size=(1, 1), kernel_init=heads.SSDLITE_INIT,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
     scale = nn.relu(conv(self.squeeze, name='fc1')(scale))
@@ -299,56 +257,7 @@ class MobileNetV3LargeFeatures(nn.Module):
     return outputs
 
 
-class PredictionBlock(nn.Module):
-  """SSDLite's predictor: 3x3 depthwise + BatchNorm + ReLU6, then a 1x1 conv with
-  bias to `features` outputs. f[B, H, W, C] -> f[B, H, W, features]."""
-  features: int
-  bn_epsilon: float = BN_EPSILON
-  bn_momentum: float = BN_MOMENTUM
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = ConvBN(x.shape[-1], 3, depthwise=True, activation='relu6', bn_epsilon=self.bn_epsilon,
-               bn_momentum=self.bn_momentum, dtype=self.dtype, param_dtype=self.param_dtype,
-               name='depthwise')(x, train)
-    return nn.Conv(self.features, (1, 1), kernel_init=SSDLITE_INIT, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name='project')(x)
-
-
-class SSDLiteHead(nn.Module):
-  """Per source map i: reg_i (k*4 box offsets) and cls_i (k*C logits), each a
-  PredictionBlock.
-
-  Outputs are flattened map by map, then row, column and box, which is
-  torchvision's order and `anchors.default_boxes`'; offsets are (dx, dy, dw, dh)
-  per box, as torchvision's BoxCoder encodes them.
-  """
-  num_classes: int
-  boxes_per_location: Sequence[int]
-  bn_epsilon: float = BN_EPSILON
-  bn_momentum: float = BN_MOMENTUM
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, features: Sequence, train: bool = False) -> tuple:
-    """list of f[B, h, w, c] -> (f32[B, A, 4] offsets, f32[B, A, C] logits)."""
-    block = functools.partial(PredictionBlock, bn_epsilon=self.bn_epsilon,
-                              bn_momentum=self.bn_momentum, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
-    locs, logits = [], []
-    for i, (x, k) in enumerate(zip(features, self.boxes_per_location, strict=True)):
-      b = x.shape[0]
-      locs.append(block(k * 4, name=f'reg_{i}')(x, train).reshape(b, -1, 4))
-      logits.append(block(k * self.num_classes, name=f'cls_{i}')(x, train)
-                    .reshape(b, -1, self.num_classes))
-    return (jnp.concatenate(locs, 1).astype(jnp.float32),
-            jnp.concatenate(logits, 1).astype(jnp.float32))
-
-
-# --- the parts, as ssd_jax/parts.py registers them -----------------------------------
+# --- the family ---------------------------------------------------------------------
 
 # Names of the six source maps (model.sources), in network order.
 SOURCES = ('features_13_expand', 'features_16', 'extra_0', 'extra_1', 'extra_2', 'extra_3')
@@ -374,85 +283,47 @@ def _backbone(model_cfg, settings, dtype, param_dtype) -> nn.Module:
   return _SelectedSources(features, tuple(model_cfg.sources))
 
 
-def _head(model_cfg, boxes_per_location, dtype, param_dtype) -> SSDLiteHead:
-  return SSDLiteHead(model_cfg.num_classes, boxes_per_location, model_cfg.batch_norm_epsilon,
-                     model_cfg.batch_norm_momentum, dtype, param_dtype)
-
-
 # MobileNetV3-Large with SSDLite's extra blocks; model.width is its width_mult.
-MOBILENET_V3_LARGE = models.BackbonePart(
+PART = ssd.BackbonePart(
     settings=dict(
         reduced_tail=True,                          # torchvision without an ImageNet base
         extra_channels=SSDLITE_EXTRA_CHANNELS,      # the extra blocks' outputs
     ),
     layers=lambda settings: SOURCES,
     build=_backbone)
-SSDLITE_HEAD = models.HeadPart(build=_head)
+
+# torchvision's SSDLite default-box scales (fractions of the input): min_ratio
+# 0.2 to max_ratio 0.95 over six maps, then 1.0 (the last map's s'_k).
+SSDLITE_SCALES = tuple(SSDLITE_MIN_RATIO + (SSDLITE_MAX_RATIO - SSDLITE_MIN_RATIO) * k / 5
+                       for k in range(6)) + (1.0,)
+
+ARCHITECTURES = {
+    # torchvision's ssdlite320_mobilenet_v3_large: MobileNetV3-Large (reduced tail)
+    # with four extra blocks, the SSDLite head, BatchNorm as torchvision sets it,
+    # inputs scaled to [-1, 1], its default boxes (scales 0.2 to 0.95, 1.0 for the
+    # last level's second square box, sizes clipped to the image: 3234 boxes).
+    'ssdlite320': dict(
+        model=dict(image_size=IMAGE_SIZE, backbone='mobilenet_v3_large', head='ssdlite',
+                   sources=SOURCES, batch_norm_momentum=BN_MOMENTUM,
+                   batch_norm_epsilon=BN_EPSILON),
+        anchors=dict(min_sizes=tuple(IMAGE_SIZE * s for s in SSDLITE_SCALES[:-1]),
+                     max_sizes=tuple(IMAGE_SIZE * s for s in SSDLITE_SCALES[1:]),
+                     steps=None, aspect_ratios=SSDLITE_ASPECT_RATIOS, clip='wh'),
+        data=dict(mean_rgb=(127.5,) * 3, std_rgb=(127.5,) * 3),
+    ),
+}
 
 
 # --- torchvision state dicts -> Flax variables (NumPy only) ---------------------------
 
-
-class _Tensors:
-  """A state dict of NumPy arrays whose missing keys fail with a readable error."""
-
-  def __init__(self, tensors: Mapping[str, Any], what: str, source: str = 'the state dict'):
-    self.tensors = {k: np.asarray(v) for k, v in tensors.items()}
-    self.what, self.source = what, source
-
-  def __getitem__(self, key: str) -> np.ndarray:
-    if key not in self.tensors:
-      sample = ', '.join(sorted(self.tensors)[:4])
-      raise ValueError(f'{self.source} has no {key!r}, which {self.what} needs (its keys begin: '
-                       f'{sample}).')
-    return self.tensors[key]
-
-  def indices(self, prefix: str) -> list[int]:
-    """The sorted integers i of the keys '<prefix>.<i>.*'."""
-    pattern = re.compile(re.escape(prefix) + r'\.(\d+)\.')
-    return sorted({int(m.group(1)) for k in self.tensors if (m := pattern.match(k))})
+_conv_bn = lambda sd, prefix: torch_weights.conv_bn(sd, f'{prefix}.0', f'{prefix}.1')  # noqa: E731
+_conv, _merge = torch_weights.conv, torch_weights.merge
 
 
-def _kernel(weight: np.ndarray) -> np.ndarray:
-  """torch conv weight f[O, I/groups, kh, kw] -> Flax f[kh, kw, I/groups, O]
-  (a depthwise [C, 1, kh, kw] becomes [kh, kw, 1, C])."""
-  return np.ascontiguousarray(np.transpose(weight, (2, 3, 1, 0)), np.float32)
-
-
-def _f32(a) -> np.ndarray:
-  return np.asarray(a, np.float32)
-
-
-def _variables(params: dict, stats: dict) -> dict:
-  return {'params': params, 'batch_stats': stats}
-
-
-def _merge(named: Mapping[str, dict]) -> dict:
-  """{name: {'params', 'batch_stats'}} -> {'params': {name: ...}, 'batch_stats': {...}}
-  (modules without statistics get no batch_stats entry)."""
-  return _variables({n: v['params'] for n, v in named.items()},
-                    {n: v['batch_stats'] for n, v in named.items() if v['batch_stats']})
-
-
-def _conv(sd: _Tensors, prefix: str) -> dict:
-  """'<prefix>.weight', '.bias' -> a Flax Conv's variables."""
-  return _variables({'kernel': _kernel(sd[f'{prefix}.weight']),
-                     'bias': _f32(sd[f'{prefix}.bias'])}, {})
-
-
-def _conv_bn(sd: _Tensors, prefix: str) -> dict:
-  """Conv2dNormActivation '<prefix>.0' (conv) and '.1' (BatchNorm) -> ConvBN's variables."""
-  bn = f'{prefix}.1'
-  return _variables(
-      {'conv': {'kernel': _kernel(sd[f'{prefix}.0.weight'])},
-       'bn': {'scale': _f32(sd[f'{bn}.weight']), 'bias': _f32(sd[f'{bn}.bias'])}},
-      {'bn': {'mean': _f32(sd[f'{bn}.running_mean']), 'var': _f32(sd[f'{bn}.running_var'])}})
-
-
-def _inverted_residual(sd: _Tensors, prefix: str) -> dict:
+def _inverted_residual(sd: torch_weights.StateDict, prefix: str) -> dict:
   """'<prefix>.block.<j>' ([expand], depthwise, [SE], project) -> InvertedResidual's."""
   children = [f'{prefix}.block.{j}' for j in sd.indices(f'{prefix}.block')]
-  se = [c for c in children if f'{c}.fc1.weight' in sd.tensors]
+  se = [c for c in children if f'{c}.fc1.weight' in sd]
   convs = [c for c in children if c not in se]
   if len(convs) not in (2, 3) or len(se) > 1:
     raise ValueError(f'{prefix} is not a MobileNetV3 block: children {children}.')
@@ -463,7 +334,7 @@ def _inverted_residual(sd: _Tensors, prefix: str) -> dict:
   return _merge(named)
 
 
-def _mobilenet_features(sd: _Tensors) -> dict:
+def _mobilenet_features(sd: torch_weights.StateDict) -> dict:
   """MobileNetV3 'features.<i>' (stem, blocks, last conv) -> {features_i: ...}."""
   indices = sd.indices('features')
   if indices != list(range(len(MOBILENET_V3_LARGE_BLOCKS) + 2)):
@@ -474,7 +345,7 @@ def _mobilenet_features(sd: _Tensors) -> dict:
           for i in indices}
 
 
-def _ssdlite_backbone_as_mobilenet(sd: _Tensors) -> _Tensors:
+def _ssdlite_backbone_as_mobilenet(sd: torch_weights.StateDict) -> torch_weights.StateDict:
   """torchvision's SSDLite extractor splits MobileNetV3's features at the C4
   expansion: backbone.features.0 = features[:13] + features[13].block[0],
   backbone.features.1 = (features[13].block[1:], features[14:]). Renames those
@@ -491,10 +362,10 @@ def _ssdlite_backbone_as_mobilenet(sd: _Tensors) -> _Tensors:
     else:  # the block[1:] slice keeps its indices 1, 2, ...
       key = f'features.{c4}.block.{rest}' if i == 0 else f'features.{c4 + i}.{rest}'
     renamed[key] = value
-  return _Tensors(renamed, sd.what, sd.source)
+  return sd.renamed(renamed)
 
 
-def _tail_is_reduced(sd: _Tensors) -> bool:
+def _tail_is_reduced(sd: torch_weights.StateDict) -> bool:
   """Whether the features' last conv is narrower than the C4 expansion (480 < 672
   reduced, 960 full at width 1)."""
   last = max(sd.indices('features'))
@@ -502,7 +373,7 @@ def _tail_is_reduced(sd: _Tensors) -> bool:
           < sd[f'features.{C4_BLOCK}.block.0.0.weight'].shape[0])
 
 
-def torchvision_ssdlite320_variables(state_dict: Mapping[str, np.ndarray],
+def torchvision_ssdlite320_variables(state_dict: Mapping[str, Any],
                                      num_classes: int = SSDLITE_NUM_CLASSES,
                                      source: str = 'the state dict') -> dict:
   """torchvision `ssdlite320_mobilenet_v3_large().state_dict()` (NumPy arrays) ->
@@ -512,7 +383,7 @@ def torchvision_ssdlite320_variables(state_dict: Mapping[str, np.ndarray],
   Classes stay in torchvision's order (num_classes outputs per box, 0 background;
   for COCO 91 category ids). num_batches_tracked entries are ignored.
   """
-  sd = _Tensors(state_dict, 'torchvision_ssdlite320_variables', source)
+  sd = torch_weights.StateDict(state_dict, source, 'torchvision_ssdlite320_variables')
   backbone = _mobilenet_features(_ssdlite_backbone_as_mobilenet(sd))
   for j in sd.indices('backbone.extra'):
     backbone[f'extra_{j}'] = _merge({name: _conv_bn(sd, f'backbone.extra.{j}.{i}')
@@ -530,11 +401,11 @@ def torchvision_ssdlite320_variables(state_dict: Mapping[str, np.ndarray],
       raise ValueError(f'source {i}: the class head has {cls} outputs for {reg // 4} boxes, not '
                        f'{reg // 4} x num_classes={num_classes}.')
   backbone, head = _merge(backbone), _merge(head)
-  return _variables({'backbone': backbone['params'], 'head': head['params']},
+  return torch_weights.variables({'backbone': backbone['params'], 'head': head['params']},
                     {'backbone': backbone['batch_stats'], 'head': head['batch_stats']})
 
 
-def mobilenet_v3_large_variables(state_dict: Mapping[str, np.ndarray],
+def mobilenet_v3_large_variables(state_dict: Mapping[str, Any],
                                  reduced_tail: bool = False,
                                  source: str = 'the state dict') -> dict:
   """torchvision ImageNet `mobilenet_v3_large().state_dict()` -> {'params':
@@ -547,7 +418,7 @@ def mobilenet_v3_large_variables(state_dict: Mapping[str, np.ndarray],
   raises. torchvision feeds such a backbone the same [-1, 1] inputs, not the
   ImageNet mean/std ones it was trained on; nothing is folded here either.
   """
-  sd = _Tensors(state_dict, 'mobilenet_v3_large_variables', source)
+  sd = torch_weights.StateDict(state_dict, source, 'mobilenet_v3_large_variables')
   reduced = _tail_is_reduced(sd)
   if reduced != reduced_tail:
     have = 'a reduced tail' if reduced else 'the full tail (ImageNet MobileNetV3)'
@@ -555,9 +426,58 @@ def mobilenet_v3_large_variables(state_dict: Mapping[str, np.ndarray],
                      f'reduced_tail={reduced} to load it (torchvision\'s ssdlite uses '
                      f'reduced_tail=False with an ImageNet backbone).')
   backbone = _merge(_mobilenet_features(sd))
-  return _variables({'backbone': backbone['params']}, {'backbone': backbone['batch_stats']})
+  return torch_weights.variables({'backbone': backbone['params']}, {'backbone': backbone['batch_stats']})
 
 
-def count(tree) -> int:
-  """Total number of elements of a pytree of arrays (or ShapeDtypeStructs)."""
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+def _load_ssdlite320(sd, options):
+  """torchvision's COCO SSDLite320 -> its variables, classes in ssd_jax's order."""
+  variables = torchvision_ssdlite320_variables(sd.tensors, source=sd.source)
+  head = variables['params']['head']
+  for name in head:
+    if name.startswith('cls_'):
+      head[name]['project'] = torch_weights.permute_classes(head[name]['project'],
+                                                            labels.TORCHVISION_CLASS_ORDER)
+  return variables, {}
+
+
+def _imagenet_base():
+  from ssd_jax import recipes
+  config = recipes.preset('ssdlite320', 'voc')
+  config.backbone.reduced_tail = False  # ImageNet MobileNetV3's layout
+  return config
+
+
+def _torchvision_ssdlite320_config():
+  from ssd_jax import recipes
+  return recipes.torchvision_ssdlite320()
+
+
+CONVERTERS = {
+    # torchvision's ssdlite320_mobilenet_v3_large COCO detector (parameters and
+    # BatchNorm statistics), with recipes.torchvision_ssdlite320().
+    'torchvision_ssdlite320': ssd.Converter(_load_ssdlite320,
+                                            config=_torchvision_ssdlite320_config),
+    # torchvision's ImageNet MobileNetV3-Large (its features, full tail): train
+    # with --config.backbone.reduced_tail=False; the extras and head start fresh.
+    'mobilenet_v3_large': ssd.Converter(
+        lambda sd, options: (mobilenet_v3_large_variables(sd.tensors, source=sd.source), {}),
+        base=_imagenet_base),
+}
+
+PUBLISHED = {
+    # torchvision's SSDLite320-MobileNetV3-Large on COCO 2017, box AP 21.3
+    'ssdlite320_mobilenet_v3_large_coco': ssd.Weights(
+        'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'a79551df', 'torchvision_ssdlite320'),
+    # torchvision's ImageNet MobileNetV3-Large (full tail: train with
+    # --config.backbone.reduced_tail=False)
+    'mobilenet_v3_large_imagenet': ssd.Weights(
+        'mobilenet_v3_large-8738ca79.pth', '8738ca79', 'mobilenet_v3_large'),
+}
+
+FAMILY = ssd.Family(
+    backbone='mobilenet_v3_large', part=PART, architectures=ARCHITECTURES,
+    # XLA:CPU: YNNPACK for matrix products and reductions (BatchNorm's, around
+    # the depthwise layers); xla_cpu.py has the measurements.
+    compiler_options={'xla_cpu_experimental_ynn_fusion_type':
+                      'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'},
+    converters=CONVERTERS, published=PUBLISHED)

@@ -1,4 +1,4 @@
-"""ssd_jax.ssdlite against torchvision's ssdlite320_mobilenet_v3_large and
+"""ssd_jax.models.mobilenet_v3 against torchvision's ssdlite320_mobilenet_v3_large and
 mobilenet_v3_large, randomly initialised (nothing downloaded)."""
 import copy
 import json
@@ -16,7 +16,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large  # noqa: E402
 
-from ssd_jax import convert, detector, ssdlite, workflows  # noqa: E402
+from ssd_jax import convert, detector, workflows  # noqa: E402
+from ssd_jax.models import heads, mobilenet_v3  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
 
 BATCH = 2
@@ -59,6 +60,11 @@ def numpy_state_dict(model):
   return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
+def count(tree) -> int:
+  """Total number of elements of a pytree of arrays."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
 def nchw(a):
   return np.asarray(a).transpose(0, 3, 1, 2)
 
@@ -87,8 +93,8 @@ def torch_ssdlite(images):
 def ssdlite_forward(dtype):
   """A jitted (variables, images) -> (6 maps, (offsets, logits)) of our modules."""
   kw = dict(dtype=dtype, param_dtype=dtype)
-  backbone = ssdlite.MobileNetV3LargeFeatures(**kw)
-  head = ssdlite.SSDLiteHead(91, ssdlite.SSDLITE_BOXES_PER_LOCATION, **kw)
+  backbone = mobilenet_v3.MobileNetV3LargeFeatures(**kw)
+  head = heads.SSDLiteHead(91, mobilenet_v3.SSDLITE_BOXES_PER_LOCATION, **kw)
 
   @jax.jit
   def forward(variables, images):
@@ -115,7 +121,7 @@ def test_converted_ssdlite_gives_torchvisions_maps_and_head(torch_ssdlite, image
   with torch.no_grad():
     features = list(model.backbone(torch.from_numpy(nchw(x))).values())
     expected = model.head(features)
-  variables = ssdlite.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
+  variables = mobilenet_v3.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
   with jax.enable_x64(dtype == 'float64'):
     variables = jax.tree.map(lambda a: a.astype(dtype), variables)
     maps, (locs, logits) = ssdlite_forward(jnp.dtype(dtype))(variables, x)
@@ -157,17 +163,17 @@ def test_train_mode_updates_batch_stats_like_torch(torch_ssdlite, images):
   with torch.no_grad():
     features = list(model(torch.from_numpy(nchw(x))).values())
 
-  variables = ssdlite.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
+  variables = mobilenet_v3.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
   with jax.enable_x64(True):
     variables = {k: jax.tree.map(lambda a: a.astype(np.float64), v['backbone'])
                  for k, v in variables.items()}
-    backbone = ssdlite.MobileNetV3LargeFeatures(dtype=jnp.float64, param_dtype=jnp.float64)
+    backbone = mobilenet_v3.MobileNetV3LargeFeatures(dtype=jnp.float64, param_dtype=jnp.float64)
     maps, updates = jax.jit(lambda v, x: backbone.apply(v, x, train=True,
                                                         mutable=['batch_stats']))(variables, x)
   for ours, theirs in zip(maps, features, strict=True):
     assert max_error(nchw(ours), theirs.numpy()) < 1e-10
   stats = flax.traverse_util.flatten_dict(updates['batch_stats'])
-  torch_momentum = 1 - ssdlite.BN_MOMENTUM  # 0.03
+  torch_momentum = 1 - mobilenet_v3.BN_MOMENTUM  # 0.03
   for key, bn in layers.items():
     batch = inputs[key]
     mean = (1 - torch_momentum) * old[key][0] + torch_momentum * batch.mean((0, 2, 3))
@@ -181,15 +187,15 @@ def test_train_mode_updates_batch_stats_like_torch(torch_ssdlite, images):
 
 
 def test_map_sizes_box_count_and_parameter_count(torch_ssdlite):
-  backbone = ssdlite.MobileNetV3LargeFeatures()
-  head = ssdlite.SSDLiteHead(91, ssdlite.SSDLITE_BOXES_PER_LOCATION)
+  backbone = mobilenet_v3.MobileNetV3LargeFeatures()
+  head = heads.SSDLiteHead(91, mobilenet_v3.SSDLITE_BOXES_PER_LOCATION)
   images = jax.ShapeDtypeStruct((1, 320, 320, 3), jnp.float32)
   key = jax.random.key(0)
   bb_vars = jax.eval_shape(backbone.init, key, images)
   maps = jax.eval_shape(backbone.apply, bb_vars, images)
   assert [m.shape[1:] for m in maps] == [(s, s, c) for s, c in zip(
-      ssdlite.SSDLITE_FEATURE_SIZES, ssdlite.source_channels())]
-  assert ssdlite.source_channels() == (672, 480, 512, 256, 256, 128)
+      mobilenet_v3.SSDLITE_FEATURE_SIZES, mobilenet_v3.source_channels())]
+  assert mobilenet_v3.source_channels() == (672, 480, 512, 256, 256, 128)
   head_vars = jax.eval_shape(head.init, key, maps)
   locs, logits = jax.eval_shape(head.apply, head_vars, maps)
   assert locs.shape == (1, 3234, 4) and logits.shape == (1, 3234, 91)
@@ -197,11 +203,11 @@ def test_map_sizes_box_count_and_parameter_count(torch_ssdlite):
   torch_params = sum(p.numel() for p in torch_ssdlite.parameters())
   torch_stats = sum(b.numel() for name, b in torch_ssdlite.named_buffers()
                     if not name.endswith('num_batches_tracked'))
-  ours = ssdlite.count(bb_vars['params']) + ssdlite.count(head_vars['params'])
+  ours = count(bb_vars['params']) + count(head_vars['params'])
   assert ours == torch_params == 3_440_060  # torchvision's meta num_params
-  assert ssdlite.count(bb_vars['batch_stats']) + ssdlite.count(head_vars['batch_stats']) \
+  assert count(bb_vars['batch_stats']) + count(head_vars['batch_stats']) \
       == torch_stats
-  converted = ssdlite.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
+  converted = mobilenet_v3.torchvision_ssdlite320_variables(numpy_state_dict(torch_ssdlite))
   for collection in ('params', 'batch_stats'):  # the same names and shapes
     expected = {'backbone': bb_vars[collection], 'head': head_vars[collection]}
     assert jax.tree.map(np.shape, converted[collection]) == jax.tree.map(np.shape, expected)
@@ -209,7 +215,7 @@ def test_map_sizes_box_count_and_parameter_count(torch_ssdlite):
 
 def test_initialisers_follow_torchvisions_normal_init():
   features = [jnp.ones((1, 4, 4, 96)), jnp.ones((1, 2, 2, 32))]
-  variables = jax.jit(ssdlite.SSDLiteHead(91, (6, 6)).init)(jax.random.key(0), features)
+  variables = jax.jit(heads.SSDLiteHead(91, (6, 6)).init)(jax.random.key(0), features)
   params = variables['params']
   kernel = np.asarray(params['cls_0']['project']['kernel'])
   assert kernel.shape == (1, 1, 96, 546)
@@ -227,11 +233,11 @@ def test_imagenet_mobilenet_features_convert():
   model = randomise_batch_norms(model, model, calibration, seed=5)
   sd = numpy_state_dict(model)
   with pytest.raises(ValueError, match='reduced_tail=False'):
-    ssdlite.mobilenet_v3_large_variables(sd, reduced_tail=True)
-  converted = ssdlite.mobilenet_v3_large_variables(sd)
+    mobilenet_v3.mobilenet_v3_large_variables(sd, reduced_tail=True)
+  converted = mobilenet_v3.mobilenet_v3_large_variables(sd)
   assert 'extra_0' not in converted['params']['backbone']
 
-  backbone = ssdlite.MobileNetV3LargeFeatures(reduced_tail=False)
+  backbone = mobilenet_v3.MobileNetV3LargeFeatures(reduced_tail=False)
   images = rng.uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
   init = jax.eval_shape(backbone.init, jax.random.key(0), images)
   variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
@@ -255,17 +261,17 @@ def test_imagenet_mobilenet_features_convert():
 def test_converter_errors_name_the_problem(torch_ssdlite, tmp_path):
   sd = numpy_state_dict(torch_ssdlite)
   with pytest.raises(ValueError, match='num_classes=21'):
-    ssdlite.torchvision_ssdlite320_variables(sd, num_classes=21)
+    mobilenet_v3.torchvision_ssdlite320_variables(sd, num_classes=21)
   del sd['backbone.extra.1.1.0.weight']
   with pytest.raises(ValueError, match='backbone.extra.1.1.0.weight'):
-    ssdlite.torchvision_ssdlite320_variables(sd)
+    mobilenet_v3.torchvision_ssdlite320_variables(sd)
   torch.save({k: v for k, v in torch_ssdlite.state_dict().items()
               if k != 'backbone.extra.1.1.0.weight'}, tmp_path / 'cut.pth')
-  with pytest.raises(ValueError, match=r'cut.pth has no .backbone.extra.1.1.0.weight.'):
+  with pytest.raises(ValueError, match=r'cut.pth has no tensor .backbone.extra.1.1.0.weight.'):
     convert.convert('torchvision_ssdlite320', str(tmp_path / 'cut.pth'), str(tmp_path / 'o'))
   reduced = torchvision.models.mobilenet_v3_large(reduced_tail=True)
   with pytest.raises(ValueError, match='reduced_tail=True'):
-    ssdlite.mobilenet_v3_large_variables(numpy_state_dict(reduced))
+    mobilenet_v3.mobilenet_v3_large_variables(numpy_state_dict(reduced))
 
 
 # --- the converter's command and predict's code -----------------------------------------
@@ -276,8 +282,8 @@ def converted(torch_ssdlite, tmp_path_factory):
   """torch_ssdlite saved as a .pth and converted by `convert.convert` (what
   `python -m ssd_jax.convert --format=torchvision_ssdlite320` runs)."""
   folder = tmp_path_factory.mktemp('tv_ssdlite')
-  torch.save(torch_ssdlite.state_dict(), folder / 'ssdlite.pth')
-  return convert.convert('torchvision_ssdlite320', str(folder / 'ssdlite.pth'),
+  torch.save(torch_ssdlite.state_dict(), folder / 'mobilenet_v3.pth')
+  return convert.convert('torchvision_ssdlite320', str(folder / 'mobilenet_v3.pth'),
                          str(folder / 'out'))
 
 
