@@ -179,6 +179,7 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
       top_k=400,                                 # per class, before NMS
       nms_iou=0.45,
       max_detections=200,                        # per image, after NMS
+      clip_boxes=True,                           # decoded boxes clipped to the image before NMS
       metric='voc07',                            # 'voc07' (11-point), 'voc12', 'coco'
       every_steps=0,                             # train_and_eval: 0 = only after training
       num_rendered=16,                           # eval images drawn after train_and_eval

@@ -80,7 +80,7 @@ def _per_image(boxes, probs, score_threshold, top_k, iou_threshold, max_detectio
 
 def postprocess(loc: jax.Array, logits: jax.Array, anchors: jax.Array, variances=(0.1, 0.2),
                 score_threshold: float = 0.01, top_k: int = 400, iou_threshold: float = 0.45,
-                max_detections: int = 200) -> Detections:
+                max_detections: int = 200, clip_boxes: bool = True) -> Detections:
   """Network outputs of a batch -> its Detections.
 
   Args:
@@ -88,13 +88,17 @@ def postprocess(loc: jax.Array, logits: jax.Array, anchors: jax.Array, variances
     anchors: f32[A, 4] normalised cxcywh default boxes.
     variances, score_threshold, top_k (per class, before NMS), iou_threshold
       (NMS), max_detections (per image, after NMS): the recipe's values.
+    clip_boxes: clip decoded boxes to the image before NMS (the authors' and
+      torchvision's rule); False keeps them whole (NVIDIA's SSD300).
 
   Returns:
     Detections with D = max_detections (see its docstring).
   """
   top_k = min(top_k, anchors.shape[0])
   max_detections = min(max_detections, top_k * (logits.shape[-1] - 1))
-  boxes = jnp.clip(box_utils.decode(loc.astype(jnp.float32), anchors, variances), 0.0, 1.0)
+  boxes = box_utils.decode(loc.astype(jnp.float32), anchors, variances)
+  if clip_boxes:
+    boxes = jnp.clip(boxes, 0.0, 1.0)
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   per_image = functools.partial(_per_image, score_threshold=score_threshold, top_k=top_k,
                                 iou_threshold=iou_threshold, max_detections=max_detections)
@@ -105,7 +109,7 @@ def from_config(loc, logits, anchors, config) -> Detections:
   """`postprocess` with the config's eval settings and box coding."""
   e = config.eval
   return postprocess(loc, logits, anchors, tuple(config.anchors.variances), e.score_threshold,
-                     e.top_k, e.nms_iou, e.max_detections)
+                     e.top_k, e.nms_iou, e.max_detections, e.clip_boxes)
 
 
 def network_detections(variables, pixels, model, anchors, config) -> Detections:
