@@ -28,6 +28,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+from typing import Optional
 
 from ssd_jax import convert  # reads .pth files with torch: pip install -e ".[convert]"
 from ssd_jax import models
@@ -67,9 +68,9 @@ def url(w: Weights) -> str:
   return base.rstrip('/') + '/' + w.file
 
 
-def _download(source: str, target: str, expected: str) -> None:
-  """source -> target, verified against `expected` (a SHA-256 or its prefix); a
-  partial or wrong file is removed."""
+def _download(source: str, target: str, expected: Optional[str]) -> None:
+  """source -> target, verified against `expected` (a SHA-256 or its prefix; None:
+  the publisher gives none, which is said); a partial or wrong file is removed."""
   partial = f'{target}.partial-{os.getpid()}'
   print(f'downloading {source}', file=sys.stderr, flush=True)
   try:
@@ -82,7 +83,10 @@ def _download(source: str, target: str, expected: str) -> None:
                           f'{announced} bytes); nothing was kept. Try again, or set '
                           f'$SSD_JAX_WEIGHTS_URL to a mirror.')
     got = convert.sha256(partial)
-    if not got.startswith(expected):
+    if expected is None:
+      print(f'{source}: its publisher gives no checksum; its SHA-256 is {got} (pin it with '
+            f'$SSD_JAX_WEIGHTS_MANIFEST).', file=sys.stderr, flush=True)
+    elif not got.startswith(expected):
       raise DownloadError(f'{source} is not the published file: its SHA-256 is {got}, '
                           f'expected {expected}{"..." if len(expected) < 64 else ""}. Nothing '
                           f'was kept; check the mirror ($SSD_JAX_WEIGHTS_URL) and try again.')

@@ -137,9 +137,37 @@ def test_an_interrupted_download_keeps_nothing(served, tmp_path, monkeypatch):
 
 
 def test_unknown_names_are_listed():
-  with pytest.raises(ValueError, match='the names are mobilenet_v3_large_imagenet, '
-                                       'ssd300_vgg16_coco'):
+  with pytest.raises(ValueError, match='no published weights named .ssd512_coco.') as error:
     pretrained.weights('ssd512_coco')
+  listed = str(error.value).split('the names are ')[1].rstrip('.').split(', ')
+  assert listed == sorted(pretrained.PUBLISHED)
+  assert {'ssd300_vgg16_coco', 'ssdlite320_mobilenet_v3_large_coco', 'vgg16_imagenet',
+          'mobilenet_v3_large_imagenet'} <= set(listed)
+
+
+def test_weights_without_a_published_checksum_are_checked_for_length_and_named(
+    tmp_path, monkeypatch, capsys):
+  """A publisher that gives no checksum (NVIDIA's): the file is kept, its SHA-256
+  printed to pin; a cut transfer is still refused."""
+  unpinned = pretrained.Weights('unpinned.pt', None, 'resnet50')
+  monkeypatch.setitem(pretrained.PUBLISHED, 'unpinned', unpinned)
+  (tmp_path / 'mirror').mkdir()
+  (tmp_path / 'mirror' / 'unpinned.pt').write_bytes(bytes(range(256)) * 64)
+  digest = hashlib.sha256((tmp_path / 'mirror' / 'unpinned.pt').read_bytes()).hexdigest()
+  (tmp_path / 'manifest.json').write_text('{}')
+  for cut in (True, False):
+    server = serve(monkeypatch, tmp_path / 'mirror', tmp_path / 'manifest.json',
+                   tmp_path / 'cache', cut=cut)
+    try:
+      if cut:
+        with pytest.raises(pretrained.DownloadError, match='after 8192 of 16384 bytes'):
+          pretrained.fetch('unpinned')
+      else:
+        path = pretrained.fetch('unpinned')
+    finally:
+      server.stop()
+  assert hashlib.sha256(open(path, 'rb').read()).hexdigest() == digest
+  assert f'its publisher gives no checksum; its SHA-256 is {digest}' in capsys.readouterr().err
 
 
 def test_predict_by_name_and_fine_tune_from_a_name_on_the_command_line(mirror, tmp_path):

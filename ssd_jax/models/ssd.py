@@ -98,10 +98,12 @@ class Weights:
   """Published weights: the file its publisher serves, how to check and read it.
 
   sha256 is the file's SHA-256, or the prefix its publisher gives (torchvision
-  names each file with the first 8 hex digits and torch.hub checks those).
+  names each file with the first 8 hex digits and torch.hub checks those);
+  None where the publisher gives none (only the length the server announces
+  is then checked; a mirror's manifest can pin one).
   """
   file: str
-  sha256: str
+  sha256: Optional[str]
   format: str          # the Converter that reads it
   base_url: str = 'https://download.pytorch.org/models/'
 
