@@ -1,0 +1,162 @@
+"""PyTorch models made comparable: random BatchNorm statistics, NumPy state dicts.
+
+For tests that check a converted network against the PyTorch one it came from
+(needs torch: pip install -e ".[test]").
+"""
+import torch
+
+
+def randomise_batch_norms(model, forward, x, seed):
+  """Running stats from one train-mode forward(x) (activations stay O(1) through
+  the net), then every BatchNorm's weight, bias, running mean and var perturbed."""
+  bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  momenta = [m.momentum for m in bns]
+  for m in bns:
+    m.reset_running_stats()
+    m.momentum = None  # cumulative average: one batch's statistics
+  model.train()
+  with torch.no_grad():
+    forward(x)
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m, momentum in zip(bns, momenta):
+      m.momentum = momentum
+      c = m.num_features
+      m.weight.copy_(torch.empty(c).uniform_(0.5, 1.5, generator=g))
+      m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+      m.running_mean.add_(torch.randn(c, generator=g) * 0.1 * m.running_var.sqrt())
+      m.running_var.mul_(torch.empty(c).uniform_(0.8, 1.25, generator=g))
+  return model.eval()
+
+
+def numpy_state_dict(model):
+  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+# --- SSD300-ResNet50 as NVIDIA's DeepLearningExamples writes it -----------------------
+
+
+class _ResNetBase(torch.nn.Module):
+  """torchvision's ResNet-50 children 0..6 (to layer3), layer3 at stride 1: NVIDIA's
+  ssd/model.py ResNet, whose state-dict keys sit under feature_extractor."""
+
+  def __init__(self):
+    super().__init__()
+    import torchvision
+    backbone = torchvision.models.resnet50(weights=None)
+    self.feature_extractor = torch.nn.Sequential(*list(backbone.children())[:7])
+    block = self.feature_extractor[-1][0]
+    block.conv1.stride, block.conv2.stride = (1, 1), (1, 1)
+    block.downsample[0].stride = (1, 1)
+
+  def forward(self, x):
+    return self.feature_extractor(x)
+
+
+def _additional_block(inputs: int, channels: int, outputs: int, last: bool):
+  nn = torch.nn
+  conv3 = (nn.Conv2d(channels, outputs, 3, bias=False) if last else
+           nn.Conv2d(channels, outputs, 3, padding=1, stride=2, bias=False))
+  return nn.Sequential(nn.Conv2d(inputs, channels, 1, bias=False), nn.BatchNorm2d(channels),
+                       nn.ReLU(inplace=True), conv3, nn.BatchNorm2d(outputs),
+                       nn.ReLU(inplace=True))
+
+
+class NvidiaSSD300(torch.nn.Module):
+  """NVIDIA's SSD300 (ssd/model.py): the base, five additional blocks, 3x3 loc
+  and conf heads (4/6/6/6/4/4 boxes), Xavier-uniform weights. forward(x NCHW)
+  -> (locs [N, 4, 8732], confs [N, label_num, 8732]), each level's outputs
+  viewed as [N, 4 or label_num, k*H*W] as their bbox_view does."""
+
+  def __init__(self, label_num: int = 81):
+    super().__init__()
+    nn = torch.nn
+    self.feature_extractor = _ResNetBase()
+    self.label_num = label_num
+    channels = [1024, 512, 512, 256, 256, 256]
+    self.additional_blocks = nn.ModuleList([
+        _additional_block(i, c, o, last=k >= 3) for k, (i, o, c) in enumerate(
+            zip(channels[:-1], channels[1:], [256, 256, 128, 128, 128]))])
+    self.num_defaults = [4, 6, 6, 6, 4, 4]
+    self.loc = nn.ModuleList([nn.Conv2d(c, k * 4, 3, padding=1)
+                              for k, c in zip(self.num_defaults, channels)])
+    self.conf = nn.ModuleList([nn.Conv2d(c, k * label_num, 3, padding=1)
+                               for k, c in zip(self.num_defaults, channels)])
+    for layer in [*self.additional_blocks, *self.loc, *self.conf]:
+      for param in layer.parameters():
+        if param.dim() > 1:
+          nn.init.xavier_uniform_(param)
+
+  def maps(self, x):
+    x = self.feature_extractor(x)
+    feed = [x]
+    for block in self.additional_blocks:
+      x = block(x)
+      feed.append(x)
+    return feed
+
+  def forward(self, x):
+    feed = self.maps(x)
+    locs = [l(s).reshape(s.size(0), 4, -1) for s, l in zip(feed, self.loc)]
+    confs = [c(s).reshape(s.size(0), self.label_num, -1) for s, c in zip(feed, self.conf)]
+    return torch.cat(locs, 2), torch.cat(confs, 2)
+
+
+def nvidia_default_boxes(fig_size=300, feat_size=(38, 19, 10, 5, 3, 1),
+                         steps=(8, 16, 32, 64, 100, 300),
+                         scales=(21, 45, 99, 153, 207, 261, 315),
+                         aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))):
+  """NVIDIA's DefaultBoxes (ssd/utils.py): f32[8732, 4] cx, cy, w, h clamped to
+  [0, 1], ordered level, box shape, row, column."""
+  import itertools
+  import math
+  boxes = []
+  for idx, sfeat in enumerate(feat_size):
+    fk = fig_size / steps[idx]
+    sk1, sk2 = scales[idx] / fig_size, scales[idx + 1] / fig_size
+    sizes = [(sk1, sk1), (math.sqrt(sk1 * sk2),) * 2]
+    for alpha in aspect_ratios[idx]:
+      w, h = sk1 * math.sqrt(alpha), sk1 / math.sqrt(alpha)
+      sizes += [(w, h), (h, w)]
+    for w, h in sizes:
+      for i, j in itertools.product(range(sfeat), repeat=2):
+        boxes.append(((j + 0.5) / fk, (i + 0.5) / fk, w, h))
+  return torch.tensor(boxes, dtype=torch.float).clamp_(min=0, max=1)
+
+
+def _iou(box, boxes):
+  lt = torch.maximum(box[:2], boxes[:, :2])
+  rb = torch.minimum(box[2:], boxes[:, 2:])
+  inter = (rb - lt).clamp(min=0).prod(1)
+  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+  return inter / (area(box) + area(boxes) - inter)
+
+
+def nvidia_decode(locs, confs, dboxes, criteria=0.5, max_output=200, max_num=200,
+                  threshold=0.05):
+  """NVIDIA's Encoder.decode_batch for one image (ssd/utils.py): locs f[4, A],
+  confs f[C, A] -> (ltrb boxes f[N, 4] normalised, not clipped; labels; scores),
+  best first. Softmax; per class (not 0): score > threshold, the best max_num,
+  greedy NMS keeping IoU < criteria; the best max_output over classes."""
+  xy = 0.1 * locs[:2].T * dboxes[:, 2:] + dboxes[:, :2]
+  wh = torch.exp(0.2 * locs[2:].T) * dboxes[:, 2:]
+  boxes = torch.cat([xy - wh / 2, xy + wh / 2], 1)
+  scores = torch.softmax(confs.T, -1)
+  out_boxes, out_labels, out_scores = [], [], []
+  for label in range(1, scores.shape[1]):
+    score = scores[:, label]
+    keep = score > threshold
+    cand_boxes, cand_scores = boxes[keep], score[keep]
+    order = cand_scores.argsort()[-max_num:]
+    while order.numel():
+      best = order[-1]
+      out_boxes.append(cand_boxes[best])
+      out_labels.append(label)
+      out_scores.append(cand_scores[best])
+      rest = order[:-1]
+      order = rest[_iou(cand_boxes[best], cand_boxes[rest]) < criteria]
+  if not out_scores:
+    return torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.long), torch.zeros((0,))
+  out_scores = torch.stack(out_scores)
+  best = out_scores.argsort(descending=True)[:max_output]
+  return (torch.stack(out_boxes)[best], torch.tensor(out_labels)[best], out_scores[best])
