@@ -426,7 +426,8 @@ def mobilenet_v3_large_variables(state_dict: Mapping[str, Any],
                      f'reduced_tail={reduced} to load it (torchvision\'s ssdlite uses '
                      f'reduced_tail=False with an ImageNet backbone).')
   backbone = _merge(_mobilenet_features(sd))
-  return torch_weights.variables({'backbone': backbone['params']}, {'backbone': backbone['batch_stats']})
+  return torch_weights.variables({'backbone': backbone['params']},
+                                 {'backbone': backbone['batch_stats']})
 
 
 def _load_ssdlite320(sd, options):
