@@ -24,14 +24,13 @@ conv8_2 (3x3) 64-88. Every object size then has a default box at IoU >= 0.5
 for >= 97% of positions (tests/test_quickstart.py checks), with 5-8
 matches per object instead of 1-2. 3204 default boxes.
 """
-from ssd_jax import labels, recipes
+from ssd_jax import recipes
 
 
 def get_config():
   config = recipes.preset('ssd300', 'voc')
   m, a, d = config.model, config.anchors, config.data
   m.image_size, m.width = 96, 0.125
-  m.num_classes = len(labels.SHAPES_NAMES) + 1
   m.sources = ('conv3_3', 'conv4_3', 'conv5_3', 'conv7', 'conv8_2')
   a.steps = (4, 8, 16, 16, 32)
   a.min_sizes = (11, 18, 28, 44, 64)

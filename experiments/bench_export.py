@@ -38,8 +38,9 @@ except ImportError:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssd_jax import builders, config_lib, detector, export  # noqa: E402
+from ssd_jax import config_lib, detector, export  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
+from ssd_jax.task import Task
 
 import common  # noqa: E402  (experiments/common.py, beside this script)
 
@@ -117,15 +118,14 @@ def agreement(reference: list[dict], found: list[dict], int8: bool) -> float:
 
 
 def model(args):
-  """(config, variables as NumPy): --workdir's latest checkpoint, else a random --config."""
+  """(task, variables as NumPy): --workdir's latest checkpoint, else a random --config."""
   if args.workdir:
-    config, params, _ = export.load(args.workdir)
-    return config, params
+    task, params, _ = export.load(args.workdir)
+    return task, params
   config = config_lib.load(str(ROOT / 'configs' / f'{args.config}.py'))
   config.model.width = args.width
-  config = config_lib.validate(config)
-  init = jax.jit(lambda rng: builders.init_variables(config, rng))
-  return config, jax.device_get(init(jax.random.key(0)))
+  task = Task.of(config)
+  return task, jax.device_get(jax.jit(task.init_variables)(jax.random.key(0)))
 
 
 def main():
@@ -142,7 +142,8 @@ def main():
   import skimage.data
   import tensorflow as tf
   images = [getattr(skimage.data, name)() for name in args.photos]
-  config, params = model(args)
+  task, params = model(args)
+  config = task.config
   n_params = sum(x.size for x in jax.tree.leaves(params['params']))
   print(f'jax {jax.__version__}, tensorflow {tf.__version__}, device: '
         f'{jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads; '
@@ -150,14 +151,14 @@ def main():
         f'parameters, {config.model.num_classes} classes; photos '
         f'{", ".join(f"{n} {i.shape[1]}x{i.shape[0]}" for n, i in zip(args.photos, images))}',
         flush=True)
-  rows = [('jax_detector', None, None, 0.0, detector_runner(detector.Detector(config, params)))]
+  rows = [('jax_detector', None, None, 0.0, detector_runner(detector.Detector(task, params)))]
   with tempfile.TemporaryDirectory() as tmp:
     for name, fmt, quantize in (('jax_exported', 'jax', 'none'),
                                 ('saved_model', 'saved_model', 'none'),
                                 ('tflite_float', 'tflite', 'none'),
                                 ('tflite_int8', 'tflite', 'int8')):
       start = time.perf_counter()
-      out = export.write(os.path.join(tmp, name), config, params, fmt, quantize=quantize)
+      out = export.write(os.path.join(tmp, name), task, params, fmt, quantize=quantize)
       seconds = time.perf_counter() - start
       runner = {'jax': lambda o: detector_runner(detector.Detector.from_exported(o)),
                 'saved_model': tf_runner, 'tflite': tflite_runner}[fmt](out)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax import builders, config_lib, layers, sharding, train_step, xla_cpu
+from ssd_jax.task import Task
 
 import common  # experiments/common.py, beside this script
 
@@ -96,9 +97,10 @@ def forward_flops(config) -> float:
 def jax_step_rate(config, batch: dict, repeats: int) -> float:
   """Images/s of the jitted train step on one fixed batch."""
   mesh = sharding.make_mesh()
-  state = [train_step.create_state(config, mesh, jax.random.key(0))]
-  step = train_step.jit_train_step(config, mesh)
-  anchors = jnp.asarray(builders.build_default_boxes(config))
+  task = Task.of(config)
+  state = [train_step.create_state(task, mesh, jax.random.key(0))]
+  step = train_step.jit_train_step(task, mesh)
+  anchors = jnp.asarray(task.default_boxes)
   device_batch = sharding.global_batch(batch, mesh)
 
   def one():
@@ -119,9 +121,10 @@ def end_to_end_rate(config, repeats: int) -> float:
   d.format, d.root, d.class_names = 'voc_folder', str(root), ('thing',)
   d.train_splits = ('trainval',)
   mesh = sharding.make_mesh()
-  state = [train_step.create_state(config, mesh, jax.random.key(0))]
-  step = train_step.jit_train_step(config, mesh)
-  anchors = jnp.asarray(builders.build_default_boxes(config))
+  task = Task.of(config)
+  state = [train_step.create_state(task, mesh, jax.random.key(0))]
+  step = train_step.jit_train_step(task, mesh)
+  anchors = jnp.asarray(task.default_boxes)
   batches = input_pipeline.train_batches(config)
 
   def one():
@@ -137,6 +140,8 @@ def torchvision_rate(config, batch: dict, repeats: int, device: str, autocast: b
   import torch
   model = common.torchvision_peer(config, device).train()
   opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+  if common.torchvision_peer_name(config) == 'nvidia_ssd300':
+    return nvidia_rate(model, opt, config, batch, repeats, device, autocast)
   size = batch['image'].shape[1]
   images = [torch.tensor(im).permute(2, 0, 1).float().div(255).to(device) for im in batch['image']]
   targets = [{'boxes': torch.tensor(b * size).to(device),
@@ -147,6 +152,41 @@ def torchvision_rate(config, batch: dict, repeats: int, device: str, autocast: b
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
       losses = model(images, targets)
     loss = sum(losses.values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    common.torch_sync(device)
+    return jnp.zeros(())
+
+  return len(images) / common.seconds_per_call(one, repeats, warmups=2)
+
+
+def nvidia_rate(model, opt, config, batch: dict, repeats: int, device: str,
+                autocast: bool) -> float:
+  """Images/s of NVIDIA's train step (forward, their loss, backward, SGD) on targets
+  encoded beforehand, as their DALI pipeline hands them over (its box encoder
+  runs in the input pipeline, not in the step): the boxes of random_batch
+  matched to default boxes by ssd_jax's matching."""
+  import torch
+  from ssd_jax import matching
+  from ssd_jax.testing import torch_reference
+  task = Task.of(config)
+  anchors = task.default_boxes
+  loc, labels = jax.vmap(lambda b, l: matching.match_one(b, l, jnp.asarray(anchors)))(
+      jnp.asarray(batch['boxes']), jnp.asarray(batch['labels']))[:2]
+  glabel = torch.tensor(np.asarray(labels)).long().to(device)
+  gloc = torch.tensor(np.tile(anchors.T[None], (len(glabel), 1, 1))).to(device)  # cxcywh
+  loss_fn = torch_reference.NvidiaLoss(torch.tensor(anchors)).to(device)
+  from ssd_jax.models import resnet
+  mean = torch.tensor(resnet.IMAGENET_MEAN, device=device)[:, None, None]
+  std = torch.tensor(resnet.IMAGENET_STD, device=device)[:, None, None]
+  images = (torch.tensor(batch['image']).permute(0, 3, 1, 2).float().div(255).to(device)
+            - mean) / std
+
+  def one():
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+      ploc, plabel = model(images)
+    loss = loss_fn(ploc.float(), plabel.float(), gloc, glabel)
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -52,12 +52,15 @@ def torchvision_ssdlite320(device: str, num_classes: int = 21):
 
 
 def torchvision_peer_name(config):
-  """The torchvision model of the same architecture as an ssd_jax config (width 1):
-  'ssd300_vgg16' for SSD300 layouts, 'ssdlite320_mobilenet_v3_large' for
-  SSDLite320; None for others (SSD512: torchvision has none)."""
+  """The PyTorch model of the same architecture as an ssd_jax config (width 1):
+  torchvision's 'ssd300_vgg16' for SSD300 layouts, 'ssdlite320_mobilenet_v3_large'
+  for SSDLite320, NVIDIA's 'nvidia_ssd300' (ssd_jax.testing.torch_reference) for
+  SSD300-ResNet50; None for others (SSD512: torchvision has none)."""
   m = config.model
   if m.width != 1.0:
     return None
+  if m.backbone == 'resnet50' and m.image_size == 300:
+    return 'nvidia_ssd300'
   if m.backbone == 'mobilenet_v3_large' and m.image_size == 320:
     return 'ssdlite320_mobilenet_v3_large'
   if m.backbone == 'vgg16' and m.image_size == 300:
@@ -68,6 +71,11 @@ def torchvision_peer_name(config):
 def torchvision_peer(config, device: str):
   """That model (torchvision_peer_name), randomly initialised on `device`, or None."""
   name = torchvision_peer_name(config)
+  if name == 'nvidia_ssd300':
+    import torch
+    from ssd_jax.testing import torch_reference
+    torch.manual_seed(0)
+    return torch_reference.NvidiaSSD300(config.model.num_classes).to(device)
   if name == 'ssdlite320_mobilenet_v3_large':
     return torchvision_ssdlite320(device, config.model.num_classes)
   return torchvision_ssd300(device) if name else None

@@ -2,7 +2,8 @@
 
   python experiments/device_report.py [--budget_s 420] [--tiny]
 
-For SSD300, SSD512 and SSDLite320 (VOC's 21 classes), measured in one run:
+For SSD300, SSD512 and SSDLite320 (VOC's 21 classes) and SSD300-ResNet50
+(COCO's 81), measured in one run:
   train      the jitted train step on a batch laid out as the input pipeline
              hands it over (decoded crops in the pixel buffer: the device's
              pixel work is included), float32 and bfloat16, batch 32 to 256;
@@ -10,6 +11,11 @@ For SSD300, SSD512 and SSDLite320 (VOC's 21 classes), measured in one run:
   torchvision  ssd300_vgg16 / ssdlite320_mobilenet_v3_large at the same batches
              on the same device: train (forward, loss, backward, SGD; bfloat16
              as autocast) and inference (eval mode); SSD512 has no peer there.
+             For SSD300-ResNet50 the peer is NVIDIA's network and loss as their
+             code writes them (ssd_jax.testing.torch_reference; targets encoded
+             beforehand, as their DALI pipeline does; inference: the forward
+             pass): compare its train rows with their published 724 img/s (AMP,
+             batch 128, one A100-80GB).
 Each row: images/s, model TFLOP/s (XLA's cost analysis of the forward pass;
 a train step counts 3x), its share of the device's dense peak (known devices),
 peak device memory (ours: XLA's memory analysis of the compiled program,
@@ -18,8 +24,8 @@ and the seconds the row took, compilation included.
 Rows run in order of importance until --budget_s is spent (compilation
 included); those left are listed. --tiny: width-1/16 models on this machine's
 CPU, SSD300's float32 train step at batch 2 and bfloat16 inference at batch 1,
-SSDLite's inference beside torchvision's at full width (the test suite runs
-it; its ratios mean nothing).
+SSDLite's and SSD300-ResNet50's inference beside their peers' at full width
+(the test suite runs it; its ratios mean nothing).
 
 Imports nothing of TensorFlow. On a GPU machine with JAX (CUDA), flax, optax,
 orbax, numpy, torch and torchvision but no ml-collections, carry its wheel:
@@ -41,19 +47,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax import builders, postprocess, sharding, train_step
+from ssd_jax.task import Task
 
 import bench_inference  # experiments/, beside this script
 import bench_train
 import common
 
-MODELS = ('voc300', 'voc512', 'voc_ssdlite320')
+MODELS = ('voc300', 'voc512', 'voc_ssdlite320', 'coco300_resnet50')
 
 
 def plan(tiny: bool) -> list[tuple]:
   """(kind, model, dtype, batch) rows, most important first."""
   if tiny:
     return [('train', 'voc300', 'float32', 2), ('inference', 'voc300', 'bfloat16', 1),
-            ('inference', 'voc_ssdlite320', 'float32', 1)]
+            ('inference', 'voc_ssdlite320', 'float32', 1),
+            ('inference', 'coco300_resnet50', 'float32', 1)]
   rows = [(k, m, d, b) for b in (64,) for m in MODELS for k in ('train', 'inference')
           for d in ('bfloat16', 'float32')]
   rows += [('inference', m, d, 1) for m in MODELS for d in ('float32', 'bfloat16')]
@@ -77,9 +85,10 @@ def ours_train(config, batch: int, repeats: int) -> tuple[float, float]:
   rng = np.random.default_rng(0)
   mesh = sharding.make_mesh()
   data = sharding.global_batch(bench_train.pipeline_batch(rng, batch, config), mesh)
-  state = [train_step.create_state(config, mesh, jax.random.key(0))]
-  anchors = jnp.asarray(builders.build_default_boxes(config))
-  step = train_step.jit_train_step(config, mesh)
+  task = Task.of(config)
+  state = [train_step.create_state(task, mesh, jax.random.key(0))]
+  anchors = jnp.asarray(task.default_boxes)
+  step = train_step.jit_train_step(task, mesh)
   compiled = step.lower(state[0], data, anchors).compile()
 
   def one():
@@ -89,12 +98,13 @@ def ours_train(config, batch: int, repeats: int) -> tuple[float, float]:
 
 
 def ours_inference(config, batch: int, repeats: int) -> tuple[float, float]:
-  model, size = builders.build_model(config), config.model.image_size
+  task = Task.of(config)
+  size = task.image_size
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3)),
                        jnp.uint8)
-  variables = builders.inference_variables(builders.init_variables(config, jax.random.key(0)))
-  run = jax.jit(functools.partial(postprocess.network_detections, model=model, config=config,
-                                  anchors=jnp.asarray(builders.build_default_boxes(config))))
+  variables = builders.inference_variables(task.init_variables(jax.random.key(0)))
+  run = jax.jit(functools.partial(postprocess.network_detections, model=task.model,
+                                  config=task.config, anchors=jnp.asarray(task.default_boxes)))
   compiled = run.lower(variables, images).compile()
   return batch / common.seconds_per_call(lambda: compiled(variables, images), repeats), \
       memory_mib(compiled)
@@ -158,7 +168,7 @@ def main():
     except Exception as e:  # noqa: BLE001 - out of memory at a large batch: say so, go on
       print(f'| {name} | {kind} | {dtype} | {batch} | failed: {type(e).__name__} |', flush=True)
       continue
-    tv = None if args.tiny and name != 'voc_ssdlite320' else torchvision_row(
+    tv = None if args.tiny and name == 'voc300' else torchvision_row(
         kind, bench_train.make_config(name, 1.0, dtype, batch), dtype, batch, repeats,
         torch_device)
     tflops = rate * flops[name] * (3 if kind == 'train' else 1) / 1e12

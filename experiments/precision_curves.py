@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import builders, config_lib, sharding, train_step
+from ssd_jax import config_lib, sharding, train_step
 from ssd_jax.data import input_pipeline
+from ssd_jax.task import Task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -29,9 +30,10 @@ def loss_curve(dtype: str, steps: int) -> tuple[np.ndarray, float]:
   config.model.dtype = dtype
   config = config_lib.validate(config)
   mesh = sharding.make_mesh()
-  state = train_step.create_state(config, mesh, jax.random.key(config.seed))
-  step = train_step.jit_train_step(config, mesh)
-  anchors = jnp.asarray(builders.build_default_boxes(config))
+  task = Task.of(config)
+  state = train_step.create_state(task, mesh, jax.random.key(config.seed))
+  step = train_step.jit_train_step(task, mesh)
+  anchors = jnp.asarray(task.default_boxes)
   batches = input_pipeline.train_batches(config)
   losses, start = [], None
   for i in range(steps):

@@ -3,13 +3,12 @@
 The number of boxes per location comes from the aspect ratios (anchors.py) and
 the size of each source map from the network itself (`jax.eval_shape`, no
 compute), so the head outputs and the default boxes always line up. Configs
-reach here validated (config_lib.validate, called once by each entry point).
+reach here validated; ssd_jax.task.Task calls these once per entry point and
+holds what they return.
 """
 from __future__ import annotations
 
-import functools
-import json
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -99,10 +98,11 @@ def _roles_of(module: nn.Module) -> dict:
   return getattr(module, 'PARAM_ROLES', {})
 
 
-def param_roles(config: config_dict.ConfigDict) -> dict:
+def param_roles(config: config_dict.ConfigDict, model: Optional[nn.Module] = None) -> dict:
   """A tree like the parameters holding each one's role: 'weight', 'bias' or
   'norm' (ssd.ROLES), from the module that owns it, never from its name alone.
 
+  model: the config's model, if already built.
   Raises ValueError naming a parameter whose module declares no role for it.
   """
   owners = {}
@@ -114,7 +114,7 @@ def param_roles(config: config_dict.ConfigDict) -> dict:
 
   size = config.model.image_size
   with nn.intercept_methods(record):
-    params = jax.eval_shape(build_model(config).init, jax.random.key(0),
+    params = jax.eval_shape((model or build_model(config)).init, jax.random.key(0),
                             jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))['params']
   roles = {}
   for path in flax.traverse_util.flatten_dict(params):
@@ -146,9 +146,9 @@ def inference_variables(tree) -> dict:
   return variables
 
 
-@functools.lru_cache(maxsize=32)
-def _feature_sizes(key: str) -> tuple[int, ...]:
-  config = config_dict.ConfigDict(json.loads(key))
+def source_feature_sizes(config: config_dict.ConfigDict) -> tuple[int, ...]:
+  """Side of each source feature map for the config's input size (the backbone
+  traced with jax.eval_shape, no compute)."""
   backbone, size = _build_backbone(config), config.model.image_size
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   outputs, _ = jax.eval_shape(backbone.init_with_output, jax.random.key(0), images)
@@ -158,16 +158,12 @@ def _feature_sizes(key: str) -> tuple[int, ...]:
   return tuple(int(out.shape[1]) for out in outputs)
 
 
-def source_feature_sizes(config: config_dict.ConfigDict) -> tuple[int, ...]:
-  """Side of each source feature map for the config's input size."""
-  return _feature_sizes(json.dumps({'model': config.model.to_dict(),
-                                    'backbone': config.backbone.to_dict()}, sort_keys=True))
-
-
-def build_default_boxes(config: config_dict.ConfigDict) -> np.ndarray:
-  """f32[A, 4] normalised cxcywh default boxes, in the order of the head outputs."""
+def build_default_boxes(config: config_dict.ConfigDict,
+                        feature_sizes: Optional[Sequence[int]] = None) -> np.ndarray:
+  """f32[A, 4] normalised cxcywh default boxes, in the order of the head outputs
+  (feature_sizes: source_feature_sizes(config), if already known)."""
   a, size = config.anchors, config.model.image_size
-  feature_sizes = source_feature_sizes(config)
+  feature_sizes = feature_sizes or source_feature_sizes(config)
   min_sizes, max_sizes = a.min_sizes, a.max_sizes
   if min_sizes is None:
     min_sizes, max_sizes = anchors.sizes_from_scales(

@@ -14,7 +14,6 @@ the model has them, 'batch_stats' (BatchNorm) and 'ema_params' (optim.ema_decay)
 """
 from __future__ import annotations
 
-import functools
 import time
 from typing import Optional
 
@@ -130,34 +129,24 @@ def restore_newest_readable(mngr: ocp.CheckpointManager, target, workdir: str):
 
 # --- the variables inference applies, to evaluate or detect --------------------
 
-def abstract_variables(config) -> dict:
-  """Shapes and dtypes (jax.ShapeDtypeStruct) of the config's variables, no compute."""
-  return jax.eval_shape(functools.partial(builders.init_variables, config), jax.random.key(0))
-
-
-def abstract_params(config) -> dict:
-  """Shapes and dtypes of the config's parameters, no compute."""
-  return abstract_variables(config)['params']
-
-
-def _inference_target(config, replicated) -> dict:
+def _inference_target(task, replicated) -> dict:
   """What a checkpoint holds for inference: params, batch_stats where the model
   has BatchNorm, and ema_params where the config averages the weights."""
-  variables = abstract_variables(config)
+  variables = task.abstract_variables
   target = dict(variables)
-  if config.optim.ema_decay:
+  if task.config.optim.ema_decay:
     target['ema_params'] = variables['params']
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                       target)
 
 
-def restore_checkpoint_variables(config, path: str, step: Optional[int] = None,
+def restore_checkpoint_variables(task, path: str, step: Optional[int] = None,
                                  mesh: Optional[Mesh] = None) -> tuple[dict, int]:
-  """A checkpoint's params, batch_stats and ema_params (what the config's model
+  """A checkpoint's params, batch_stats and ema_params (what the task's model
   has; no optimiser state), replicated on `mesh`.
 
   Args:
-    config: the config the checkpoint was trained with (validated).
+    task: the ssd_jax.task.Task of the config the checkpoint was trained with.
     path: a workdir, its checkpoints folder, or one step folder.
     step: which step (default: the one `path` names, else the latest readable:
       a damaged newer step is logged and skipped).
@@ -167,7 +156,7 @@ def restore_checkpoint_variables(config, path: str, step: Optional[int] = None,
     ({'params', ...}, step).
   """
   directory, named = location(path)
-  target = _inference_target(config, sharding.replicated(mesh or sharding.make_mesh()))
+  target = _inference_target(task, sharding.replicated(mesh or sharding.make_mesh()))
 
   def load(step):
     return mngr.restore(step, args=ocp.args.PyTreeRestore(
@@ -183,19 +172,19 @@ def restore_checkpoint_variables(config, path: str, step: Optional[int] = None,
   return tree, step
 
 
-def restore_variables(config, path: str, step: Optional[int] = None,
+def restore_variables(task, path: str, step: Optional[int] = None,
                       mesh: Optional[Mesh] = None) -> tuple[dict, int]:
   """(the variables inference applies, step): builders.inference_variables of the
   checkpoint (see restore_checkpoint_variables for the arguments)."""
-  tree, step = restore_checkpoint_variables(config, path, step, mesh)
+  tree, step = restore_checkpoint_variables(task, path, step, mesh)
   return builders.inference_variables(tree), step
 
 
-def restore_params(config, path: str, step: Optional[int] = None,
+def restore_params(task, path: str, step: Optional[int] = None,
                    mesh: Optional[Mesh] = None) -> tuple[dict, int]:
   """(the trained parameters, step), not their moving average (see
   restore_checkpoint_variables for the arguments)."""
-  tree, step = restore_checkpoint_variables(config, path, step, mesh)
+  tree, step = restore_checkpoint_variables(task, path, step, mesh)
   return tree['params'], step
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
+import copy
+
 from ssd_jax import anchors, labels, models, pixels
 from ssd_jax.models import ssd
-from ssd_jax.data import custom_data
 
 # Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
 MEAN_RGB = (123.0, 117.0, 104.0)
@@ -31,7 +32,8 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
 
   c.model = config_dict.ConfigDict(dict(
       image_size=config_dict.placeholder(int),   # side of the square input, pixels
-      # Including background (class 0); None: the class names (config_lib.validate).
+      # Including background (class 0); None: from data.class_names or data.name's
+      # label map (config_lib.validate derives it, the one place that does).
       num_classes=config_dict.placeholder(int),
       backbone=backbone,                         # a family of ssd_jax.models; settings: backbone
       head='ssd',                                # models.all_heads(): 'ssd' (3x3 convs), ...
@@ -237,16 +239,12 @@ def _check_parts(config) -> None:
 
 
 def _num_classes(config) -> int:
-  """model.num_classes, or, when unset, the class names plus background.
-
-  Set, it must agree with data.class_names, except when it is the class count of
-  data.name's label map (the dataset preset's value, e.g. voc300's 21): then the
-  custom class names decide.
-  """
+  """model.num_classes, or, when unset, the class names (data.class_names, else
+  data.name's label map) plus background. Set, it must agree with the class
+  names."""
   n, d = config.model.num_classes, config.data
   if d.class_names:
-    preset = labels.LABEL_MAPS.get(d.name)
-    if n is None or (preset is not None and n == len(preset) + 1):
+    if n is None:
       return len(d.class_names) + 1
     if n != len(d.class_names) + 1:
       raise ValueError(f'model.num_classes={n} but data.class_names has {len(d.class_names)} '
@@ -263,15 +261,17 @@ def _num_classes(config) -> int:
 
 
 def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
-  """Checks what the schema cannot and normalises command-line values, in place.
+  """The config checked for what the schema cannot, with command-line values
+  normalised: a new config (`config` is left as it is); no file is read.
 
-  Entry points (main, the training loop, evaluation, Detector, convert, export)
-  call it once; builders then trust the config. Normalised: optional lists
-  ((), (None,) -> None), nested lists -> tuples. Checked: required fields,
-  one anchor entry per source, named choices and dtypes. Filled in: a YOLO
-  dataset's class names from its YAML when data.class_names is unset, and
-  model.num_classes from the class names (see _num_classes). Returns the config.
+  ssd_jax.task.Task.of calls it once per entry point; builders then trust the
+  config. Normalised: optional lists ((), (None,) -> None), nested lists ->
+  tuples. Checked: required fields, one anchor entry per source, named choices
+  and dtypes. Filled in: model.num_classes from the class names (see
+  _num_classes). A YOLO dataset's class names must be given (Task.of reads them
+  from its data.yaml first).
   """
+  config = copy.deepcopy(config)
   a, d = config.anchors, config.data
   for name in ('min_sizes', 'max_sizes', 'steps'):
     a[name] = _optional_tuple(a[name])
@@ -298,7 +298,8 @@ def validate(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   if d.format != 'tfds' and d.root is None:
     raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
   if d.format == 'yolo' and not d.class_names:
-    d.class_names = custom_data.yolo_class_names(d.root)
+    raise ValueError('data.format=\'yolo\' with no data.class_names: build the config\'s task '
+                     '(ssd_jax.task.Task.of), which reads them from its data.yaml, or set them.')
   config.model.num_classes = _num_classes(config)
   if config.model.image_size is None:
     raise ValueError('config field model.image_size is not set; set it in the config file or '

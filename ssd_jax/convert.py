@@ -37,12 +37,12 @@ import os
 from typing import Optional, Sequence
 
 import flax
-import jax
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from ssd_jax import builders, config_lib, models, workdirs
+from ssd_jax import builders, models, workdirs
 from ssd_jax.models import torch_weights
+from ssd_jax.task import Task
 
 
 
@@ -83,12 +83,11 @@ def _name(key: tuple) -> str:
   return '/'.join(key[1:] if key[0] == 'params' else key)
 
 
-def check_shapes(variables: dict, config, source: str, whole: bool) -> None:
+def check_shapes(variables: dict, task, source: str, whole: bool) -> None:
   """Every converted variable ({'params', maybe 'batch_stats'}) must exist in the
-  config's model with the same shape; with `whole`, every model variable must
+  task's model with the same shape; with `whole`, every model variable must
   have been converted."""
-  expected = flax.traverse_util.flatten_dict(
-      jax.eval_shape(lambda: builders.init_variables(config, jax.random.key(0))))
+  expected = flax.traverse_util.flatten_dict(task.abstract_variables)
   got = flax.traverse_util.flatten_dict(variables)
   for key, value in got.items():
     name = _name(key)
@@ -150,8 +149,7 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   variables, facts = converter.load(sd, {'channel_order': channel_order, 'mean_rgb': mean_rgb})
   info = {'format': fmt, 'input': os.path.abspath(path), 'sha256': sha256(path), **facts}
   config = converter.config() if converter.config else None
-  check_shapes(variables, config_lib.validate(config or converter.base()), path,
-               whole=config is not None)
+  check_shapes(variables, Task.of(config or converter.base()), path, whole=config is not None)
   return save(output, variables, info, config)
 
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ssd_jax import builders, checkpoints, config_lib, labels, postprocess, workdirs
-from ssd_jax import xla_cpu
+from ssd_jax import builders, checkpoints, config_lib, labels, postprocess, workdirs, xla_cpu
+from ssd_jax.task import Task
 
 EXPORTED_FILE = 'detector.jax'  # in a folder that ssd_jax.export --format=jax writes
 EXPORT_INFO_FILE = 'export.json'  # beside it: class names, how it was exported
@@ -42,18 +42,20 @@ def resize_images(images, size: int):
 class Detector:
   """A trained SSD: its variables, default boxes and post-processing, jitted.
 
+  `task`: an ssd_jax.task.Task, or a config (its Task is made here).
   `variables`: a train state, restored variables or bare parameters (see
   builders.inference_variables; the weights' moving average when there is one).
   """
 
-  def __init__(self, config, variables, batch_size: int = 8):
-    self.config = config_lib.validate(config)
-    self.class_names = labels.class_names(config)
+  def __init__(self, task, variables, batch_size: int = 8):
+    self.task = task if isinstance(task, Task) else Task.of(task)
+    self.config, self.class_names = self.task.config, self.task.class_names
+    self.category_ids = self.task.category_ids  # of each class in COCO-format results
     self.variables = builders.inference_variables(variables)
     self.batch_size = batch_size
     self._run = xla_cpu.jit(functools.partial(
-        postprocess.network_detections, model=builders.build_model(config),
-        anchors=jnp.asarray(builders.build_default_boxes(config)), config=config), config)
+        postprocess.network_detections, model=self.task.model,
+        anchors=jnp.asarray(self.task.default_boxes), config=self.config), self.config)
 
   @property
   def params(self):
@@ -65,9 +67,9 @@ class Detector:
                       **kwargs) -> 'Detector':
     """Restores parameters from a workdir, its checkpoints folder or a step folder;
     the config defaults to the config.json training saved in the workdir."""
-    config = config_lib.validate(config if config is not None else workdirs.find_config(path))
-    variables, _ = checkpoints.restore_variables(config, path, step)
-    return cls(config, variables, **kwargs)
+    task = Task.of(config if config is not None else workdirs.find_config(path))
+    variables, _ = checkpoints.restore_variables(task, path, step)
+    return cls(task, variables, **kwargs)
 
   @classmethod
   def from_pretrained(cls, name: str, **kwargs) -> 'Detector':
@@ -143,6 +145,7 @@ class ExportedDetector(Detector):
     self.config = config_lib.validate(workdirs.read_config(
         os.path.join(path, workdirs.CONFIG_FILE)))
     self.class_names = tuple(self.info['class_names'])
+    self.category_ids = labels.category_ids(self.config)
     self.variables = None
     self.batch_size = batch_size
     self._call = xla_cpu.jit(self.exported.call, self.config)

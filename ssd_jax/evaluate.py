@@ -1,6 +1,6 @@
 """Evaluation: detect over the eval split, score with the config's evaluator, report.
 
-`evaluate(config, params)` runs the jitted detector over the config's eval
+`evaluate(task, variables)` runs the jitted detector over the config's eval
 split on every device (batch sharded, results replicated so each host holds
 them all), converts detections and ground truth to pixels and feeds them to
 the evaluator of eval.metric (metrics.VocEvaluator or metrics.CocoEvaluator),
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ssd_jax import builders, config_lib, labels, metrics, paths, postprocess, sharding, xla_cpu
+from ssd_jax import builders, metrics, paths, postprocess, sharding, xla_cpu
 from ssd_jax.data import input_pipeline
 
 
@@ -26,22 +26,22 @@ def eval_dir(workdir: str, step: int) -> str:
   return str(paths.path(workdir) / f'eval_{step}')
 
 
-def make_evaluator(config) -> metrics.Evaluator:
-  """The evaluator of the config's eval.metric, with its class names."""
-  names, metric = labels.class_names(config), config.eval.metric
+def make_evaluator(task) -> metrics.Evaluator:
+  """The evaluator of the task's eval.metric, with its class names."""
+  metric = task.config.eval.metric
   if metric == 'coco':
-    return metrics.CocoEvaluator(names, labels.category_ids(config))
-  return metrics.VocEvaluator(names, use_07=metric == 'voc07')
+    return metrics.CocoEvaluator(task.class_names, task.category_ids)
+  return metrics.VocEvaluator(task.class_names, use_07=metric == 'voc07')
 
 
 def _eval_step(variables, pixels, anchors, model, config) -> postprocess.Detections:
   return postprocess.network_detections(variables, pixels, model, anchors, config)
 
 
-def jit_eval_step(config, mesh):
+def jit_eval_step(task, mesh):
   """Detections of a global batch of pixels (sharded), replicated on every host."""
-  return xla_cpu.jit(functools.partial(_eval_step, model=builders.build_model(config),
-                                       config=config), config,
+  return xla_cpu.jit(functools.partial(_eval_step, model=task.model, config=task.config),
+                     task.config,
                      in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),
                                    sharding.replicated(mesh)),
                      out_shardings=sharding.replicated(mesh))
@@ -69,18 +69,19 @@ def _add_batch(dets: postprocess.Detections, batch: dict, evaluator: metrics.Eva
                    'scores': dets.scores[i][valid], 'classes': dets.classes[i][valid]})
 
 
-def detect_split(config, variables, evaluator: metrics.Evaluator, mesh=None) -> None:
+def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None) -> None:
   """Adds ground truth and detections of every eval image, once, to `evaluator`.
 
   Each host reads its share of the split; the images go to the devices, the
   ground truth stays on the host (whole, never padded to a size), and the
   hosts' collections are merged at the end. variables: see evaluate.
   """
+  config = task.config
   variables = builders.inference_variables(variables)
   mesh = mesh or sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
-  anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
-  step = jit_eval_step(config, mesh)
+  anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
+  step = jit_eval_step(task, mesh)
   data, steps = input_pipeline.eval_dataset(config)
   mine = sharding.host_rows(config.train.batch_size)
   for batch in data.take(steps).as_numpy_iterator():
@@ -93,15 +94,15 @@ def detect_split(config, variables, evaluator: metrics.Evaluator, mesh=None) -> 
       evaluator.merge(truths, detections)
 
 
-def evaluate(config, variables, mesh=None) -> dict:
-  """Scores a model on the config's eval split; see metrics.Evaluator for the result.
+def evaluate(task, variables, mesh=None) -> dict:
+  """Scores a model on its task's eval split; see metrics.Evaluator for the result.
 
-  variables: a train state, restored variables or bare parameters (what
-  builders.inference_variables takes; the moving average when there is one).
+  task: an ssd_jax.task.Task. variables: a train state, restored variables or
+  bare parameters (what builders.inference_variables takes; the moving average
+  when there is one).
   """
-  config_lib.validate(config)
-  evaluator = make_evaluator(config)
-  detect_split(config, variables, evaluator, mesh)
+  evaluator = make_evaluator(task)
+  detect_split(task, variables, evaluator, mesh)
   logging.info('evaluated %d images, %d detections', len(evaluator.truths),
                sum(len(d['scores']) for d in evaluator.detections.values()))
   return evaluator.result()
@@ -147,10 +148,11 @@ def write_summaries(writer, result: dict, step: int) -> None:
   writer.flush()
 
 
-def evaluate_and_report(config, variables, workdir: str, step: int, writer=None,
+def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
                         mesh=None) -> dict:
-  """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and summaries."""
-  result = evaluate(config, variables, mesh)
+  """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and
+  summaries; returns the result."""
+  result = evaluate(task, variables, mesh)
   if jax.process_index() == 0:
     report(result, eval_dir(workdir, step), step)
     name, value = headline(result)

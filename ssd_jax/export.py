@@ -51,7 +51,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from ssd_jax import builders, checkpoints, config_lib, detector, labels, postprocess, workdirs
+from ssd_jax import builders, checkpoints, detector, postprocess, workdirs
+from ssd_jax.task import Task
 
 FORMATS = ('saved_model', 'tflite', 'jax')
 DTYPES = ('float32', 'bfloat16')
@@ -66,7 +67,7 @@ INFO_FILE = detector.EXPORT_INFO_FILE
 # --- the detector as one function ------------------------------------------------
 
 def load(workdir: str, dtype: str = 'float32') -> tuple:
-  """(config, inference variables as NumPy, step) of the latest checkpoint in a workdir.
+  """(task, inference variables as NumPy, step) of the latest checkpoint in a workdir.
 
   dtype: the compute dtype (model.dtype) to export with; parameters keep theirs.
   """
@@ -80,21 +81,20 @@ def load(workdir: str, dtype: str = 'float32') -> tuple:
                             f'workdir of a training run (it holds config.json and '
                             f'checkpoints/).') from None
   config.model.dtype = dtype
-  config = config_lib.validate(config)
-  variables, step = checkpoints.restore_variables(config, workdir)
-  return config, jax.device_get(variables), step
+  task = Task.of(config)
+  variables, step = checkpoints.restore_variables(task, workdir)
+  return task, jax.device_get(variables), step
 
 
-def detection_fn(config, variables) -> Callable[[jax.Array], dict]:
+def detection_fn(task, variables) -> Callable[[jax.Array], dict]:
   """The whole detector: u8[B, H, W, 3] RGB -> dict of OUTPUTS (see the module doc).
 
   Boxes come back in pixels of the input, xyxy: the normalised boxes of
   postprocess scaled by (W, H, W, H). variables: see builders.inference_variables.
   """
   variables = builders.inference_variables(variables)
-  model = builders.build_model(config)
-  anchors = jnp.asarray(builders.build_default_boxes(config))
-  size = config.model.image_size
+  model, config, size = task.model, task.config, task.image_size
+  anchors = jnp.asarray(task.default_boxes)
 
   def detect(images):
     h, w = images.shape[1], images.shape[2]
@@ -228,23 +228,24 @@ def prepare(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'f
             quantize: str = 'none') -> tuple:
   """Checks the arguments and restores the model, writing nothing.
 
-  Returns (output folder, config, params, step); raises ValueError,
+  Returns (output folder, task, params, step); raises ValueError,
   FileNotFoundError or FileExistsError naming the argument to fix.
   """
   check_options(fmt, batch, dtype, quantize)
   output = check_output(output)
-  config, params, step = load(workdir, dtype)
-  return output, config, params, step
+  task, params, step = load(workdir, dtype)
+  return output, task, params, step
 
 
-def write(output: str, config, params, fmt: str, batch: int = 1, quantize: str = 'none',
+def write(output: str, task, params, fmt: str, batch: int = 1, quantize: str = 'none',
           info: Optional[dict] = None) -> str:
-  """Writes the detector (config, params) as `fmt` into `output`, then config.json
+  """Writes the detector (task, params) as `fmt` into `output`, then config.json
   and export.json (info plus what describes the artifact). Returns `output`."""
-  fn = detection_fn(config, params)
+  fn = detection_fn(task, params)
+  config = task.config
   info = dict(info or {}, format=fmt, dtype=config.model.dtype, quantize=quantize,
               batch=None if fmt == 'jax' else batch, image_size=config.model.image_size,
-              outputs=list(OUTPUTS), class_names=list(labels.class_names(config)))
+              outputs=list(OUTPUTS), class_names=list(task.class_names))
   os.makedirs(output, exist_ok=True)
   if fmt == 'jax':
     with open(os.path.join(output, JAX_FILE), 'wb') as f:
@@ -267,9 +268,9 @@ def export(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'fl
            quantize: str = 'none') -> str:
   """Exports the latest checkpoint in `workdir` as `fmt` (see FORMATS) to the new
   folder `output`; returns it. Arguments are checked before anything is written."""
-  output, config, params, step = prepare(workdir, fmt, output, batch, dtype, quantize)
+  output, task, params, step = prepare(workdir, fmt, output, batch, dtype, quantize)
   info = {'workdir': os.path.abspath(workdir), 'step': int(step)}
-  return write(output, config, params, fmt, batch, quantize, info)
+  return write(output, task, params, fmt, batch, quantize, info)
 
 
 def define_flags() -> None:

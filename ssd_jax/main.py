@@ -27,7 +27,7 @@ checkpoint: run the same command again to resume.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -97,7 +97,6 @@ def _main(argv):
   if mode in ('train', 'train_and_eval'):
     if _CONFIG.value is None:
       raise app.UsageError(f'--mode={mode} needs --config=configs/<name>.py.')
-    logging.info('config:\n%s', _CONFIG.value)
     from ssd_jax import train_loop
     try:
       out = workflows.run_training(_CONFIG.value, workdir, with_eval=mode == 'train_and_eval')

@@ -20,7 +20,6 @@ ARCHITECTURES = models.architectures()
 # What the dataset fixes, whatever the input size: splits, schedule, metric.
 DATASETS = {
     'voc': dict(
-        model=dict(num_classes=labels.num_model_classes('voc')),
         data=dict(name='voc', train_splits=('voc/2007:train+validation',
                                             'voc/2012:train+validation'),
                   eval_split='voc/2007:test'),
@@ -29,7 +28,6 @@ DATASETS = {
         eval=dict(metric='voc07'),
     ),
     'coco': dict(
-        model=dict(num_classes=labels.num_model_classes('coco')),
         data=dict(name='coco', train_splits=('coco/2017:train',),
                   eval_split='coco/2017:validation', pixel_buffer=640),
         optim=dict(boundaries=(280_000, 360_000)),
@@ -69,7 +67,6 @@ def torchvision_ssd300() -> config_dict.ConfigDict:
   c = preset('ssd300', 'coco')
   sizes = tuple(300 * s for s in TORCHVISION_SCALES)
   c.anchors.min_sizes, c.anchors.max_sizes, c.anchors.clip = sizes[:-1], sizes[1:], 'wh'
-  c.model.num_classes = len(labels.TORCHVISION_CLASS_ORDER)
   c.data.class_names = labels.TORCHVISION_CLASS_NAMES
   c.data.category_ids = labels.TORCHVISION_CLASS_ORDER[1:]
   c.data.mean_rgb = tuple(255 * m for m in TORCHVISION_MEAN)
@@ -97,7 +94,6 @@ def torchvision_ssdlite320(dataset: str = 'coco') -> config_dict.ConfigDict:
   """
   c = preset('ssdlite320', dataset)
   if dataset == 'coco':
-    c.model.num_classes = len(labels.TORCHVISION_CLASS_ORDER)
     c.data.class_names = labels.TORCHVISION_CLASS_NAMES
     c.data.category_ids = labels.TORCHVISION_CLASS_ORDER[1:]
   c.eval.update(dict(score_threshold=0.001, top_k=300, nms_iou=0.55, max_detections=300))

@@ -10,19 +10,20 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ssd_jax import builders, config_lib
+from ssd_jax import builders
+from ssd_jax.task import Task
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 
 
-def describe(config) -> str:
-  """A table of the source layers, their default boxes, and the totals."""
-  model = builders.build_model(config_lib.validate(config))
-  size = config.model.image_size
+def describe(task) -> str:
+  """A table of the source layers of a task (ssd_jax.task.Task), their default
+  boxes, and the totals."""
+  config, size = task.config, task.image_size
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  (loc, logits), variables = jax.eval_shape(model.init_with_output, jax.random.key(0), images)
-  boxes = builders.build_default_boxes(config)
-  fmaps = builders.source_feature_sizes(config)
+  (loc, logits), variables = jax.eval_shape(task.model.init_with_output, jax.random.key(0),
+                                            images)
+  boxes, fmaps = task.default_boxes, task.feature_sizes
   width = max(10, *(len(name) for name in config.model.sources))
   lines = [f'{"source":<{width}} {"map":>7} {"boxes/cell":>10} {"boxes":>7}']
   for name, f, k in zip(config.model.sources, fmaps, builders.boxes_per_location(config)):
@@ -37,7 +38,7 @@ def describe(config) -> str:
 
 def main(argv):
   del argv
-  print(describe(_CONFIG.value))
+  print(describe(Task.of(_CONFIG.value)))
 
 
 if __name__ == '__main__':

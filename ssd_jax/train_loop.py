@@ -1,6 +1,7 @@
 """The training loop: data, steps, summaries, checkpoints, resume, preemption.
 
-`run(config, workdir)` trains to config.train.num_steps; the step itself is
+`run(config, workdir)` trains to config.train.num_steps (`train` takes the
+config's Task and also returns the last evaluation); the step itself is
 train_step.py, the checkpoints checkpoints.py, evaluation evaluate.py.
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from ssd_jax import builders, checkpoints, cluster, config_lib, evaluate, paths, progress
+from ssd_jax import checkpoints, cluster, evaluate, paths, progress
 from ssd_jax import models, pretrained, sharding, train_step, workdirs
 from ssd_jax.data import input_pipeline
+from ssd_jax.task import Task
 
 
 def check_workdir(workdir: str) -> None:
@@ -68,16 +70,23 @@ def write_summaries(writer, step: int, metrics: dict, images_per_second: float) 
 
 
 def run(config, workdir: str, with_eval: bool = False) -> train_step.TrainState:
-  """Trains to config.train.num_steps, resuming from the workdir's latest checkpoint.
+  """Trains to config.train.num_steps, resuming from the workdir's latest
+  checkpoint; returns the final state (see `train`)."""
+  return train(Task.of(config), workdir, with_eval)[0]
 
-  with_eval: also evaluate every config.eval.every_steps (if > 0) and at the
-  end (evaluate.evaluate_and_report: <workdir>/eval_<step>/ and summaries).
-  Returns the final state. On several hosts, an error ends the process at
-  once (cluster.fail): the other hosts may be gone, or waiting in a collective.
+
+def train(task: Task, workdir: str, with_eval: bool = False) -> tuple:
+  """Trains a task to its train.num_steps, resuming from the workdir's latest checkpoint.
+
+  with_eval: also evaluate every eval.every_steps (if > 0) and at the end
+  (evaluate.evaluate_and_report: <workdir>/eval_<step>/ and summaries).
+  Returns (the final state, the last evaluation's result or None). On several
+  hosts, an error ends the process at once (cluster.fail): the other hosts may
+  be gone, or waiting in a collective.
   """
   with contextlib.ExitStack() as stack:
     try:
-      return _run(config, workdir, stack, with_eval)
+      return _run(task, workdir, stack, with_eval)
     except Preempted:
       raise  # every host stops at the same step: the normal way out
     except Exception as e:
@@ -136,7 +145,7 @@ def _prepare(config) -> None:
     pretrained.converted(config.model.init_from)
 
 
-def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
+def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
   """(state, checkpoint manager or None, first step, data source, run lock) of
   a run: resumed from the newest readable checkpoint, or fresh (from
   model.init_checkpoint if set).
@@ -147,6 +156,7 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
   each check runs on every host, and all stop if one fails (cluster.agree),
   before any host enters a collective.
   """
+  config = task.config
   lock, marker = cluster.agree('claiming the workdir', lambda: _claim_workdir(workdir, stack))
   # Host 0 generates a built-in dataset missing from the data dir and fetches the
   # weights to start from, while the others wait here (agree is a collective): no
@@ -156,7 +166,7 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
   marker = sharding.gather_objects(marker)[0]
   source = cluster.agree('checking the workdir and the data',
                          lambda: _check_host(config, workdir, marker))
-  state = train_step.create_state(config, mesh, jax.random.key(config.seed))
+  state = train_step.create_state(task, mesh, jax.random.key(config.seed))
   mngr, start = None, 0
   if (paths.path(workdir) / 'checkpoints').is_dir():  # else opened once data flows
     mngr = checkpoints.manager(workdir, config)
@@ -178,22 +188,21 @@ def _start(config, workdir: str, mesh, stack: contextlib.ExitStack):
   return state, mngr, start, source, lock
 
 
-def _run(config, workdir: str, stack: contextlib.ExitStack,
-         with_eval: bool) -> train_step.TrainState:
-  config_lib.validate(config)
+def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool) -> tuple:
+  config = task.config
   if config.train.distributed:
     cluster.initialize(config)
   mesh = sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
-  anchors = jax.device_put(builders.build_default_boxes(config), sharding.replicated(mesh))
-  state, mngr, start, source, lock = _start(config, workdir, mesh, stack)
+  anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
+  state, mngr, start, source, lock = _start(task, workdir, mesh, stack)
   data = input_pipeline.train_batches(config, start_step=start, source=source)
   if mngr is None:
     mngr = checkpoints.manager(workdir, config)
     stack.callback(mngr.close)
   if jax.process_index() == 0:  # the run starts: the workdir now describes it
     workdirs.save_config(config, workdir)
-  step_fn = train_step.jit_train_step(config, mesh)
+  step_fn = train_step.jit_train_step(task, mesh)
   preemption = stack.enter_context(cluster.Preemption(mngr))
   writer = tf.summary.create_file_writer(workdir) if jax.process_index() == 0 else None
   total = config.train.num_steps
@@ -201,6 +210,7 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
                   disable=jax.process_index() != 0)
   stack.callback(bar.close)
   completions = progress.Completions(bar, start)  # the bar counts completed steps
+  result = None
   for step in range(start, total):
     state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
     done = step + 1
@@ -224,8 +234,8 @@ def _run(config, workdir: str, stack: contextlib.ExitStack,
       raise Preempted(done, workdir)
     every = config.eval.every_steps
     if with_eval and (done == total or (every and done % every == 0)):
-      evaluate.evaluate_and_report(config, state, workdir, done, writer, mesh)
+      result = evaluate.evaluate_and_report(task, state, workdir, done, writer, mesh)
   mngr.wait_until_finished()
   if with_eval and start == total:  # an already finished run: evaluate it again
-    evaluate.evaluate_and_report(config, state, workdir, total, writer, mesh)
-  return state
+    result = evaluate.evaluate_and_report(task, state, workdir, total, writer, mesh)
+  return state, result

@@ -33,18 +33,17 @@ class TrainState(train_state.TrainState):
   ema_params: Any = None
 
 
-def create_state(config, mesh: Mesh, rng: jax.Array) -> TrainState:
-  """Initial state, created directly replicated on the mesh."""
-  model = builders.build_model(config)
-  tx = optim.create_optimizer(config.optim, builders.param_roles(config),
-                              optim.schedule_of(config))
+def create_state(task, mesh: Mesh, rng: jax.Array) -> TrainState:
+  """The initial state of a task (ssd_jax.task.Task), created directly replicated
+  on the mesh."""
+  tx = optim.create_optimizer(task.config.optim, task.roles, task.schedule)
 
   def init(rng):
-    variables = builders.init_variables(config, rng)
+    variables = task.init_variables(rng)
     params = variables['params']
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+    return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx,
                              batch_stats=variables.get('batch_stats'),
-                             ema_params=params if config.optim.ema_decay else None)
+                             ema_params=params if task.config.optim.ema_decay else None)
 
   # Plain jax.jit: it runs once, so the CPU options (xla_cpu.py) would buy nothing.
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
@@ -59,7 +58,7 @@ def forward(state: TrainState, params, images) -> tuple:
   return outputs, updates['batch_stats']
 
 
-def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tuple:
+def train_step(state: TrainState, batch: dict, anchors: jax.Array, task) -> tuple:
   """One SGD step on a global batch.
 
   Args:
@@ -67,12 +66,13 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
     batch: the pipeline's decoded crops and what finishes them (pixels.py) or
       image u8/f32[B, S, S, 3] RGB pixels; boxes f32[B, M, 4] normalised xyxy,
       labels i32[B, M] (0 = padding); sharded over the batch axis.
-    anchors: f32[A, 4] normalised cxcywh default boxes.
-    config: the run's config (static).
+    anchors: f32[A, 4] normalised cxcywh default boxes (task.default_boxes).
+    task: the run's ssd_jax.task.Task (static).
 
   Returns:
     (new state, metrics dict of float32 scalars).
   """
+  config = task.config
   images = builders.train_images(batch, config)
 
   def loss_fn(params):
@@ -90,7 +90,7 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, config) -> tu
         state.ema_params, new_state.params, config.optim.ema_decay, state.step))
   metrics = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads),
                  param_norm=optax.tree.norm(new_state.params),
-                 learning_rate=optim.schedule_of(config)(state.step))
+                 learning_rate=task.schedule(state.step))
   return new_state, metrics
 
 
@@ -106,9 +106,9 @@ def batch_spec(config, batch_size: int) -> dict:
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
 
 
-def jit_train_step(config, mesh: Mesh):
-  """train_step compiled for the mesh; the input state is donated."""
+def jit_train_step(task, mesh: Mesh):
+  """train_step of a task compiled for the mesh; the input state is donated."""
   replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return xla_cpu.jit(functools.partial(train_step, config=config), config,
+  return xla_cpu.jit(functools.partial(train_step, task=task), task.config,
                      in_shardings=(replicated, sharded, replicated),
                      out_shardings=(replicated, replicated), donate_argnums=0)

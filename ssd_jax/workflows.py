@@ -12,8 +12,9 @@ from typing import Optional
 import jax
 from absl import logging
 
-from ssd_jax import checkpoints, config_lib, detector, evaluate, images, labels, metrics
+from ssd_jax import checkpoints, detector, evaluate, images, metrics
 from ssd_jax import builders, sharding
+from ssd_jax.task import Task
 from ssd_jax.paths import path as run_path
 from ssd_jax import train_loop
 from ssd_jax.data import input_pipeline
@@ -31,19 +32,20 @@ def record_split_in(config, workdir: str):
   return config
 
 
-def render_eval_images(config, variables, out_dir: str) -> str:
+def render_eval_images(task, variables, out_dir: str) -> str:
   """Draws detections on the first eval.num_rendered eval images into out_dir
   (a local folder or a URL). `variables` (a train state, see
   builders.inference_variables) may be replicated over several hosts: this host
   draws with its own copy."""
   folder = run_path(out_dir)
   folder.mkdir(parents=True, exist_ok=True)
-  det = detector.Detector(config, sharding.local_copy(builders.inference_variables(variables)))
+  det = detector.Detector(task, sharding.local_copy(builders.inference_variables(variables)))
+  e = task.config.eval
   for example in input_pipeline.decoded_eval_examples(
-      config, config.eval.num_rendered).as_numpy_iterator():
+      task.config, e.num_rendered).as_numpy_iterator():
     found = det.detect([example['image']])[0]
     with (folder / f'{example["image_id"]}.jpg').open('wb') as f:
-      detector.draw(example['image'], found, config.eval.draw_score).save(
+      detector.draw(example['image'], found, e.draw_score).save(
           f, format='JPEG', quality=92)
   return out_dir
 
@@ -56,13 +58,14 @@ def run_training(config, workdir: str, with_eval: bool = False) -> dict:
     evaluation 'result' (see metrics.Evaluator), its 'eval_dir' and the folder
     of drawn detections ('pictures').
   """
-  state = train_loop.run(record_split_in(config, workdir), workdir, with_eval=with_eval)
+  task = Task.of(record_split_in(config, workdir))
+  logging.info('config:\n%s', task.config)
+  state, result = train_loop.train(task, workdir, with_eval=with_eval)
   out = {'state': state, 'step': int(state.step)}
   if with_eval and jax.process_index() == 0:
     out['eval_dir'] = evaluate.eval_dir(workdir, out['step'])
-    out['result'] = json.loads((run_path(out['eval_dir']) / 'metrics.json').read_text())
-    out['pictures'] = render_eval_images(config, state,
-                                         str(run_path(workdir) / 'detections'))
+    out['result'] = result
+    out['pictures'] = render_eval_images(task, state, str(run_path(workdir) / 'detections'))
   return out
 
 
@@ -72,10 +75,10 @@ def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
   Returns:
     {'result': see metrics.Evaluator, 'step': int, 'eval_dir': where it was written}.
   """
-  config_lib.validate(record_split_in(config, workdir))
-  variables, step = checkpoints.restore_variables(config, workdir, step)
+  task = Task.of(record_split_in(config, workdir))
+  variables, step = checkpoints.restore_variables(task, workdir, step)
   logging.info('evaluating step %d of %s', step, workdir)
-  result = evaluate.evaluate_and_report(config, variables, workdir, step)
+  result = evaluate.evaluate_and_report(task, variables, workdir, step)
   return {'result': result, 'step': step, 'eval_dir': evaluate.eval_dir(workdir, step)}
 
 
@@ -134,7 +137,7 @@ def predict_files(det: detector.Detector, spec: str, out_dir: str,
                      f'({", ".join(skipped[:5])}...); see the errors above.')
   out = os.path.join(out_dir, 'detections.json')
   with open(out, 'w') as f:
-    json.dump(metrics.coco_results(found, labels.category_ids(det.config)), f)
+    json.dump(metrics.coco_results(found, det.category_ids), f)
   return {'detections': out, 'images': os.path.join(out_dir, 'images'),
           'count': len(found), 'skipped': skipped}
 

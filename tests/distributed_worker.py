@@ -16,8 +16,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssd_jax import builders, config_lib, sharding, train_step  # noqa: E402
+from ssd_jax import config_lib, sharding, train_step  # noqa: E402
 from ssd_jax.testing import synthetic  # noqa: E402
+from ssd_jax.task import Task  # noqa: E402
 
 if count > 1:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -27,14 +28,14 @@ assert jax.device_count() == 4, jax.devices()
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config = synthetic.tiny_config(config_lib.load(os.path.join(root, 'configs', 'voc300.py')))
 config.optim.learning_rate = 0.05
-mesh = sharding.make_mesh()
-state = train_step.create_state(config, mesh, jax.random.key(0))
-anchors = jnp.asarray(builders.build_default_boxes(config))
+mesh, task = sharding.make_mesh(), Task.of(config)
+state = train_step.create_state(task, mesh, jax.random.key(0))
+anchors = jnp.asarray(task.default_boxes)
 full = synthetic.synthetic_batch(np.random.default_rng(0), 8)
 share = 8 // count
 local = {k: v[process_id * share:(process_id + 1) * share] for k, v in full.items()}
 batch = sharding.global_batch(local, mesh)
-step = train_step.jit_train_step(config, mesh).lower(state, batch, anchors).compile()
+step = train_step.jit_train_step(task, mesh).lower(state, batch, anchors).compile()
 if count > 1:
   # Gloo sets up its context at the first collective and gives the other process
   # 30 s to arrive; compiling on two loaded cores can differ by more. So both

@@ -17,16 +17,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from ssd_jax import builders, config_lib, detector, sharding, train_step  # noqa: E402
+from ssd_jax.task import Task  # noqa: E402
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for name in ('voc300', 'coco_ssdlite320'):
-  config = config_lib.load(os.path.join(root, 'configs', f'{name}.py'))
-  mesh = sharding.make_mesh()
-  state = jax.eval_shape(lambda: train_step.create_state(config, mesh, jax.random.key(0)))
-  anchors = jax.ShapeDtypeStruct(builders.build_default_boxes(config).shape, jnp.float32)
-  step = train_step.jit_train_step(config, mesh).trace(
+  task = Task.of(config_lib.load(os.path.join(root, 'configs', f'{name}.py')))
+  config, mesh = task.config, sharding.make_mesh()
+  state = jax.eval_shape(lambda: train_step.create_state(task, mesh, jax.random.key(0)))
+  anchors = jax.ShapeDtypeStruct(task.default_boxes.shape, jnp.float32)
+  step = train_step.jit_train_step(task, mesh).trace(
       state, train_step.batch_spec(config, 8), anchors)
-  det = detector.Detector(config, None)
+  det = detector.Detector(task, None)
   size = config.model.image_size
   variables = jax.eval_shape(lambda: builders.inference_variables(
       builders.init_variables(config, jax.random.key(0))))

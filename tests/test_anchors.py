@@ -119,5 +119,5 @@ def test_empty_tuples_mean_unset_as_on_the_command_line(load_config):
   c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
   want = builders.build_default_boxes(c)
   c.anchors.min_sizes, c.anchors.max_sizes, c.anchors.steps = (), (None,), ()
-  config_lib.validate(c)  # what every entry point does with command-line values
+  c = config_lib.validate(c)  # what every entry point does with command-line values
   np.testing.assert_array_equal(builders.build_default_boxes(c), want)

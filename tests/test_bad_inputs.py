@@ -16,9 +16,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ssd_jax import checkpoints, config_lib, detector, images, train_loop, workdirs, workflows
+from ssd_jax import checkpoints, detector, images, train_loop, workdirs, workflows
 from ssd_jax.data import custom_data, input_pipeline
 from ssd_jax.testing import synthetic
+from ssd_jax.task import Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ('cat', 'dog')
@@ -94,7 +95,7 @@ def test_resuming_with_another_model_changes_nothing(trained, tmp_path, load_con
   with pytest.raises(ValueError, match=r'model.width: 0.125 in config.json, 0.25 now'):
     train_loop.run(c, str(workdir))
   assert snapshot(workdir) == before  # config.json, checkpoints, no lock left behind
-  params, step = checkpoints.restore_params(workdirs.find_config(str(workdir)), str(workdir))
+  params, step = checkpoints.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
   assert step == 4
 
 
@@ -109,9 +110,9 @@ def test_a_start_that_fails_on_its_data_writes_nothing(tmp_path, load_config, sq
 # --- 3. predictions of images with the same file name ----------------------------------
 
 def test_predict_keeps_images_whose_names_repeat(tmp_path, load_config):
-  c = config_lib.validate(synthetic.tiny_config(load_config('voc300')))
-  params = jax.jit(lambda: checkpoints.builders.init_params(c, jax.random.key(0)))()
-  det = detector.Detector(c, params)
+  task = Task.of(synthetic.tiny_config(load_config('voc300')))
+  params = jax.jit(lambda: task.init_variables(jax.random.key(0))['params'])()
+  det = detector.Detector(task, params)
   photos = synthetic.sample_photos()
   for i, rel in enumerate(['a/x.jpg', 'b/x.jpg', 'p.jpg', 'p.png']):
     (tmp_path / 'in' / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_newest_readable(
   kept = snapshot(step_4)
   if how == 'truncated data':  # evaluation falls back read-only (without _METADATA the
     with caplog.at_level(py_logging.WARNING):  # parameters alone still read fine)
-      _, step = checkpoints.restore_params(workdirs.find_config(str(workdir)), str(workdir))
+      _, step = checkpoints.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
     assert step == 2 and 'checkpoint step 4' in caplog.text and step_4.exists()
   with caplog.at_level(py_logging.WARNING):
     state = train_loop.run(squares_config(load_config, squares, 6), str(workdir))
@@ -210,7 +211,7 @@ def test_no_readable_checkpoint_is_a_clear_error(trained, tmp_path, load_config)
   for step in ('2', '4'):
     damage(workdir / 'checkpoints' / step, 'truncated data')
   with pytest.raises(RuntimeError, match=r'no readable checkpoint in .*step 4: .*step 2: '):
-    checkpoints.restore_params(workdirs.find_config(str(workdir)), str(workdir))
+    checkpoints.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
 
 
 # --- 7-11. custom datasets ---------------------------------------------------------------

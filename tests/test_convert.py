@@ -21,6 +21,7 @@ from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detec
 from ssd_jax import recipes, workflows  # noqa: E402
 from ssd_jax.models import vgg16  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
+from ssd_jax.task import Task  # noqa: E402
 
 def torch_base(convs, conv6, conv7, x):
   """The SSD base in PyTorch: VGG16 convs (13 Conv2d), ceil-mode 2x2 pools, pool5
@@ -59,7 +60,7 @@ def assert_close(ours, theirs, rtol=2e-4):
 def restore_backbone(output):
   """The converted base as training's model.init_checkpoint sees it: (backbone
   params, load_matching_params' report)."""
-  init = checkpoints.abstract_params(config_lib.validate(convert.formats()['vgg16'].base()))
+  init = Task.of(convert.formats()['vgg16'].base()).abstract_variables['params']
   init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
   params, report = checkpoints.load_matching_params(str(output), init)
   return params['backbone'], report
@@ -163,7 +164,8 @@ def torchvision_ssd(tmp_path_factory):
 def test_torchvision_ssd300_gives_the_same_regressions_and_logits(torchvision_ssd, pixels,
                                                                  load_config):
   net, det = torchvision_ssd
-  assert det.config.to_json() == load_config('coco300_torchvision').to_json()  # config.json
+  recipe = config_lib.validate(load_config('coco300_torchvision'))
+  assert det.config.to_json() == recipe.to_json()  # config.json
   mean = np.array(recipes.TORCHVISION_MEAN)
   x = (torch.from_numpy(pixels).permute(0, 3, 1, 2) / 255 - torch.tensor(mean)[:, None, None]
        ) * 255  # torchvision's Normalize(mean, std=1/255)

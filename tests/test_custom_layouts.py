@@ -10,6 +10,7 @@ from PIL import Image
 
 from ssd_jax import config_lib, workdirs, workflows
 from ssd_jax.data import custom_data, input_pipeline
+from ssd_jax.task import Task
 from ssd_jax.testing import synthetic
 
 CLASSES = ('cat', 'dog')
@@ -223,7 +224,7 @@ def yolo_config(load_config, root):
 
 
 def test_yolo_class_names_and_num_classes_come_from_the_yaml(load_config, tmp_path):
-  c = config_lib.validate(yolo_config(load_config, yolo_dataset(tmp_path / 'yolo')))
+  c = Task.of(yolo_config(load_config, yolo_dataset(tmp_path / 'yolo'))).config
   assert c.data.class_names == ('cat', 'dog') and c.model.num_classes == 3
   c.train.batch_size, c.data.max_boxes = 2, 4
   batch = next(iter(input_pipeline.train_dataset(c, 0, 1)))

@@ -18,12 +18,13 @@ def test_the_device_report_runs_tiny_without_tensorflow():
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith('tensorflow imported: False'), out.stdout[-500:]
   rows = [line.split('|')[1:-1] for line in out.stdout.splitlines()
-          if re.match(r'\| voc', line)]
+          if re.match(r'\| (voc|coco300_resnet50)', line)]
   seen = {(r[0].strip(), r[1].strip(), r[2].strip()) for r in rows}
   assert seen == {('voc300', 'train', 'float32'), ('voc300', 'inference', 'bfloat16'),
-                  ('voc_ssdlite320', 'inference', 'float32')}, rows
+                  ('voc_ssdlite320', 'inference', 'float32'),
+                  ('coco300_resnet50', 'inference', 'float32')}, rows
   for r in rows:
     rate, tflops, mib = float(r[4]), float(r[5]), float(r[7])
     assert rate > 0 and tflops > 0 and mib > 0, r
-  ssdlite = [r for r in rows if r[0].strip() == 'voc_ssdlite320']
-  assert float(ssdlite[0][8]) > 0, ssdlite  # torchvision measured beside it
+  peers = [r for r in rows if r[0].strip() in ('voc_ssdlite320', 'coco300_resnet50')]
+  assert len(peers) == 2 and all(float(r[8]) > 0 for r in peers), peers  # peers measured

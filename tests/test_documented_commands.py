@@ -25,6 +25,7 @@ from PIL import Image
 
 from ssd_jax import detector, images
 from ssd_jax.testing import commands, detections, synthetic
+from ssd_jax.task import Task
 
 ROOT = commands.ROOT
 ONE_DEVICE = commands.ONE_DEVICE
@@ -184,17 +185,6 @@ def test_your_own_data_command_trains_evaluates_and_records_its_split(tmp_path):
   assert len(split['train']) + len(split['val']) == 12 and split['val']
 
 
-def small_voc_folder(folder: pathlib.Path) -> list[str]:
-  """Overrides that train on 8 images of red and green squares (a VOC folder):
-  their class names; the class count follows them, results number them 1, 2
-  (what the error asks of a config that fixes both, as COCO's SSDLite does)."""
-  synthetic.squares_voc_folder(folder / 'squares', 8)
-  return ['--config.data.format=voc_folder', f'--config.data.root={folder / "squares"}',
-          '--config.data.train_splits=("trainval",)', '--config.data.eval_split=trainval',
-          '--config.data.class_names=("red","green")', '--config.model.num_classes=None',
-          '--config.data.category_ids=None']
-
-
 def test_voc300_train_eval_predict_export_and_summary_commands(tmp_path):
   """README's and main.py's voc300 training command on a small folder, then
   main.py's eval and predict (no --config), export.py's three exports and
@@ -203,7 +193,7 @@ def test_voc300_train_eval_predict_export_and_summary_commands(tmp_path):
   write_photos(folder / 'photos')
   train = commands.find('python -m ssd_jax.main --config=configs/voc300.py --workdir=/tmp/voc300')
   assert train == commands.find(train, 'ssd_jax/main.py')
-  commands.run(train, folder, VOC300_TINY + small_voc_folder(folder), ONE_DEVICE)
+  commands.run(train, folder, VOC300_TINY + synthetic.squares_folder_overrides(folder), ONE_DEVICE)
   saved = json.loads((folder / 'voc300' / 'config.json').read_text())
   assert saved['model']['num_classes'] == 3 and saved['model']['width'] == 0.125
   evaluated = commands.run(commands.find('--mode=eval --workdir=/tmp/voc300', 'ssd_jax/main.py'),
@@ -244,7 +234,8 @@ def test_config_run_command(path, command, tmp_path):
   two steps on a small folder (shapes.py's and voc300.py's are README commands,
   run above)."""
   folder = commands.scratch(tmp_path)
-  printed = commands.run(command, folder, VOC300_TINY + small_voc_folder(folder), ONE_DEVICE)
+  printed = commands.run(command, folder,
+                         VOC300_TINY + synthetic.squares_folder_overrides(folder), ONE_DEVICE)
   workdir = folder / re.search(r'--workdir=/tmp/(\S+)', command).group(1)
   assert (workdir / 'checkpoints' / '2').is_dir(), printed[-2000:]
   if '--mode=train_and_eval' in command:
@@ -339,10 +330,10 @@ def test_converted_mobilenet_initialises_ssdlite_training(tmp_path):
             '--config.train.checkpoint_every=1', '--config.train.log_every=1']
   commands.run(commands.find('--config.model.init_checkpoint=/tmp/mobilenet_v3',
                              'configs/coco_ssdlite320.py'),
-               folder, shrink + small_voc_folder(folder), ONE_DEVICE)
+               folder, shrink + synthetic.squares_folder_overrides(folder), ONE_DEVICE)
   from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'coco_ssdlite')
-  variables, _ = checkpoints.restore_variables(workdirs.find_config(workdir), workdir)
+  variables, _ = checkpoints.restore_variables(Task.of(workdirs.find_config(workdir)), workdir)
   kernel, = [np.asarray(x) for x in jax.tree.leaves(variables['params']['backbone']['features_0'])
              if np.ndim(x) == 4]
   theirs = net.features[0][0].weight.detach().numpy().transpose(2, 3, 1, 0)
@@ -367,7 +358,7 @@ def test_converted_vgg16_initialises_voc300_training(tmp_path):
   assert 'training the VGG16 base from scratch' not in printed
   from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'voc300')
-  params, _ = checkpoints.restore_variables(workdirs.find_config(workdir), workdir)
+  params, _ = checkpoints.restore_variables(Task.of(workdirs.find_config(workdir)), workdir)
   conv3_3 = np.asarray(params['params']['backbone']['conv3_3']['kernel'])
   theirs = vgg.features[14].weight.detach().numpy().transpose(2, 3, 1, 0)
   # One SGD step (lr 1e-3) moves it a little; a fresh initialisation would be uncorrelated.

@@ -12,6 +12,7 @@ from PIL import Image
 from ssd_jax import checkpoints, detector, evaluate, images, train_loop, workdirs, workflows
 from ssd_jax.data import input_pipeline
 from ssd_jax.testing import synthetic
+from ssd_jax.task import Task
 
 
 @pytest.fixture(scope='module')
@@ -47,9 +48,9 @@ def test_eval_from_the_checkpoint_reproduces_the_end_of_training_metrics(trained
 def test_detector_api_matches_the_evaluation_path(trained):
   config, workdir, _ = trained
   det = detector.Detector.from_checkpoint(str(workdir / 'checkpoints'))  # config.json found
-  params, _ = checkpoints.restore_params(config, str(workdir))
-  evaluator = evaluate.make_evaluator(config)
-  evaluate.detect_split(config, params, evaluator)
+  params, _ = checkpoints.restore_params(Task.of(config), str(workdir))
+  evaluator = evaluate.make_evaluator(Task.of(config))
+  evaluate.detect_split(Task.of(config), params, evaluator)
   found = evaluator.detections
   for example in input_pipeline.decoded_eval_examples(config, 2).as_numpy_iterator():
     mine = det.detect([example['image']])[0]
@@ -81,9 +82,9 @@ def test_predict_writes_coco_results_and_pictures_and_skips_bad_files(trained, t
 def test_clear_errors(trained, tmp_path, load_config):
   config, workdir, _ = trained
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    checkpoints.restore_params(config, str(tmp_path))
+    checkpoints.restore_params(Task.of(config), str(tmp_path))
   with pytest.raises(FileNotFoundError, match='no checkpoint for step 99'):
-    checkpoints.restore_params(config, str(workdir), step=99)
+    checkpoints.restore_params(Task.of(config), str(workdir), step=99)
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='holds no images'):
     workflows.find_images(str(tmp_path / 'empty'))
@@ -104,7 +105,7 @@ def test_fine_tuning_on_new_classes_restores_all_but_the_class_heads(trained, tm
   c.model.init_checkpoint = str(workdir)
   fresh = flax.traverse_util.flatten_dict(jax.device_get(
       train_loop.run(c, str(tmp_path / 'fine_tune')).params))
-  saved, _ = checkpoints.restore_params(config, str(workdir))
+  saved, _ = checkpoints.restore_params(Task.of(config), str(workdir))
   saved = flax.traverse_util.flatten_dict(jax.device_get(saved))
   assert fresh.keys() == saved.keys()
   for key, value in fresh.items():

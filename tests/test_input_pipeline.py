@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssd_jax import pixels
+from ssd_jax import config_lib, pixels
 from ssd_jax.data import input_pipeline, sources
 from ssd_jax.testing import tfds_mock
 
@@ -21,6 +21,7 @@ def test_mock_train_and_eval_batches_have_declared_shapes(load_config, name):
   c = load_config(name)
   c.train.batch_size = 4
   c.data.max_boxes = 20
+  c = config_lib.validate(c)
   with tfds_mock.mock_detection_data(num_examples=6):
     batch = next(iter(input_pipeline.train_dataset(c, 0, 1)))
     eval_ds, steps = input_pipeline.eval_dataset(c, 0, 1)

@@ -14,6 +14,7 @@ import pytest
 
 from ssd_jax import checkpoints, sharding, train_loop, train_step
 from ssd_jax.testing import synthetic
+from ssd_jax.task import Task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def test_non_finite_loss_stops_before_a_checkpoint(load_config, squares_root, tm
   assert 'no checkpoint had been saved yet' in str(stop.value) or 'is kept' in str(stop.value)
   mngr = checkpoints.manager(str(tmp_path), c)
   for step in mngr.all_steps():
-    template = train_step.create_state(c, sharding.make_mesh(), jax.random.key(0))
+    template = train_step.create_state(Task.of(c), sharding.make_mesh(), jax.random.key(0))
     saved = checkpoints.restore(mngr, template, step)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(saved.params)))
 

@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large  # noqa: E402
 
-from ssd_jax import convert, detector, workflows  # noqa: E402
+from ssd_jax import config_lib, convert, detector, workflows  # noqa: E402
 from ssd_jax.models import heads, mobilenet_v3  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
 from ssd_jax.testing.torch_reference import (  # noqa: E402
@@ -268,7 +268,8 @@ def test_converted_ssdlite_gives_torchvisions_detections_through_predict(
   JSON, from the workdir the converter wrote) against torchvision's own
   detector on the same images: same boxes, scores and classes."""
   det = detector.Detector.from_checkpoint(converted)
-  assert det.config.to_json() == load_config('coco_ssdlite320').to_json()  # config.json
+  recipe = config_lib.validate(load_config('coco_ssdlite320'))
+  assert det.config.to_json() == recipe.to_json()  # config.json
   assert set(det.variables) == {'params', 'batch_stats'}
   rng = np.random.default_rng(5)
   images = {'a.png': rng.integers(0, 256, (240, 320, 3), np.uint8),

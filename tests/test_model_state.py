@@ -16,6 +16,7 @@ from ssd_jax import workdirs
 from ssd_jax.models import ssd
 from ssd_jax import train_step
 from ssd_jax.testing.synthetic import synthetic_batch
+from ssd_jax.task import Task
 
 MOMENTUM = 0.9
 
@@ -54,11 +55,11 @@ def tiny_bn(monkeypatch):
 
 
 def first_step(config, devices):
-  mesh = sharding.make_mesh(devices)
-  state = train_step.create_state(config, mesh, jax.random.key(0))
-  anchors = jnp.asarray(builders.build_default_boxes(config))
+  mesh, task = sharding.make_mesh(devices), Task.of(config)
+  state = train_step.create_state(task, mesh, jax.random.key(0))
+  anchors = jnp.asarray(task.default_boxes)
   batch = synthetic_batch(np.random.default_rng(0), 8)
-  new, _ = train_step.jit_train_step(config, mesh)(
+  new, _ = train_step.jit_train_step(task, mesh)(
       jax.device_get(state), sharding.global_batch(batch, mesh), anchors)
   return jax.device_get(state), jax.device_get(new), batch
 
@@ -104,11 +105,11 @@ def test_checkpoints_save_and_restore_the_state_beyond_parameters(tiny_bn, tmp_p
   mngr.wait_until_finished()
   mngr.close()
   same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), b)  # noqa
-  variables, step = checkpoints.restore_variables(config, str(tmp_path))
+  variables, step = checkpoints.restore_variables(Task.of(config), str(tmp_path))
   assert step == 1 and set(variables) == {'params', 'batch_stats'}
   same(variables['params'], state.ema_params)
   same(variables['batch_stats'], state.batch_stats)
-  params, _ = checkpoints.restore_params(config, str(tmp_path))
+  params, _ = checkpoints.restore_params(Task.of(config), str(tmp_path))
   same(params, state.params)
   # Partial restore (fine-tuning on other classes): all but the class head.
   other = config_lib.validate(_with_classes(tiny_bn, ('a', 'b', 'c')))
@@ -139,7 +140,7 @@ def test_an_old_train_state_still_evaluates(load_config, tmp_path):
   checkpoints.save(mngr, 7, old, force=True)
   mngr.wait_until_finished()
   mngr.close()
-  variables, step = checkpoints.restore_variables(config, str(tmp_path))
+  variables, step = checkpoints.restore_variables(Task.of(config), str(tmp_path))
   assert step == 7 and set(variables) == {'params'}
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables['params']), params)
 

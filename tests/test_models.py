@@ -6,10 +6,11 @@ import pytest
 
 from ssd_jax import builders, config_lib
 from ssd_jax.models import vgg16
+from ssd_jax.task import Task
 
 
 def abstract_forward(config, batch=2):
-  model = builders.build_model(config)
+  model = Task.of(config).model
   size = config.model.image_size
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   return jax.eval_shape(model.init_with_output, jax.random.key(0), images)
@@ -70,7 +71,7 @@ def tiny(config, width=0.125, size=300):
 
 def test_tiny_forward_matches_default_boxes(load_config):
   c = tiny(load_config('voc300'))
-  model = builders.build_model(c)
+  model = Task.of(c).model
   images = jax.random.normal(jax.random.key(0), (2, 300, 300, 3))
   variables = model.init(jax.random.key(1), images)
   loc, logits = jax.jit(model.apply)(variables, images)
@@ -81,10 +82,10 @@ def test_tiny_forward_matches_default_boxes(load_config):
 def test_bfloat16_compute_close_to_float32(load_config):
   c = tiny(load_config('voc300'), width=0.25)
   images = jax.random.normal(jax.random.key(0), (2, 300, 300, 3)) * 50
-  f32 = builders.build_model(c)
+  f32 = Task.of(c).model
   variables = f32.init(jax.random.key(1), images)
   c.model.dtype = 'bfloat16'
-  bf16 = builders.build_model(c)
+  bf16 = Task.of(c).model
   # Same parameter tree, still float32 storage.
   bf_vars = bf16.init(jax.random.key(1), images)
   assert jax.tree.structure(bf_vars) == jax.tree.structure(variables)
@@ -136,7 +137,7 @@ def test_config_errors_name_the_field(load_config):
   c = load_config('voc300')
   c.model.dtype = 'float33'
   with pytest.raises(ValueError, match='model.dtype'):
-    builders.build_model(c)
+    Task.of(c).model
 
 
 def test_new_layers_start_as_caffe_xavier(load_config):
@@ -176,7 +177,7 @@ def test_vgg_batch_norm_by_hand(load_config):
   extra = sum(before['params']['backbone'][n]['bias'].shape[0] for n in convs)
   assert count(after['params']) == count(before['params']) + extra
 
-  model = builders.build_model(c).backbone
+  model = Task.of(c).model.backbone
   images = jax.random.normal(jax.random.key(0), (4, 96, 96, 3)) * 3.0 + 1.0
   variables = model.init(jax.random.key(1), images)
   for train in (True, False):

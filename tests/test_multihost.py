@@ -22,6 +22,7 @@ import pytest
 
 from ssd_jax import checkpoints, config_lib
 from ssd_jax.testing import synthetic
+from ssd_jax.task import Task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.xdist_group('hosts')  # see pytest.ini
@@ -144,7 +145,7 @@ def saved_steps(workdir) -> list[int]:
 
 def params_at(config_file: str, workdir, step: int) -> dict:
   config = config_lib.validate(config_lib.load(config_file))
-  params, _ = checkpoints.restore_params(config, str(workdir), step)
+  params, _ = checkpoints.restore_params(Task.of(config), str(workdir), step)
   return jax.tree.map(np.asarray, jax.device_get(params))
 
 
@@ -173,7 +174,7 @@ def test_two_hosts_train_evaluate_once_and_write_once(config_file, uninterrupted
   assert result['num_images'] == 16
   from ssd_jax import evaluate
   config = config_lib.validate(config_lib.load(config_file))
-  alone = evaluate.evaluate(config, params_at(config_file, workdir, STEPS))  # this process
+  alone = evaluate.evaluate(Task.of(config), params_at(config_file, workdir, STEPS))  # this process
   assert alone['num_images'] == 16
   np.testing.assert_allclose(result['scalars']['mAP'], alone['scalars']['mAP'], atol=1e-4)
   # What is written once: by host 0 alone, and printed by it alone.

@@ -14,6 +14,7 @@ import pytest
 
 from ssd_jax import detector, pretrained
 from ssd_jax.testing import commands, detections, synthetic
+from ssd_jax.task import Task
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
@@ -196,9 +197,9 @@ def test_predict_by_name_and_fine_tune_from_a_name_on_the_command_line(mirror, t
        '--config.train.checkpoint_every=1'], env)
   from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'voc_ssdlite')
-  variables, _ = checkpoints.restore_variables(workdirs.find_config(workdir), workdir)
+  variables, _ = checkpoints.restore_variables(Task.of(workdirs.find_config(workdir)), workdir)
   reference, _ = checkpoints.restore_variables(
-      workdirs.find_config(pretrained.converted(NAME)), pretrained.converted(NAME))
+      Task.of(workdirs.find_config(pretrained.converted(NAME))), pretrained.converted(NAME))
   def first_kernel(tree):
     return next(np.asarray(x) for x in jax.tree.leaves(tree['params']['backbone']['features_0'])
                 if np.ndim(x) == 4)

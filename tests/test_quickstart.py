@@ -9,6 +9,7 @@ from PIL import Image
 
 from ssd_jax import box_utils, builders, detector, sharding, train_step
 from ssd_jax.data import shapes_dataset
+from ssd_jax.task import Task
 
 SIZE_BINS = ((0.1, 0.25), (0.25, 0.45), (0.45, 0.8))  # object side (sqrt of area), image sides
 
@@ -67,10 +68,10 @@ def test_a_briefly_trained_quickstart_model_finds_large_and_small_shapes(load_co
   config.optim.boundaries = (steps,)
   size, batch = config.model.image_size, config.train.batch_size
   train = shapes_examples(10_000, 512, size)
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train_step.create_state(config, mesh, jax.random.key(0))
-  step = train_step.jit_train_step(config, mesh)
-  anchors = jnp.asarray(builders.build_default_boxes(config))
+  mesh, task = sharding.make_mesh(jax.devices()[:1]), Task.of(config)
+  state = train_step.create_state(task, mesh, jax.random.key(0))
+  step = train_step.jit_train_step(task, mesh)
+  anchors = jnp.asarray(task.default_boxes)
   rng = np.random.default_rng(0)
   m = config.data.max_boxes
   for _ in range(steps):
@@ -81,7 +82,7 @@ def test_a_briefly_trained_quickstart_model_finds_large_and_small_shapes(load_co
       boxes[i, :len(b)], labels[i, :len(l)] = b[:m], l[:m]
     batch_arrays = {'image': np.stack([p[0] for p in pick]), 'boxes': boxes, 'labels': labels}
     state, _ = step(state, sharding.global_batch(batch_arrays, mesh), anchors)
-  det = detector.Detector(config, jax.device_get(state.params))
+  det = detector.Detector(task, jax.device_get(state.params))
   test = shapes_examples(20_000, 96, size)
   recall = recall_by_size(det.detect([t[0] for t in test]), test, config.eval.draw_score)
   print('recall small / medium / large:', np.round(recall, 3))

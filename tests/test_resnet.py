@@ -19,6 +19,7 @@ from torch.nn import functional as F  # noqa: E402
 from ssd_jax import builders, checkpoints, config_lib, convert, labels, workdirs  # noqa: E402
 from ssd_jax.models import heads, resnet, torch_weights  # noqa: E402
 from ssd_jax.testing import commands, detections, synthetic  # noqa: E402
+from ssd_jax.task import Task  # noqa: E402
 from ssd_jax.testing.torch_reference import (  # noqa: E402
     NvidiaSSD300, numpy_state_dict, nvidia_decode, nvidia_default_boxes, randomise_batch_norms)
 
@@ -167,22 +168,13 @@ def test_imagenet_base_converts_and_initialises_training(tmp_path):
             '--config.train.checkpoint_every=1', '--config.train.log_every=1']
   commands.run(
       commands.find('--config.model.init_checkpoint=/tmp/resnet50', 'configs/coco300_resnet50.py'),
-      folder, shrink + synthetic_folder(folder), commands.ONE_DEVICE)
+      folder, shrink + synthetic.squares_folder_overrides(folder), commands.ONE_DEVICE)
   workdir = str(folder / 'coco300_resnet50')
-  variables, _ = checkpoints.restore_variables(workdirs.find_config(workdir), workdir)
+  variables, _ = checkpoints.restore_variables(Task.of(workdirs.find_config(workdir)), workdir)
   kernel = np.asarray(variables['params']['backbone']['conv1']['conv']['kernel'])
   theirs = net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
   # One step at the warmup's first rate moves it a little; a fresh one is uncorrelated.
   assert np.corrcoef(kernel.ravel(), theirs.ravel())[0, 1] > 0.999
-
-
-def synthetic_folder(folder) -> list:
-  """Overrides that train on 8 images of red and green squares (a VOC folder)."""
-  synthetic.squares_voc_folder(folder / 'squares', 8)
-  return ['--config.data.format=voc_folder', f'--config.data.root={folder / "squares"}',
-          '--config.data.train_splits=("trainval",)', '--config.data.eval_split=trainval',
-          '--config.data.class_names=("red","green")', '--config.model.num_classes=None',
-          '--config.data.category_ids=None']
 
 
 def test_torchvision_resnet50_converts_to_the_base(tmp_path):

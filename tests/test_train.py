@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssd_jax import builders, optim, sharding, train_step
+from ssd_jax import optim, sharding, train_step
 from ssd_jax.testing import synthetic
 from ssd_jax.testing.synthetic import synthetic_batch
+from ssd_jax.task import Task
 
 
 def test_schedule_by_hand(load_config):
@@ -85,10 +86,10 @@ def tiny_config(load_config):
 
 
 def one_step(config, devices, batch):
-  mesh = sharding.make_mesh(devices)
-  state = train_step.create_state(config, mesh, jax.random.key(0))
-  anchors = jnp.asarray(builders.build_default_boxes(config))
-  step = train_step.jit_train_step(config, mesh)
+  mesh, task = sharding.make_mesh(devices), Task.of(config)
+  state = train_step.create_state(task, mesh, jax.random.key(0))
+  anchors = jnp.asarray(task.default_boxes)
+  step = train_step.jit_train_step(task, mesh)
   state, metrics = step(state, sharding.global_batch(batch, mesh), anchors)
   return jax.device_get(state.params), jax.device_get(metrics)
 
@@ -102,7 +103,7 @@ def test_eight_devices_give_the_one_device_step(load_config):
   params_8, metrics_8 = one_step(config, jax.devices(), batch)
   np.testing.assert_allclose(metrics_8['loss'], metrics_1['loss'], rtol=1e-5)
   start = jax.device_get(train_step.create_state(
-      config, sharding.make_mesh(jax.devices()[:1]), jax.random.key(0)).params)
+      Task.of(config), sharding.make_mesh(jax.devices()[:1]), jax.random.key(0)).params)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), params_1, start)
   assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -118,10 +119,10 @@ def test_tiny_model_drives_its_loss_down(load_config):
   config = tiny_config(load_config)
   config.optim.learning_rate = 0.01
   config.optim.grad_clip_norm = 10.0
-  mesh = sharding.make_mesh()
-  state = train_step.create_state(config, mesh, jax.random.key(0))
-  anchors = jnp.asarray(builders.build_default_boxes(config))
-  step = train_step.jit_train_step(config, mesh)
+  mesh, task = sharding.make_mesh(), Task.of(config)
+  state = train_step.create_state(task, mesh, jax.random.key(0))
+  anchors = jnp.asarray(task.default_boxes)
+  step = train_step.jit_train_step(task, mesh)
   batch = sharding.global_batch(synthetic_batch(np.random.default_rng(1), 8), mesh)
   history = []
   for _ in range(150):
@@ -133,10 +134,10 @@ def test_tiny_model_drives_its_loss_down(load_config):
 
 def _loss_curve(config, steps: int) -> np.ndarray:
   """Losses of `steps` train steps on a fixed stream of synthetic batches, one device."""
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train_step.create_state(config, mesh, jax.random.key(0))
-  anchors = jnp.asarray(builders.build_default_boxes(config))
-  step, losses, rng = train_step.jit_train_step(config, mesh), [], np.random.default_rng(1)
+  mesh, task = sharding.make_mesh(jax.devices()[:1]), Task.of(config)
+  state = train_step.create_state(task, mesh, jax.random.key(0))
+  anchors = jnp.asarray(task.default_boxes)
+  step, losses, rng = train_step.jit_train_step(task, mesh), [], np.random.default_rng(1)
   for _ in range(steps):
     batch = sharding.global_batch(synthetic_batch(rng, 16), mesh)
     state, metrics = step(state, batch, anchors)

@@ -52,6 +52,17 @@ def squares_voc_folder(root: pathlib.Path, n: int, size=96, seed=0):
   write_voc_folder(root, images)
 
 
+def squares_folder_overrides(folder: pathlib.Path) -> list[str]:
+  """Writes 8 images of red and green squares as a VOC folder under `folder` and
+  returns the --config overrides that train and evaluate on it: its class names
+  (the class count follows them; results number them 1, 2)."""
+  squares_voc_folder(folder / 'squares', 8)
+  return ['--config.data.format=voc_folder', f'--config.data.root={folder / "squares"}',
+          '--config.data.train_splits=("trainval",)', '--config.data.eval_split=trainval',
+          '--config.data.class_names=("red","green")', '--config.model.num_classes=None',
+          '--config.data.category_ids=None']
+
+
 def tiny_config(config):
   """A small SSD at 96x96 with four sources, for fast steps on CPU."""
   c = config

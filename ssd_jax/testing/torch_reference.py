@@ -160,3 +160,33 @@ def nvidia_decode(locs, confs, dboxes, criteria=0.5, max_output=200, max_num=200
   out_scores = torch.stack(out_scores)
   best = out_scores.argsort(descending=True)[:max_output]
   return (torch.stack(out_boxes)[best], torch.tensor(out_labels)[best], out_scores[best])
+
+
+class NvidiaLoss(torch.nn.Module):
+  """NVIDIA's Loss (ssd/model.py) on encoded targets: smooth L1 on positives
+  (targets scaled by 1/0.1 and 1/0.2 against the default boxes), cross-entropy
+  on positives and the 3x-positives hardest negatives, each image's sum divided
+  by its positives, averaged over images. dboxes: f[A, 4] cxcywh (their order);
+  forward(ploc [N, 4, A], plabel [N, C, A], gloc [N, 4, A] cxcywh, glabel [N, A])."""
+
+  def __init__(self, dboxes):
+    super().__init__()
+    self.dboxes = torch.nn.Parameter(dboxes.t().unsqueeze(0), requires_grad=False)
+    self.sl1 = torch.nn.SmoothL1Loss(reduction='none')
+    self.ce = torch.nn.CrossEntropyLoss(reduction='none')
+
+  def forward(self, ploc, plabel, gloc, glabel):
+    gxy = 10 * (gloc[:, :2] - self.dboxes[:, :2]) / self.dboxes[:, 2:]
+    gwh = 5 * (gloc[:, 2:] / self.dboxes[:, 2:]).log()
+    mask = glabel > 0
+    pos_num = mask.sum(dim=1)
+    sl1 = (mask.float() * self.sl1(ploc, torch.cat((gxy, gwh), 1)).sum(dim=1)).sum(dim=1)
+    con = self.ce(plabel, glabel)
+    con_neg = con.clone()
+    con_neg[mask] = 0
+    _, con_idx = con_neg.sort(dim=1, descending=True)
+    _, con_rank = con_idx.sort(dim=1)
+    neg_mask = con_rank < torch.clamp(3 * pos_num, max=mask.size(1)).unsqueeze(-1)
+    closs = (con * (mask + neg_mask).float()).sum(dim=1)
+    num_mask = (pos_num > 0).float()
+    return ((sl1 + closs) * num_mask / pos_num.float().clamp(min=1e-6)).mean(dim=0)
