@@ -1,19 +1,15 @@
 """Published weights by name (ssd_jax.pretrained) against an HTTP server on
 127.0.0.1 that serves seeded torchvision state dicts: downloaded once, verified,
 converted, reused with the server stopped; a wrong or cut file leaves nothing."""
-import functools
 import hashlib
-import http.server
 import json
-import pathlib
-import threading
 
 import jax
 import numpy as np
 import pytest
 
 from ssd_jax import detector, pretrained
-from ssd_jax.testing import commands, detections, synthetic
+from ssd_jax.testing import commands, detections, synthetic, weights_server
 from ssd_jax.task import Task
 
 torch = pytest.importorskip('torch')
@@ -21,59 +17,20 @@ torchvision = pytest.importorskip('torchvision')
 NAME = 'ssdlite320_mobilenet_v3_large_coco'
 
 
-class Server:
-  """http.server on 127.0.0.1 serving `folder` from a thread; with `cut`, each
-  file's whole length is announced but only its first half sent."""
-
-  def __init__(self, folder: pathlib.Path, cut: bool = False):
-    handler = functools.partial(_Cut if cut else _Quiet, directory=str(folder))
-    self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/'
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-  def stop(self):
-    self.httpd.shutdown()
-    self.httpd.server_close()
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-  def log_message(self, *args):
-    pass
-
-
-class _Cut(_Quiet):
-  def do_GET(self):
-    data = pathlib.Path(self.translate_path(self.path)).read_bytes()
-    self.send_response(200)
-    self.send_header('Content-Length', str(len(data)))
-    self.end_headers()
-    self.wfile.write(data[:len(data) // 2])
-    self.wfile.flush()
-    self.close_connection = True
-
-
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
   """A folder with a seeded SSDLite state dict under its published file name, the
   model itself, and a manifest giving that file's SHA-256."""
   folder = tmp_path_factory.mktemp('mirror')
-  torch.manual_seed(0)
-  model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
-      weights=None, weights_backbone=None, num_classes=91).eval()
-  file = pretrained.PUBLISHED[NAME].file
-  torch.save(model.state_dict(), folder / file)
-  digest = hashlib.sha256((folder / file).read_bytes()).hexdigest()
-  manifest = folder / 'manifest.json'
-  manifest.write_text(json.dumps({NAME: {'file': file, 'sha256': digest}}))
+  model, manifest = weights_server.seeded_ssdlite(folder, NAME)
   return folder, model, manifest
 
 
-def serve(monkeypatch, folder, manifest, cache, cut: bool = False) -> Server:
+def serve(monkeypatch, folder, manifest, cache, cut: bool = False) -> weights_server.Server:
   """A Server of `folder`, and the environment that points ssd_jax.pretrained at it."""
-  server = Server(folder, cut)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_URL', server.url)
-  monkeypatch.setenv('SSD_JAX_WEIGHTS_MANIFEST', str(manifest))
-  monkeypatch.setenv('SSD_JAX_CACHE', str(cache))
+  server = weights_server.Server(folder, cut)
+  for name, value in weights_server.environment(server.url, manifest, cache).items():
+    monkeypatch.setenv(name, value)
   return server
 
 
