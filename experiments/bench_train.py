@@ -148,17 +148,26 @@ def torchvision_rate(config, batch: dict, repeats: int, device: str, autocast: b
               'labels': torch.tensor(l).long().to(device)}
              for b, l in zip(batch['boxes'], batch['labels'])]
 
+  return torch_step_rate(lambda: sum(model(images, targets).values()), opt, len(images),
+                         repeats, device, autocast)
+
+
+def torch_step_rate(loss_of, opt, images: int, repeats: int, device: str,
+                    autocast: bool) -> float:
+  """Images/s of a PyTorch train step: loss_of() (under bfloat16 autocast if
+  asked), backward, opt.step, synchronised."""
+  import torch
+
   def one():
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-      losses = model(images, targets)
-    loss = sum(losses.values())
+      loss = loss_of()
     opt.zero_grad()
     loss.backward()
     opt.step()
     common.torch_sync(device)
     return jnp.zeros(())
 
-  return len(images) / common.seconds_per_call(one, repeats, warmups=2)
+  return images / common.seconds_per_call(one, repeats, warmups=2)
 
 
 def nvidia_rate(model, opt, config, batch: dict, repeats: int, device: str,
@@ -183,17 +192,11 @@ def nvidia_rate(model, opt, config, batch: dict, repeats: int, device: str,
   images = (torch.tensor(batch['image']).permute(0, 3, 1, 2).float().div(255).to(device)
             - mean) / std
 
-  def one():
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-      ploc, plabel = model(images)
-    loss = loss_fn(ploc.float(), plabel.float(), gloc, glabel)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    common.torch_sync(device)
-    return jnp.zeros(())
+  def loss_of():
+    ploc, plabel = model(images)
+    return loss_fn(ploc.float(), plabel.float(), gloc, glabel)
 
-  return len(images) / common.seconds_per_call(one, repeats, warmups=2)
+  return torch_step_rate(loss_of, opt, len(images), repeats, device, autocast)
 
 
 def main():
