@@ -65,13 +65,14 @@ def normalise_images(pixels, config) -> jax.Array:
   return x / jnp.asarray(d.std_rgb, jnp.float32)
 
 
-def init_variables(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
-  """Freshly initialised variables of the config's model: {'params': ...}, plus
-  {'batch_stats': ...} where a part has BatchNorm layers (under `jax.eval_shape`,
-  their shapes and dtypes only, with no compute)."""
+def init_variables(config: config_dict.ConfigDict, rng: jax.Array,
+                   model: Optional[nn.Module] = None) -> dict:
+  """Freshly initialised variables of the config's model (`model`, if already
+  built): {'params': ...}, plus {'batch_stats': ...} where a part has BatchNorm
+  layers (under `jax.eval_shape`, their shapes and dtypes only, with no compute)."""
   size = config.model.image_size
-  variables = build_model(config).init(rng, jnp.zeros((1, size, size, 3), jnp.float32))
-  return dict(variables)
+  model = model or build_model(config)
+  return dict(model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32)))
 
 
 def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:

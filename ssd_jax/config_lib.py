@@ -9,10 +9,10 @@ it: docs/recipe.md (tests/test_recipe.py keeps the two in agreement).
 """
 from __future__ import annotations
 
+import copy
+
 import jax.numpy as jnp
 from ml_collections import config_dict
-
-import copy
 
 from ssd_jax import anchors, labels, models, pixels
 from ssd_jax.models import ssd

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ssd_jax import builders, checkpoints, config_lib, labels, postprocess, workdirs, xla_cpu
+from ssd_jax import builders, checkpoints, postprocess, workdirs, xla_cpu
 from ssd_jax.task import Task
 
 EXPORTED_FILE = 'detector.jax'  # in a folder that ssd_jax.export --format=jax writes
@@ -142,10 +142,9 @@ class ExportedDetector(Detector):
       self.exported = jax.export.deserialize(bytearray(f.read()))
     with open(os.path.join(path, EXPORT_INFO_FILE)) as f:
       self.info = json.load(f)
-    self.config = config_lib.validate(workdirs.read_config(
-        os.path.join(path, workdirs.CONFIG_FILE)))
+    self.task = Task.of(workdirs.read_config(os.path.join(path, workdirs.CONFIG_FILE)))
+    self.config, self.category_ids = self.task.config, self.task.category_ids
     self.class_names = tuple(self.info['class_names'])
-    self.category_ids = labels.category_ids(self.config)
     self.variables = None
     self.batch_size = batch_size
     self._call = xla_cpu.jit(self.exported.call, self.config)

@@ -19,7 +19,6 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
@@ -96,8 +95,7 @@ class Task:
 
   def init_variables(self, rng: jax.Array) -> dict:
     """Freshly initialised variables ({'params'}, maybe 'batch_stats')."""
-    size = self.image_size
-    return dict(self.model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32)))
+    return builders.init_variables(self.config, rng, self.model)
 
 
 def with_dataset_classes(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
