@@ -2,6 +2,8 @@
 from setuptools import find_packages, setup
 
 CONVERT = ['torch>=2.1', 'torchvision>=0.16']
+# `python -m ssd_jax.export --format=onnx` (tf2onnx reads the TFLite lowering) and running it.
+ONNX = ['onnx>=1.16', 'onnxruntime>=1.18', 'tf2onnx>=1.16']
 
 setup(
     name='ssd_jax',
@@ -29,13 +31,14 @@ setup(
     extras_require={
         # Reading PyTorch checkpoints in `python -m ssd_jax.convert` (nothing else uses torch).
         'convert': CONVERT,
+        'onnx': ONNX,
         # nbclient, nbformat and ipykernel run experiments/demo.ipynb headless in a test;
         # torch and torchvision let the converter tests and the benchmarks compare with
         # PyTorch itself; scikit-image ships real photographs for tests and benchmarks.
         # pytest 9.2 renamed the attribute pytest-xdist 3.8 sets to group tests, so
         # --dist=loadgroup (pytest.ini) silently ran grouped tests on any worker.
         'test': ['pytest>=8,<9.2', 'pytest-xdist>=3.6', 'nbclient>=0.10', 'nbformat>=5.10',
-                 'ipykernel>=6.29', 'scikit-image>=0.22'] + CONVERT,
+                 'ipykernel>=6.29', 'scikit-image>=0.22'] + CONVERT + ONNX,
         # JAX for NVIDIA GPUs (the CUDA 12 wheels bring their own CUDA libraries).
         'cuda': ['jax[cuda12]'],
         # JAX for Cloud TPU VMs.

@@ -7,8 +7,11 @@ artifacts resize inside, the Detector resizes with the same JAX code):
   jax_detector     Detector: jitted resize, then the jitted network + post-processing;
   jax_exported     Detector.from_exported: the `--format=jax` artifact (jax.export);
   saved_model      the SavedModel's serving_default in TensorFlow (XlaCallModule);
-  tflite_float     the TFLite model in tf.lite.Interpreter (XNNPACK);
+  tflite_float     the TFLite model in tf.lite.Interpreter (XNNPACK, all cores),
+                   ending in TFLite's detection post-process op;
   tflite_int8      the same with dynamic-range int8 weights;
+  tflite_full_int8 every network operation int8 (calibrated on the photos),
+                   uint8 input at the network's size (resized outside, in JAX);
   torchvision      (SSD300 and SSDLite320 at width 1) torchvision's model of the
                    same architecture (random weights, eval mode, inference_mode,
                    all cores): its transform, network and post-processing; the
@@ -17,7 +20,8 @@ Each runtime sees each photo once untimed (compilation, tensor allocation),
 then --repeats timed calls in a row; the table gives the median and the
 fastest call over all photos, the artifact's size and how many of the JAX
 Detector's detections (same class, box within 0.5 px and score within 1e-3;
-int8: IoU >= 0.5 and score within 0.02) it reproduces. Without --workdir the
+int8: IoU >= 0.5 and score within 0.02) it reproduces; the TFLite op's own
+NMS rules (ssd_jax/tflite.py) cost the float model a few. Without --workdir the
 config's model is randomly initialised (the latency is the same as trained;
 the 200 detections per image are the slow case for NMS). `--width 0.25` for a
 quick run.
@@ -60,27 +64,6 @@ def latencies(run, images, repeats: int) -> list[float]:
   return seconds
 
 
-def first(outputs: dict) -> dict:
-  """Batch-of-one outputs -> the image's detections (leading num_detections)."""
-  n = int(np.asarray(outputs['num_detections'])[0])
-  return {k: np.asarray(outputs[k])[0][:n] for k in ('boxes', 'scores', 'classes')}
-
-
-def tf_runner(folder: str):
-  import tensorflow as tf
-  serve = tf.saved_model.load(folder).signatures['serving_default']
-  return lambda image: first({k: v.numpy() for k, v in serve(images=tf.constant(image[None]))
-                              .items()})
-
-
-def tflite_runner(folder: str):
-  import tensorflow as tf
-  interpreter = tf.lite.Interpreter(model_path=os.path.join(folder, export.TFLITE_FILE),
-                                    num_threads=os.cpu_count())
-  serve = interpreter.get_signature_runner('serving_default')
-  return lambda image: first(serve(images=image[None]))
-
-
 def torchvision_runner(config):
   """Batch-1 detection with torchvision's peer model (common.torchvision_peer) on
   CPU, or None when torchvision has no such model."""
@@ -96,6 +79,16 @@ def torchvision_runner(config):
     return {'boxes': out['boxes'].numpy(), 'scores': out['scores'].numpy(),
             'classes': out['labels'].numpy()}
   return run
+
+
+def representative(images, size: int):
+  """full_int8's calibration set: the benchmark's photos, resized and rounded as
+  tflite.representative_images makes them."""
+  def generate():
+    for image in images:
+      pixels = np.asarray(detector.resize_images(image[None], size))
+      yield np.clip(np.round(pixels), 0, 255).astype(np.float32)
+  return generate
 
 
 def detector_runner(det):
@@ -153,16 +146,18 @@ def main():
         flush=True)
   rows = [('jax_detector', None, None, 0.0, detector_runner(detector.Detector(task, params)))]
   with tempfile.TemporaryDirectory() as tmp:
+    calibration = representative(images, task.image_size)
     for name, fmt, quantize in (('jax_exported', 'jax', 'none'),
                                 ('saved_model', 'saved_model', 'none'),
                                 ('tflite_float', 'tflite', 'none'),
-                                ('tflite_int8', 'tflite', 'int8')):
+                                ('tflite_int8', 'tflite', 'int8'),
+                                ('tflite_full_int8', 'tflite', 'full_int8')):
       start = time.perf_counter()
-      out = export.write(os.path.join(tmp, name), task, params, fmt, quantize=quantize)
+      out = export.write(os.path.join(tmp, name), task, params, fmt, quantize=quantize,
+                         representative=calibration)
       seconds = time.perf_counter() - start
-      runner = {'jax': lambda o: detector_runner(detector.Detector.from_exported(o)),
-                'saved_model': tf_runner, 'tflite': tflite_runner}[fmt](out)
-      rows.append((name, out, size_mb(out), seconds, runner))
+      rows.append((name, out, size_mb(out), seconds,
+                   detector_runner(detector.Detector.from_exported(out))))
     peer = None if args.no_torchvision else torchvision_runner(config)
     peer_median = statistics.median(latencies(peer, images, args.repeats)) if peer else None
     print('\n| runtime | median ms | fastest ms | vs torchvision | size MB | export s | '

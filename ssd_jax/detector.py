@@ -93,10 +93,20 @@ class Detector:
     return np.asarray(resize_images(np.asarray(image), self.config.model.image_size))
 
   @classmethod
-  def from_exported(cls, path: str, batch_size: int = 8) -> 'ExportedDetector':
-    """The detector `python -m ssd_jax.export --format=jax` wrote to the folder `path`
-    (detector.jax, config.json, export.json); the same `detect`, no checkpoint."""
-    return ExportedDetector(path, batch_size)
+  def from_exported(cls, path: str, batch_size: int = 8) -> 'ArtifactDetector':
+    """The detector `python -m ssd_jax.export` wrote to the folder `path` (its
+    artifact, config.json, export.json), in any format; the same `detect`, no
+    checkpoint. Only --format=jax runs without TensorFlow (ONNX: onnxruntime)."""
+    info = os.path.join(path, EXPORT_INFO_FILE)
+    if not os.path.isfile(info):
+      raise FileNotFoundError(f'{path} has no {EXPORT_INFO_FILE}; give a folder written by '
+                              f'python -m ssd_jax.export --output=FOLDER.')
+    with open(info) as f:
+      fmt = json.load(f)['format']
+    if fmt == 'jax':
+      return ExportedDetector(path, batch_size)
+    from ssd_jax import artifacts
+    return artifacts.FORMATS[fmt](path, batch_size)
 
   def pixel_detections(self, images: Sequence[np.ndarray], size: int) -> list[tuple]:
     """Detections of up to `size` images, one (boxes f32[D, 4] pixels xyxy, scores
@@ -130,16 +140,20 @@ class Detector:
     return results
 
 
-class ExportedDetector(Detector):
-  """A Detector whose network, resize and post-processing are a jax.export artifact
-  (ssd_jax/export.py): parameters are inside it; the config is the one exported."""
+class ArtifactDetector(Detector):
+  """A Detector whose network, resize and post-processing are an exported artifact
+  (ssd_jax/export.py; parameters inside it): the config and class names are the
+  ones exported. Subclasses load FILE and run one uint8 image [1, H, W, 3]."""
+
+  FILE = ''
+  FORMAT = ''
 
   def __init__(self, path: str, batch_size: int = 8):
-    if not os.path.isfile(os.path.join(path, EXPORTED_FILE)):
-      raise FileNotFoundError(f'{path} has no {EXPORTED_FILE}; give a folder written by '
-                              f'python -m ssd_jax.export --format=jax --output=FOLDER.')
-    with open(os.path.join(path, EXPORTED_FILE), 'rb') as f:
-      self.exported = jax.export.deserialize(bytearray(f.read()))
+    file = os.path.join(path, self.FILE)
+    if not os.path.isfile(file):
+      raise FileNotFoundError(f'{path} has no {self.FILE}; give a folder written by '
+                              f'python -m ssd_jax.export --format={self.FORMAT} '
+                              f'--output=FOLDER.')
     with open(os.path.join(path, EXPORT_INFO_FILE)) as f:
       self.info = json.load(f)
     self.task = Task.of(workdirs.read_config(os.path.join(path, workdirs.CONFIG_FILE)))
@@ -147,18 +161,52 @@ class ExportedDetector(Detector):
     self.class_names = tuple(self.info['class_names'])
     self.variables = None
     self.batch_size = batch_size
-    self._call = xla_cpu.jit(self.exported.call, self.config)
+    self.load(file)
+
+  def load(self, file: str) -> None:
+    raise NotImplementedError
+
+  def run(self, images: np.ndarray) -> dict:
+    """u8[1, H, W, 3] -> the artifact's outputs as NumPy (see export.OUTPUTS)."""
+    raise NotImplementedError
+
+  @property
+  def fixed_size(self) -> Optional[int]:
+    """The side S of the artifact's u8[1, S, S, 3] input, or None (any size)."""
+    return self.info.get('input_size')
 
   def pixel_detections(self, images: Sequence[np.ndarray], size: int = 1) -> list[tuple]:
-    """As Detector's, but each image goes alone and whole (uint8 [1, H, W, 3])
-    through the artifact, which resizes it: one compilation per image size."""
+    """As Detector's, but each image goes alone through the artifact, whole (or
+    resized as Detector.preprocess resizes and rounded to uint8, when the
+    artifact takes a fixed size): one compilation per image size."""
     out = []
     for image in images:
       self.preprocess_check(image)
-      found = jax.device_get(self._call(np.asarray(image, np.uint8)[None]))
+      image = np.asarray(image, np.uint8)
+      scale = np.ones(4, np.float32)
+      if self.fixed_size:
+        (h, w), s = image.shape[:2], self.fixed_size
+        pixels = np.round(np.asarray(resize_images(image, s)))
+        image, scale = np.clip(pixels, 0, 255).astype(np.uint8), np.array([w, h, w, h]) / s
+      found = self.run(image[None])
       valid = np.arange(found['scores'].shape[1]) < found['num_detections'][0]
-      out.append((found['boxes'][0], found['scores'][0], found['classes'][0], valid))
+      out.append((found['boxes'][0] * scale.astype(np.float32), found['scores'][0],
+                  found['classes'][0], valid))
     return out
+
+
+class ExportedDetector(ArtifactDetector):
+  """The `--format=jax` artifact: a jax.export.Exported (no TensorFlow needed)."""
+
+  FILE, FORMAT = EXPORTED_FILE, 'jax'
+
+  def load(self, file: str) -> None:
+    with open(file, 'rb') as f:
+      self.exported = jax.export.deserialize(bytearray(f.read()))
+    self._call = xla_cpu.jit(self.exported.call, self.config)
+
+  def run(self, images: np.ndarray) -> dict:
+    return jax.device_get(self._call(images))
 
 
 @functools.lru_cache(maxsize=1)

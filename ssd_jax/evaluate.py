@@ -108,6 +108,26 @@ def evaluate(task, variables, mesh=None) -> dict:
   return evaluator.result()
 
 
+def evaluate_detector(task, det, count: Optional[int] = None) -> dict:
+  """Scores anything with a Detector's `detect` (a Detector, an exported artifact)
+  on the first `count` images of the task's eval split (all by default), one
+  image at a time on this host, with `evaluate`'s metric; see
+  metrics.Evaluator for the result."""
+  evaluator = make_evaluator(task)
+  source_size = len(input_pipeline.open_source(task.config, task.config.data.eval_split))
+  count = source_size if count is None else count
+  for ex in input_pipeline.decoded_eval_examples(task.config, count).as_numpy_iterator():
+    if not ex['ok']:
+      continue
+    real, size = ex['labels'] > 0, ex['image'].shape[:2]
+    found = det.detect([ex['image']])[0]
+    evaluator.add(int(ex['image_id']),
+                  {'boxes': _to_pixels(ex['boxes'][real], size), 'labels': ex['labels'][real],
+                   'difficult': ex['difficult'][real]},
+                  {k: found[k] for k in ('boxes', 'scores', 'classes')})
+  return evaluator.result()
+
+
 def headline(result: dict) -> tuple[str, float]:
   """The result's headline metric: ('mAP', value) for VOC, ('AP', value) for COCO."""
   return result['headline'], result['scalars'][result['headline']]

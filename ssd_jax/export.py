@@ -1,8 +1,15 @@
 """A trained detector -> one self-contained artifact for serving or devices.
 
   python -m ssd_jax.export --workdir=/tmp/voc300 --format=saved_model --output=/tmp/voc300_export/saved_model
-  python -m ssd_jax.export --workdir=/tmp/voc300 --format=tflite --quantize=int8 --output=/tmp/voc300_export/tflite_int8
+  python -m ssd_jax.export --workdir=/tmp/voc300 --format=tflite --quantize=full_int8 --output=/tmp/voc300_export/tflite_int8
+  python -m ssd_jax.export --workdir=/tmp/voc300 --format=onnx --output=/tmp/voc300_export/onnx
   python -m ssd_jax.export --workdir=/tmp/voc300 --format=jax --output=/tmp/voc300_export/jax
+
+Each export then scores the artifact it wrote and the checkpoint alike on the
+config's eval split (--eval_images=N: its first N; --noevaluate: skip) with
+the metric of --mode=eval, prints both and records them in export.json
+(`accuracy`). `python -m ssd_jax.main --mode=eval --workdir=FOLDER` scores an
+artifact folder again.
 
 The whole detector is one function, traced once in JAX: uint8 RGB images
 [B, H, W, 3] of any H, W -> bilinear resize to the network input (as
@@ -26,17 +33,28 @@ Formats (each --output folder also gets config.json and export.json, whose
                StableHLO runs in one XlaCallModule op, on CPU or CUDA). Signature
                `serving_default`: images u8[--batch, H, W, 3] -> the four outputs;
                signature `class_names`: () -> class_names str[C-1].
-  tflite       detector.tflite, converted from that SavedModel by the TFLite
-               converter, which lowers the StableHLO to builtin ops only (no Flex,
-               no custom ops); H, W stay dynamic (the interpreter resizes its
-               input). Signatures as the SavedModel's. --quantize=int8:
-               dynamic-range quantisation (int8 weights, float activations),
-               about a quarter of the size.
+  tflite       detector.tflite: the network lowered to TFLite builtins, then
+               TFLite's TFLite_Detection_PostProcess op for decoding and NMS (see
+               ssd_jax/tflite.py for where its rules differ); batch 1, H and W
+               dynamic (the interpreter resizes its input). Signatures as the
+               SavedModel's. --quantize=int8: dynamic-range quantisation (int8
+               weights, float activations), about a quarter of the size.
+               --quantize=full_int8: every network operation int8 (calibrated on
+               --representative_images images of the training data, or of
+               --representative=FOLDER), input u8[1, S, S, 3] at the network's
+               size S (export.json: `input_size`; resize first, as
+               Detector.preprocess does); operations that stay float are listed
+               in export.json's `float_ops`.
+  onnx         detector.onnx (opset 17): ONNX Resize, the network (through TFLite's
+               lowering and tf2onnx) and the post-processing in ONNX's own
+               operators, NonMaxSuppression included, to ssd_jax's rules (see
+               ssd_jax/onnx_export.py); batch, H and W dynamic. Input `images`
+               u8[B, H, W, 3], the four outputs by name.
   jax          detector.jax, a serialized jax.export.Exported of the same function
                with symbolic batch, height and width, for CPU and CUDA.
                Detector.from_exported(output) runs it without TensorFlow.
 
-TensorFlow is imported only for saved_model and tflite.
+TensorFlow is imported only for saved_model, tflite and onnx.
 """
 from __future__ import annotations
 
@@ -44,23 +62,23 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from ssd_jax import builders, checkpoints, detector, postprocess, workdirs
+from ssd_jax import artifacts, builders, checkpoints, detector, postprocess, tflite, workdirs
 from ssd_jax.task import Task
 
-FORMATS = ('saved_model', 'tflite', 'jax')
+FORMATS = ('saved_model', 'tflite', 'onnx', 'jax')
 DTYPES = ('float32', 'bfloat16')
-QUANTIZE = ('none', 'int8')
+QUANTIZE = tflite.QUANTIZE
 PLATFORMS = ('cpu', 'cuda')
 OUTPUTS = ('boxes', 'scores', 'classes', 'num_detections')
 JAX_FILE = detector.EXPORTED_FILE
-TFLITE_FILE = 'detector.tflite'
+TFLITE_FILE = artifacts.TfliteDetector.FILE
+ONNX_FILE = artifacts.OnnxDetector.FILE
 INFO_FILE = detector.EXPORT_INFO_FILE
 
 
@@ -162,31 +180,20 @@ def tf_signatures(fn: Callable, batch: int, class_names) -> dict:
                                with_gradient=False, native_serialization_platforms=PLATFORMS)
     detect = tf.function(converted, autograph=False).get_concrete_function(
         tf.TensorSpec([batch, None, None, 3], tf.uint8, name='images'))
-  names = tf.function(lambda: {'class_names': tf.constant(list(class_names), tf.string)},
-                      input_signature=[]).get_concrete_function()
-  return {'serving_default': detect, 'class_names': names}
+  return {'serving_default': detect, 'class_names': class_names_signature(class_names)}
+
+
+def class_names_signature(class_names):
+  """The concrete TF function `class_names`: () -> {'class_names': str[C-1]}."""
+  import tensorflow as tf
+  return tf.function(lambda: {'class_names': tf.constant(list(class_names), tf.string)},
+                     input_signature=[]).get_concrete_function()
 
 
 def save_saved_model(signatures: dict, folder: str) -> None:
   """The signatures alone (the StableHLO, with its parameters, is stored once)."""
   import tensorflow as tf
   tf.saved_model.save(tf.Module(), folder, signatures=signatures)
-
-
-def to_tflite(saved_model: str, quantize: str = 'none') -> bytes:
-  """A SavedModel of tf_signatures -> a TFLite flatbuffer, builtin ops only.
-
-  The converter legalises the XlaCallModule's StableHLO to TFLite builtins
-  itself; quantize='int8' adds dynamic-range quantisation (Optimize.DEFAULT
-  without a representative dataset).
-  """
-  import tensorflow as tf
-  converter = tf.lite.TFLiteConverter.from_saved_model(
-      saved_model, signature_keys=['serving_default', 'class_names'])
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  if quantize == 'int8':
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  return converter.convert()
 
 
 # --- the command ----------------------------------------------------------------------
@@ -212,9 +219,15 @@ def check_options(fmt: str, batch: int, dtype: str, quantize: str) -> None:
     raise ValueError(f'--quantize={quantize!r} is not one of {", ".join(QUANTIZE)}.')
   if quantize != 'none' and fmt != 'tflite':
     raise ValueError(f'--quantize={quantize} applies to --format=tflite only.')
+  if fmt == 'tflite' and batch != 1:
+    raise ValueError(f'--batch={batch}: a TFLite detector takes one image (its detection '
+                     f'post-process op reads a batch of one); use --batch=1, or '
+                     f'--format=saved_model for batches.')
   if dtype == 'bfloat16' and fmt == 'tflite':
     raise ValueError('--dtype=bfloat16: TFLite has no bfloat16 kernels; use --dtype=float32, '
                      'with --quantize=int8 for a smaller model.')
+  if dtype == 'bfloat16' and fmt == 'onnx':
+    raise ValueError('--dtype=bfloat16: the ONNX export is float32 only; use --dtype=float32.')
 
 
 def write_info(output: str, info: dict, config) -> None:
@@ -224,53 +237,135 @@ def write_info(output: str, info: dict, config) -> None:
     json.dump(info, f, indent=2)
 
 
-def prepare(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'float32',
-            quantize: str = 'none') -> tuple:
-  """Checks the arguments and restores the model, writing nothing.
+class Prepared(NamedTuple):
+  """What `prepare` checked and restored."""
+  output: str
+  task: Task
+  params: dict
+  step: int
+  representative: Optional[Callable]  # full_int8: tflite.representative_images
+  eval_images: Optional[int]  # how many eval images to score the artifact on (None: none)
 
-  Returns (output folder, task, params, step); raises ValueError,
-  FileNotFoundError or FileExistsError naming the argument to fix.
+
+def eval_count(task, eval_images: Optional[int]) -> int:
+  """How many images of the eval split an export scores (all when eval_images is
+  None); opening the split now raises its error before anything is written."""
+  from ssd_jax.data import input_pipeline
+  if eval_images is not None and eval_images < 1:
+    raise ValueError(f'--eval_images={eval_images}: give a count >= 1, or --noevaluate.')
+  try:
+    size = len(input_pipeline.open_source(task.config, task.config.data.eval_split))
+  except (OSError, ValueError) as e:
+    raise type(e)(f'{e} (the export scores the artifact on that split; pass --noevaluate '
+                  f'to skip it)') from e
+  if not size:
+    raise ValueError(f'the eval split {task.config.data.eval_split!r} holds no image; pass '
+                     f'--noevaluate to export without scoring the artifact.')
+  return size if eval_images is None else min(eval_images, size)
+
+
+def prepare(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'float32',
+            quantize: str = 'none', representative: Optional[str] = None,
+            representative_images: int = tflite.REPRESENTATIVE_IMAGES,
+            evaluate: bool = False, eval_images: Optional[int] = None) -> Prepared:
+  """Checks the arguments and restores the model, writing nothing; opens the
+  data the export will read (representative images, the eval split).
+
+  Raises ValueError, FileNotFoundError or FileExistsError naming the argument
+  to fix.
   """
   check_options(fmt, batch, dtype, quantize)
+  if representative is not None and quantize != 'full_int8':
+    raise ValueError('--representative calibrates --quantize=full_int8 only.')
   output = check_output(output)
   task, params, step = load(workdir, dtype)
-  return output, task, params, step
+  calibration = None
+  if quantize == 'full_int8':
+    calibration = tflite.representative_images(task, representative, representative_images)
+  count = eval_count(task, eval_images) if evaluate else None
+  return Prepared(output, task, params, step, calibration, count)
 
 
 def write(output: str, task, params, fmt: str, batch: int = 1, quantize: str = 'none',
-          info: Optional[dict] = None) -> str:
+          info: Optional[dict] = None, representative: Optional[Callable] = None) -> str:
   """Writes the detector (task, params) as `fmt` into `output`, then config.json
-  and export.json (info plus what describes the artifact). Returns `output`."""
-  fn = detection_fn(task, params)
+  and export.json (info plus what describes the artifact). Returns `output`.
+  representative: full_int8's calibration images (tflite.representative_images)."""
   config = task.config
   info = dict(info or {}, format=fmt, dtype=config.model.dtype, quantize=quantize,
-              batch=None if fmt == 'jax' else batch, image_size=config.model.image_size,
+              batch=None if fmt in ('jax', 'onnx') else batch,
+              image_size=config.model.image_size,
               outputs=list(OUTPUTS), class_names=list(task.class_names))
   os.makedirs(output, exist_ok=True)
-  if fmt == 'jax':
-    with open(os.path.join(output, JAX_FILE), 'wb') as f:
-      f.write(export_jax(fn).serialize())
+  if fmt == 'tflite':
+    flatbuffer, network = tflite.to_tflite(task, params, quantize, representative)
+    with open(os.path.join(output, TFLITE_FILE), 'wb') as f:
+      f.write(flatbuffer)
+    info['postprocess'] = tflite.POSTPROCESS_OP
+    if quantize == 'full_int8':
+      info['input_size'] = config.model.image_size  # uint8 [1, S, S, 3]
+      info['float_ops'] = tflite.float_ops(network)
+  elif fmt == 'onnx':
+    from ssd_jax import onnx_export
+    with open(os.path.join(output, ONNX_FILE), 'wb') as f:
+      f.write(onnx_export.to_onnx(task, params))
+    info['opset'] = onnx_export.OPSET
   else:
-    signatures = tf_signatures(fn, batch, info['class_names'])
-    if fmt == 'saved_model':
-      save_saved_model(signatures, output)
+    fn = detection_fn(task, params)
+    if fmt == 'jax':
+      with open(os.path.join(output, JAX_FILE), 'wb') as f:
+        f.write(export_jax(fn).serialize())
     else:
-      with tempfile.TemporaryDirectory() as tmp:
-        save_saved_model(signatures, tmp)
-        flatbuffer = to_tflite(tmp, quantize)
-      with open(os.path.join(output, TFLITE_FILE), 'wb') as f:
-        f.write(flatbuffer)
+      save_saved_model(tf_signatures(fn, batch, info['class_names']), output)
   write_info(output, info, config)
   return output
 
 
+def accuracy(output: str, task, params, count: int) -> dict:
+  """The artifact in `output` and the checkpoint's own detector scored alike on
+  the first `count` eval images: {'metric', 'images', 'artifact', 'checkpoint'}."""
+  from ssd_jax import evaluate
+  scores = {}
+  for name, det in (('artifact', detector.Detector.from_exported(output)),
+                    ('checkpoint', detector.Detector(task, params))):
+    result = evaluate.evaluate_detector(task, det, count)
+    metric, scores[name] = evaluate.headline(result)
+  return {'metric': metric, 'images': count, **scores}
+
+
 def export(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'float32',
-           quantize: str = 'none') -> str:
+           quantize: str = 'none', representative: Optional[str] = None,
+           representative_images: int = tflite.REPRESENTATIVE_IMAGES,
+           evaluate: bool = False, eval_images: Optional[int] = None) -> str:
   """Exports the latest checkpoint in `workdir` as `fmt` (see FORMATS) to the new
-  folder `output`; returns it. Arguments are checked before anything is written."""
-  output, task, params, step = prepare(workdir, fmt, output, batch, dtype, quantize)
-  info = {'workdir': os.path.abspath(workdir), 'step': int(step)}
-  return write(output, task, params, fmt, batch, quantize, info)
+  folder `output`; returns it. Arguments are checked before anything is written.
+
+  evaluate: also score the artifact and the checkpoint on eval_images images of
+  the eval split (all when None), into export.json's `accuracy` (what the
+  command does unless --noevaluate).
+  """
+  p = prepare(workdir, fmt, output, batch, dtype, quantize, representative,
+              representative_images, evaluate, eval_images)
+  finish(p, workdir, fmt, batch, quantize)
+  return p.output
+
+
+def finish(p: Prepared, workdir: str, fmt: str, batch: int, quantize: str) -> Optional[dict]:
+  """Writes what `prepare` readied, then scores it when asked (p.eval_images);
+  returns export.json's `accuracy` or None."""
+  info = {'workdir': os.path.abspath(workdir), 'step': int(p.step)}
+  write(p.output, p.task, p.params, fmt, batch, quantize, info, p.representative)
+  if not p.eval_images:
+    return None
+  info = read_info(p.output)
+  info['accuracy'] = accuracy(p.output, p.task, p.params, p.eval_images)
+  write_info(p.output, info, p.task.config)
+  return info['accuracy']
+
+
+def read_info(output: str) -> dict:
+  with open(os.path.join(output, INFO_FILE)) as f:
+    return json.load(f)
 
 
 def define_flags() -> None:
@@ -280,10 +375,19 @@ def define_flags() -> None:
                       'checkpoints/); its latest checkpoint is exported.')
   flags.DEFINE_string('format', None, f'One of {", ".join(FORMATS)}.')
   flags.DEFINE_string('output', None, 'New (or empty) folder for the artifact.')
-  flags.DEFINE_integer('batch', 1, 'saved_model, tflite: the fixed batch size (jax: any).')
+  flags.DEFINE_integer('batch', 1, 'saved_model: the fixed batch size (jax, onnx: any; '
+                       'tflite: 1).')
   flags.DEFINE_string('dtype', 'float32', f'Compute dtype, one of {", ".join(DTYPES)}.')
-  flags.DEFINE_string('quantize', 'none', 'tflite: "int8" for dynamic-range quantisation '
-                      'of the weights.')
+  flags.DEFINE_string('quantize', 'none', 'tflite: "int8" quantises the weights (dynamic '
+                      'range); "full_int8" every operation but the post-process, with a '
+                      'uint8 input of the network\'s size.')
+  flags.DEFINE_string('representative', None, 'full_int8: a folder of images to calibrate '
+                      'with (default: the config\'s training data).')
+  flags.DEFINE_integer('representative_images', tflite.REPRESENTATIVE_IMAGES,
+                       'full_int8: how many images calibrate the quantisation.')
+  flags.DEFINE_bool('evaluate', True, 'Score the artifact and the checkpoint on the eval '
+                    'split (into export.json); --noevaluate skips it.')
+  flags.DEFINE_integer('eval_images', None, 'Score on the first N eval images (default all).')
 
 
 def fail(message: str) -> None:
@@ -302,13 +406,15 @@ def main(argv):
            f'--format={"|".join(FORMATS)} --output=NEW_FOLDER')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   try:
-    output, config, params, step = prepare(f.workdir, f.format, f.output, f.batch, f.dtype,
-                                           f.quantize)
+    p = prepare(f.workdir, f.format, f.output, f.batch, f.dtype, f.quantize, f.representative,
+                f.representative_images, f.evaluate, f.eval_images)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     fail(str(e))
-  info = {'workdir': os.path.abspath(f.workdir), 'step': int(step)}
-  print(f'wrote {write(output, config, params, f.format, f.batch, f.quantize, info)}',
-        flush=True)
+  a = finish(p, f.workdir, f.format, f.batch, f.quantize)
+  print(f'wrote {p.output}', flush=True)
+  if a:
+    print(f'{a["metric"]} on {a["images"]} eval images: artifact {a["artifact"]:.4f}, '
+          f'checkpoint {a["checkpoint"]:.4f}', flush=True)
 
 
 def parse_flags(argv):

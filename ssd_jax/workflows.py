@@ -70,16 +70,31 @@ def run_training(config, workdir: str, with_eval: bool = False) -> dict:
 
 
 def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
-  """--mode=eval: restores the inference variables only and evaluates the eval split.
+  """--mode=eval: restores the inference variables only and evaluates the eval split;
+  a workdir that `ssd_jax.export` wrote (it holds export.json) has its artifact
+  evaluated instead (see run_artifact_evaluation).
 
   Returns:
     {'result': see metrics.Evaluator, 'step': int, 'eval_dir': where it was written}.
   """
+  if os.path.isfile(os.path.join(workdir, detector.EXPORT_INFO_FILE)):
+    return run_artifact_evaluation(config, workdir)
   task = Task.of(record_split_in(config, workdir))
   variables, step = checkpoints.restore_variables(task, workdir, step)
   logging.info('evaluating step %d of %s', step, workdir)
   result = evaluate.evaluate_and_report(task, variables, workdir, step)
   return {'result': result, 'step': step, 'eval_dir': evaluate.eval_dir(workdir, step)}
+
+
+def run_artifact_evaluation(config, folder: str) -> dict:
+  """--mode=eval on an export folder: its artifact, one image at a time, on the
+  whole eval split (evaluate.evaluate_detector); the report goes to folder/eval.
+  'step' is the checkpoint step the artifact was exported from."""
+  det = detector.Detector.from_exported(folder)
+  result = evaluate.evaluate_detector(Task.of(config), det)
+  step, out_dir = det.info.get('step'), os.path.join(folder, 'eval')
+  evaluate.report(result, out_dir, step)
+  return {'result': result, 'step': step, 'eval_dir': out_dir}
 
 
 def find_images(spec: str) -> list[str]:

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import detector, images
+from ssd_jax import detector, images, workdirs
+from ssd_jax import tflite as tflite_lib
 from ssd_jax.testing import commands, detections, synthetic
 from ssd_jax.task import Task
 
@@ -122,7 +123,7 @@ def exported(user, quickstart):
   folder, env = user
   for command in (commands.find('--workdir=/tmp/ssd_shapes --format=saved_model'),
                   commands.find('--workdir=/tmp/ssd_shapes --format=tflite --output'),
-                  commands.find('--workdir=/tmp/ssd_shapes --format=tflite --quantize=int8'),
+                  commands.find('--workdir=/tmp/ssd_shapes --format=tflite --quantize=full_int8'),
                   commands.find('--workdir=/tmp/ssd_shapes --format=jax')):
     assert 'wrote ' in commands.run(command, folder, env=env)
   return folder / 'ssd_shapes_export'
@@ -149,11 +150,19 @@ def test_each_exported_artifact_loads_and_gives_the_detectors_detections(user, e
       'tflite': first(tflite.get_signature_runner('serving_default')(images=photo[None])),
       'jax': detector.Detector.from_exported(str(exported / 'jax')).detect([photo])[0],
   }
+  run = str(folder / 'ssd_shapes')
+  by_op_rules = detector.Detector.from_checkpoint(  # TFLite's post-process op: see tflite.py
+      run, config=tflite_lib.with_op_rules(workdirs.find_config(run))).detect([photo])[0]
+  h, w = photo.shape[:2]  # the artifact clips its outputs as the config says
+  by_op_rules['boxes'] = np.clip(by_op_rules['boxes'], 0, np.array([w, h, w, h], np.float32))
   for fmt, ours in found.items():
-    assert not detections.unmatched(ours, expected, score_tol=1e-3, box_tol=0.5), fmt
-  int8 = tf.lite.Interpreter(model_path=str(exported / 'tflite_int8' / 'detector.tflite'))
-  ours = first(int8.get_signature_runner('serving_default')(images=photo[None]))
+    theirs = by_op_rules if fmt == 'tflite' else expected
+    assert not detections.unmatched(ours, theirs, score_tol=1e-3, box_tol=0.5), fmt
+  ours = detector.Detector.from_exported(str(exported / 'tflite_int8')).detect([photo])[0]
   assert len(ours['scores']) and set(ours['classes'].tolist()) <= {1, 2, 3, 4}
+  for fmt in ('saved_model', 'tflite', 'tflite_int8', 'jax'):  # each scored at export
+    accuracy = json.loads((exported / fmt / 'export.json').read_text())['accuracy']
+    assert accuracy['metric'] == 'mAP' and 0 <= accuracy['artifact'] <= 1
 
 
 @pytest.mark.xdist_group('quickstart_commands')
@@ -203,12 +212,16 @@ def test_voc300_train_eval_predict_export_and_summary_commands(tmp_path):
                env=ONE_DEVICE)
   assert len(json.loads((folder / 'voc300' / 'predictions' / 'detections.json').read_text()))
   for command in (commands.find('--format=saved_model', 'ssd_jax/export.py'),
-                  commands.find('--format=tflite --quantize=int8', 'ssd_jax/export.py'),
+                  commands.find('--format=tflite --quantize=full_int8', 'ssd_jax/export.py'),
+                  commands.find('--format=onnx', 'ssd_jax/export.py'),
                   commands.find('--format=jax', 'ssd_jax/export.py')):
     commands.run(command, folder, env=ONE_DEVICE)
   exported = json.loads((folder / 'voc300_export' / 'jax' / 'export.json').read_text())
   assert exported['class_names'] == ['red', 'green']
   assert (folder / 'voc300_export' / 'tflite_int8' / 'detector.tflite').is_file()
+  onnx_info = json.loads((folder / 'voc300_export' / 'onnx' / 'export.json').read_text())
+  assert onnx_info['accuracy']['artifact'] == pytest.approx(  # ONNX keeps ssd_jax's rules
+      onnx_info['accuracy']['checkpoint'], abs=1e-3)
   table = commands.run(commands.find('python -m ssd_jax.summary --config=configs/voc300.py',
                                      'ssd_jax/summary.py'), folder, env=ONE_DEVICE)
   assert '8732' in table

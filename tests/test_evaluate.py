@@ -1,5 +1,6 @@
 """Evaluation from checkpoints, the detector API and --mode=predict."""
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -146,3 +147,29 @@ def test_detector_runs_without_tensorflow(trained, tmp_path):
   assert len(theirs['scores']) == len(mine['scores']) > 0
   np.testing.assert_allclose(theirs['scores'], mine['scores'], rtol=1e-6)
   np.testing.assert_allclose(theirs['boxes'], mine['boxes'], atol=1e-4)
+
+
+def test_export_scores_its_artifact_and_eval_mode_scores_it_again(trained, tmp_path):
+  """The export's accuracy line: the artifact and the checkpoint on the whole eval
+  split (12 images); --mode=eval on the artifact folder gives the same figure, and
+  the checkpoint's equals the batched evaluation's."""
+  config, workdir, _ = trained
+  out = tmp_path / 'tflite'
+  root = pathlib.Path(__file__).resolve().parent.parent
+  run = subprocess.run([sys.executable, '-m', 'ssd_jax.export', f'--workdir={workdir}',
+                        '--format=tflite', f'--output={out}'], capture_output=True, text=True,
+                       cwd=root, timeout=600, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  accuracy = json.loads((out / 'export.json').read_text())['accuracy']
+  assert accuracy['images'] == 12 and accuracy['metric'] == 'mAP'
+  assert (f'mAP on 12 eval images: artifact {accuracy["artifact"]:.4f}, checkpoint '
+          f'{accuracy["checkpoint"]:.4f}') in run.stdout
+  batched = workflows.run_evaluation(workdirs.find_config(str(workdir)), str(workdir))['result']
+  assert accuracy['checkpoint'] == pytest.approx(batched['scalars']['mAP'], abs=2e-3)
+  again = subprocess.run([sys.executable, '-m', 'ssd_jax.main', '--mode=eval',
+                          f'--workdir={out}'], capture_output=True, text=True, cwd=root,
+                         timeout=600, check=False)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'mAP    {accuracy["artifact"]:.4f}  (12 images)' in again.stdout
+  metrics = json.loads((out / 'eval' / 'metrics.json').read_text())
+  assert metrics['scalars']['mAP'] == accuracy['artifact']

@@ -1,0 +1,369 @@
+"""TFLite artifacts: the network from JAX, ending in TFLite's detection post-process.
+
+A .tflite detector is two graphs joined into one subgraph:
+
+  network      images -> box_encodings f32[1, A, 4] (ty, tx, th, tw) and
+               class_predictions f32[1, A, C] (softmax, class 0 background):
+               jax2tf's StableHLO, lowered to TFLite builtins by the converter
+               (and, for full_int8, quantised with a representative dataset).
+  post-process TFLite's own TFLite_Detection_PostProcess op (decode against the
+               default boxes stored in it as (yc, xc, h, w), regular per-class
+               NMS, the best D = eval.max_detections), then a few builtin ops
+               that give the artifact's outputs (pixels xyxy, 1-based classes).
+
+The converter lowers a `tf.function(experimental_implements=...)` to that op
+only in graphs without jax2tf's XlaCallModule (it inlines every function of a
+graph that holds one), so each graph is converted on its own and `join` splices
+the post-process into the network's flatbuffer.
+
+Where the op's rules differ from postprocess.py (see docs/export.md):
+  - it runs NMS over every box above the score threshold of a class, where
+    ssd_jax first keeps the eval.top_k best: it can add low-scored detections
+    ranked past top_k in their class;
+  - it decodes without clipping, so NMS compares unclipped boxes where ssd_jax
+    (eval.clip_boxes) clips first; the outputs are clipped afterwards here;
+  - it keeps scores >= the threshold (ssd_jax: >);
+  - it reads one image per call (batch 1).
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import tempfile
+from typing import Callable, Iterable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssd_jax import box_utils, builders, detector
+
+POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
+QUANTIZE = ('none', 'int8', 'full_int8')
+NETWORK_OUTPUTS = ('box_encodings', 'class_predictions')
+REPRESENTATIVE_IMAGES = 200
+ALL_CANDIDATES = 1 << 20  # eval.top_k past any number of default boxes
+
+
+def with_op_rules(config):
+  """A copy of the config whose post-processing follows the op's rules (every
+  candidate into NMS, unclipped boxes): a Detector made with it gives the
+  float TFLite artifact's detections (tests/test_export.py), whose boxes are
+  then clipped to the image when the original config clips them."""
+  config = copy.deepcopy(config)
+  config.eval.clip_boxes, config.eval.top_k = False, ALL_CANDIDATES
+  return config
+
+
+# --- the network ---------------------------------------------------------------------
+
+def network_fn(task, variables, resize: bool) -> Callable[[jax.Array], dict]:
+  """images [1, H, W, 3] -> dict of NETWORK_OUTPUTS (see the module doc).
+
+  resize: images are uint8 of any size, resized here as Detector.preprocess
+  does; otherwise they are f32 pixels at the network's size. The log-size
+  encodings are capped as box_utils.decode caps them (the op does not).
+  """
+  variables = builders.inference_variables(variables)
+  model, config, size = task.model, task.config, task.image_size
+  cap = box_utils.MAX_LOG_SCALE / config.anchors.variances[1]
+
+  def net(images):
+    pixels = detector.resize_images(images, size) if resize else images
+    loc, logits = model.apply(variables, builders.normalise_images(pixels, config))
+    loc = loc.astype(jnp.float32)
+    yx, hw = loc[..., 1::-1], jnp.minimum(loc[..., :1:-1], cap)
+    return {'box_encodings': jnp.concatenate([yx, hw], axis=-1),
+            'class_predictions': jax.nn.softmax(logits.astype(jnp.float32), axis=-1)}
+
+  return net
+
+
+def anchors_yxhw(task) -> np.ndarray:
+  """The default boxes as the op reads them: f32[A, 4] normalised (yc, xc, h, w)."""
+  return np.asarray(task.default_boxes, np.float32)[:, [1, 0, 3, 2]]
+
+
+def postprocess_attributes(config, num_foreground: int) -> dict:
+  """The op's attributes from the config's eval settings and box coding."""
+  e, (v_centre, v_size) = config.eval, config.anchors.variances
+  return {'max_detections': int(e.max_detections), 'max_classes_per_detection': 1,
+          'detections_per_class': int(e.max_detections), 'use_regular_nms': True,
+          'nms_score_threshold': float(e.score_threshold), 'nms_iou_threshold': float(e.nms_iou),
+          'y_scale': 1 / v_centre, 'x_scale': 1 / v_centre, 'h_scale': 1 / v_size,
+          'w_scale': 1 / v_size, 'num_classes': int(num_foreground)}
+
+
+def _implements(attributes: dict) -> str:
+  """The `experimental_implements` text (an AttrValue map) naming the op."""
+  def value(v):
+    if isinstance(v, bool):
+      return f'b: {str(v).lower()}'
+    return f'i: {v}' if isinstance(v, int) else f'f: {v!r}'
+  attrs = ' '.join(f'attr {{ key: "{k}" value {{ {value(v)} }} }}' for k, v in attributes.items())
+  return f'name: "{POSTPROCESS_OP}" {attrs}'
+
+
+# --- the two graphs as SavedModels ------------------------------------------------------
+
+def save_network(task, variables, folder: str, fixed_size: bool) -> None:
+  """The network as a SavedModel: signature `serving_default`, images ->
+  NETWORK_OUTPUTS.
+
+  fixed_size: images f32[1, S, S, 3] pixels (what a quantised input needs);
+  otherwise u8[1, H, W, 3] of any size.
+  """
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  from ssd_jax import export
+  fn = network_fn(task, variables, resize=not fixed_size)
+  size = task.image_size
+  spec = (tf.TensorSpec([1, size, size, 3], tf.float32, name='images') if fixed_size
+          else tf.TensorSpec([1, None, None, 3], tf.uint8, name='images'))
+  with export.stablehlo_for_tensorflow():
+    converted = jax2tf.convert(fn, polymorphic_shapes=None if fixed_size else ['(1, h, w, 3)'],
+                               with_gradient=False,
+                               native_serialization_platforms=export.PLATFORMS)
+    detect = tf.function(converted, autograph=False).get_concrete_function(spec)
+  tf.saved_model.save(tf.Module(), folder, signatures={'serving_default': detect})
+
+
+def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
+  """The post-process as a SavedModel: `serving_default` (images,
+  box_encodings, class_predictions) -> the artifact's outputs (see export's
+  module doc; `images`, uint8 as the joined model's input, only gives the
+  pixel scale) and `class_names` (() -> str[C-1]). Returns the op's attributes."""
+  import tensorflow as tf
+
+  from ssd_jax import export
+  config, size = task.config, task.image_size
+  anchors = anchors_yxhw(task)
+  num, fg = anchors.shape[0], task.num_classes - 1
+  attributes = postprocess_attributes(config, fg)
+  d = attributes['max_detections']
+
+  @tf.function(experimental_implements=_implements(attributes))
+  def detection_postprocess(box_encodings, class_predictions, default_boxes):
+    del box_encodings, class_predictions, default_boxes  # the op replaces this body
+    return tf.zeros([1, d, 4]), tf.zeros([1, d]), tf.zeros([1, d]), tf.zeros([1])
+
+  side = size if fixed_size else None
+  specs = [tf.TensorSpec([1, side, side, 3], tf.uint8, name='images'),
+           tf.TensorSpec([1, num, 4], tf.float32, name='box_encodings'),
+           tf.TensorSpec([1, num, fg + 1], tf.float32, name='class_predictions')]
+
+  class PostProcess(tf.Module):
+    @tf.function(input_signature=specs, autograph=False)
+    def __call__(self, images, box_encodings, class_predictions):
+      boxes, classes, scores, count = detection_postprocess(
+          box_encodings, class_predictions, tf.constant(anchors))
+      count = tf.cast(count, tf.int32)
+      valid = tf.range(d)[None] < count[:, None]
+      yxyx = boxes
+      if config.eval.clip_boxes:
+        yxyx = tf.clip_by_value(yxyx, 0.0, 1.0)
+      hw = tf.cast(tf.shape(images)[1:3], tf.float32)
+      scale = tf.stack([hw[1], hw[0], hw[1], hw[0]])
+      xyxy = tf.gather(yxyx, [1, 0, 3, 2], axis=-1) * scale
+      return {'boxes': tf.where(valid[..., None], xyxy, 0.0),
+              'scores': tf.where(valid, scores, 0.0),
+              'classes': tf.where(valid, tf.cast(classes, tf.int32) + 1, 0),
+              'num_detections': count}
+
+  module = PostProcess()
+  tf.saved_model.save(module, folder, signatures={
+      'serving_default': module.__call__,
+      'class_names': export.class_names_signature(task.class_names)})
+  return attributes
+
+
+# --- conversion and the join ---------------------------------------------------------------
+
+def convert_network(folder: str, quantize: str,
+                    representative: Optional[Callable[[], Iterable]] = None) -> bytes:
+  """The network's SavedModel -> TFLite builtins; quantize: 'none', 'int8'
+  (dynamic range: int8 weights) or 'full_int8' (every op int8 from the
+  representative images, f32 [1, S, S, 3] each; uint8 input, float outputs)."""
+  import tensorflow as tf
+  converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantize != 'none':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantize == 'full_int8':
+    converter.representative_dataset = lambda: ({'images': x} for x in representative())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+  return converter.convert()
+
+
+def convert_postprocess(folder: str, attributes: dict) -> bytes:
+  """The post-process's SavedModel -> TFLite, the op's options set to
+  `attributes` (the converter drops detections_per_class, leaving the op's
+  default of 100 per class)."""
+  import tensorflow as tf
+  from flatbuffers import flexbuffers
+  from tensorflow.lite.tools import flatbuffer_utils as fu
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      folder, signature_keys=['serving_default', 'class_names'])
+  converter.allow_custom_ops = True
+  model = fu.read_model_from_bytearray(converter.convert())
+  codes = [i for i, c in enumerate(model.operatorCodes)
+           if (c.customCode or b'').decode() == POSTPROCESS_OP]
+  ops = [op for g in model.subgraphs for op in g.operators if op.opcodeIndex in codes]
+  if len(ops) != 1:
+    raise RuntimeError(f'the TFLite converter did not emit one {POSTPROCESS_OP} op '
+                       f'(found {len(ops)}); this TensorFlow version is not supported.')
+  ops[0].customOptions = list(flexbuffers.Dumps(attributes))
+  return bytes(fu.convert_object_to_bytearray(model))
+
+
+def _same_code(a, b) -> bool:
+  return (a.builtinCode, a.deprecatedBuiltinCode, a.customCode, a.version) == (
+      b.builtinCode, b.deprecatedBuiltinCode, b.customCode, b.version)
+
+
+def _adopt(model, other) -> Callable:
+  """Appends `other`'s buffers and missing operator codes to `model`; returns
+  a function that moves one of `other`'s tensors or operators over (in place)."""
+  buffers = {0: 0}  # buffer 0 is the shared empty one
+  for i, buffer in enumerate(other.buffers[1:], start=1):
+    buffers[i] = len(model.buffers)
+    model.buffers.append(buffer)
+  codes = {}
+  for i, code in enumerate(other.operatorCodes):
+    same = [j for j, c in enumerate(model.operatorCodes) if _same_code(c, code)]
+    codes[i] = same[0] if same else len(model.operatorCodes)
+    if not same:
+      model.operatorCodes.append(code)
+
+  def move(item):
+    if hasattr(item, 'opcodeIndex'):
+      item.opcodeIndex = codes[item.opcodeIndex]
+    else:
+      item.buffer = buffers[item.buffer]
+    return item
+
+  return move
+
+
+def join(network: bytes, post: bytes, key: str = 'serving_default') -> bytes:
+  """One flatbuffer: `post`'s signature `key` spliced after `network`'s, and
+  `post`'s other signatures added whole.
+
+  Each input of `post`'s `key` is the tensor of the same name in `network`'s
+  signature (an output, or its input `images`); the joined signature keeps
+  the network's inputs and takes `post`'s outputs.
+  """
+  from tensorflow.lite.tools import flatbuffer_utils as fu
+  net, tail = fu.read_model_from_bytearray(network), fu.read_model_from_bytearray(post)
+  move = _adopt(net, tail)
+  sig = next(s for s in net.signatureDefs if s.signatureKey.decode() == key)
+  graph = net.subgraphs[sig.subgraphIndex]
+  for tail_sig in tail.signatureDefs:
+    extra = tail.subgraphs[tail_sig.subgraphIndex]
+    if tail_sig.signatureKey.decode() != key:
+      for item in list(extra.tensors) + list(extra.operators):
+        move(item)
+      tail_sig.subgraphIndex = len(net.subgraphs)
+      net.subgraphs.append(extra)
+      net.signatureDefs.append(tail_sig)
+      continue
+    named = {t.name.decode(): t.tensorIndex for t in list(sig.inputs) + list(sig.outputs)}
+    tensors = {t.tensorIndex: named[t.name.decode()] for t in tail_sig.inputs}
+    for i, tensor in enumerate(extra.tensors):
+      if i not in tensors:
+        tensors[i] = len(graph.tensors)
+        graph.tensors.append(move(tensor))
+    for op in extra.operators:
+      op.inputs = [tensors[i] if i >= 0 else i for i in op.inputs]
+      op.outputs = [tensors[i] for i in op.outputs]
+      graph.operators.append(move(op))
+    graph.outputs = [tensors[i] for i in extra.outputs]
+    for out in tail_sig.outputs:
+      out.tensorIndex = tensors[out.tensorIndex]
+    sig.outputs = tail_sig.outputs
+  return bytes(fu.convert_object_to_bytearray(net))
+
+
+def to_tflite(task, variables, quantize: str = 'none',
+              representative: Optional[Callable[[], Iterable]] = None) -> tuple[bytes, bytes]:
+  """(the detector, its network alone) as TFLite flatbuffers (see the module
+  doc); full_int8 takes the network's input, u8[1, S, S, 3], and needs
+  `representative` (see representative_images)."""
+  fixed = quantize == 'full_int8'
+  with tempfile.TemporaryDirectory() as tmp:
+    net_dir, post_dir = os.path.join(tmp, 'network'), os.path.join(tmp, 'post')
+    save_network(task, variables, net_dir, fixed)
+    attributes = save_postprocess(task, post_dir, fixed)
+    network = convert_network(net_dir, quantize, representative)
+    return join(network, convert_postprocess(post_dir, attributes)), network
+
+
+def representative_images(task, folder: Optional[str] = None,
+                          count: int = REPRESENTATIVE_IMAGES) -> Callable[[], Iterator]:
+  """A generator function of f32[1, S, S, 3] pixels (whole values 0..255, as a
+  uint8 input holds) of `count` images evenly spaced over the config's
+  training splits, or over the images in `folder`; resized as
+  Detector.preprocess resizes."""
+  size = task.image_size
+  if folder is not None:
+    from ssd_jax import images, workflows
+    paths = workflows.find_images(folder)
+    chosen = [paths[i] for i in _spaced(len(paths), count)]
+    read = lambda: (images.read_image(p) for p in chosen)
+  else:
+    import tensorflow as tf
+    from ssd_jax.data import input_pipeline
+    source = input_pipeline.train_source(task.config)
+    index = tf.data.Dataset.from_tensor_slices(np.asarray(_spaced(len(source), count), np.int64))
+    read = lambda: (ex['image'] for ex in index.map(source.example).as_numpy_iterator()
+                    if ex['ok'])
+
+  def generate():
+    for image in read():
+      pixels = np.asarray(detector.resize_images(image[None], size))
+      yield np.clip(np.round(pixels), 0, 255).astype(np.float32)
+
+  return generate
+
+
+def _spaced(total: int, count: int) -> list[int]:
+  """min(count, total) indices evenly spaced over range(total)."""
+  if total < 1:
+    raise ValueError('no image to calibrate full_int8 quantisation with; give '
+                     '--representative=FOLDER of images like the ones to detect on.')
+  return sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
+
+
+# --- what the flatbuffer holds ------------------------------------------------------------
+
+def _op_details(flatbuffer: bytes) -> tuple[list, dict]:
+  """(the operations, {tensor index: dtype}) of the flatbuffer's first subgraph,
+  as written (no delegate folds them)."""
+  import tensorflow as tf
+  interpreter = tf.lite.Interpreter(
+      model_content=flatbuffer,
+      experimental_op_resolver_type=tf.lite.experimental.OpResolverType
+      .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+  interpreter.allocate_tensors()
+  tensors = {t['index']: t['dtype'] for t in interpreter.get_tensor_details()}
+  return interpreter._get_ops_details(), tensors  # pylint: disable=protected-access
+
+
+def float_ops(flatbuffer: bytes) -> dict:
+  """{op name: count} of the operations that compute in float (a float32 input
+  or output), leaving out QUANTIZE / DEQUANTIZE and the post-process."""
+  details, tensors = _op_details(flatbuffer)
+  found = collections.Counter(
+      op['op_name'] for op in details
+      if op['op_name'] not in ('QUANTIZE', 'DEQUANTIZE', POSTPROCESS_OP)
+      and any(tensors.get(i) == np.float32 for i in [*op['inputs'], *op['outputs']] if i >= 0))
+  return dict(sorted(found.items()))
+
+
+def ops(flatbuffer: bytes) -> dict:
+  """{op name: count} of the operations in the flatbuffer's first subgraph."""
+  return dict(sorted(collections.Counter(op['op_name']
+                                         for op in _op_details(flatbuffer)[0]).items()))
