@@ -1,6 +1,6 @@
 """Benchmark: batch-1 latency of the exported detector in each runtime, on CPU.
 
-  python experiments/bench_export.py [--workdir RUN] [--config voc300] [--width 1.0]
+  python experiments/bench_export.py [--workdir RUN [--eval_images N]] [--config voc300] [--width 1.0]
 
 In one run, on scikit-image's sample photos (each image whole, any size; the
 artifacts resize inside, the Detector resizes with the same JAX code):
@@ -10,8 +10,10 @@ artifacts resize inside, the Detector resizes with the same JAX code):
   tflite_float     the TFLite model in tf.lite.Interpreter (XNNPACK, all cores),
                    ending in TFLite's detection post-process op;
   tflite_int8      the same with dynamic-range int8 weights;
-  tflite_full_int8 every network operation int8 (calibrated on the photos),
-                   uint8 input at the network's size (resized outside, in JAX);
+  tflite_full_int8 every network operation int8 (calibrated on the photos, or
+                   with --workdir on 200 training images), uint8 input at the
+                   network's size (resized outside, in JAX);
+  onnx             the ONNX model in ONNX Runtime (CPU, all cores);
   torchvision      (SSD300 and SSDLite320 at width 1) torchvision's model of the
                    same architecture (random weights, eval mode, inference_mode,
                    all cores): its transform, network and post-processing; the
@@ -24,7 +26,8 @@ int8: IoU >= 0.5 and score within 0.02) it reproduces; the TFLite op's own
 NMS rules (ssd_jax/tflite.py) cost the float model a few. Without --workdir the
 config's model is randomly initialised (the latency is the same as trained;
 the 200 detections per image are the slow case for NMS). `--width 0.25` for a
-quick run.
+quick run. With --workdir and --eval_images=N, each runtime's mAP on the first N
+images of the run's eval split (the metric of --mode=eval).
 """
 import argparse
 import os
@@ -42,7 +45,7 @@ except ImportError:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssd_jax import config_lib, detector, export  # noqa: E402
+from ssd_jax import config_lib, detector, export, tflite  # noqa: E402
 from ssd_jax.testing import detections  # noqa: E402
 from ssd_jax.task import Task
 
@@ -128,6 +131,9 @@ def main():
   parser.add_argument('--width', type=float, default=1.0)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--photos', nargs='+', default=list(PHOTOS))
+  parser.add_argument('--eval_images', type=int, default=0,
+                      help='with --workdir: the mAP of each runtime on this many images of '
+                      'the eval split (evaluate.evaluate_detector)')
   parser.add_argument('--no_torchvision', action='store_true',
                       help='skip the torchvision row (with torch and TensorFlow in one '
                       'process it crashed on SSDLite320 here)')
@@ -144,36 +150,46 @@ def main():
         f'parameters, {config.model.num_classes} classes; photos '
         f'{", ".join(f"{n} {i.shape[1]}x{i.shape[0]}" for n, i in zip(args.photos, images))}',
         flush=True)
-  rows = [('jax_detector', None, None, 0.0, detector_runner(detector.Detector(task, params)))]
+  rows = [('jax_detector', None, None, 0.0, detector.Detector(task, params))]
   with tempfile.TemporaryDirectory() as tmp:
-    calibration = representative(images, task.image_size)
+    calibration = (tflite.representative_images(task) if args.workdir
+                   else representative(images, task.image_size))
     for name, fmt, quantize in (('jax_exported', 'jax', 'none'),
                                 ('saved_model', 'saved_model', 'none'),
                                 ('tflite_float', 'tflite', 'none'),
                                 ('tflite_int8', 'tflite', 'int8'),
-                                ('tflite_full_int8', 'tflite', 'full_int8')):
+                                ('tflite_full_int8', 'tflite', 'full_int8'),
+                                ('onnx', 'onnx', 'none')):
       start = time.perf_counter()
       out = export.write(os.path.join(tmp, name), task, params, fmt, quantize=quantize,
                          representative=calibration)
       seconds = time.perf_counter() - start
-      rows.append((name, out, size_mb(out), seconds,
-                   detector_runner(detector.Detector.from_exported(out))))
+      rows.append((name, out, size_mb(out), seconds, detector.Detector.from_exported(out)))
     peer = None if args.no_torchvision else torchvision_runner(config)
     peer_median = statistics.median(latencies(peer, images, args.repeats)) if peer else None
-    print('\n| runtime | median ms | fastest ms | vs torchvision | size MB | export s | '
-          'agreement |\n|---|---:|---:|---:|---:|---:|---:|')
+    print('\n| runtime | median ms | fastest ms | vs JAX Detector | vs torchvision | size MB '
+          '| export s | agreement | mAP |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|')
     if peer_median:
-      print(f'| torchvision (random weights) | {1e3 * peer_median:.1f} | - | 1.00x | - | - | - |')
-    reference = None
-    for name, out, size, seconds, run in rows:
+      print(f'| torchvision (random weights) | {1e3 * peer_median:.1f} | - | - | 1.00x | - | - '
+            f'| - | - |')
+    reference = jax_median = None
+    for name, out, size, seconds, det in rows:
+      run = detector_runner(det)
       found = [run(image) for image in images]
       reference = reference or found
       t = latencies(run, images, args.repeats)
+      jax_median = jax_median or statistics.median(t)
       size_text = f'{size:.1f}' if size else '-'
       ratio = f'{peer_median / statistics.median(t):.2f}x' if peer_median else '-'
-      print(f'| {name} | {1e3 * statistics.median(t):.1f} | {1e3 * min(t):.1f} | {ratio} '
-            f'| {size_text} | {seconds:.1f} | '
-            f'{agreement(reference, found, name.endswith("int8")):.3f} |', flush=True)
+      accuracy = '-'
+      if args.eval_images:
+        from ssd_jax import evaluate
+        result = evaluate.evaluate_detector(task, det, args.eval_images)
+        accuracy = f'{evaluate.headline(result)[1]:.4f}'
+      print(f'| {name} | {1e3 * statistics.median(t):.1f} | {1e3 * min(t):.1f} | '
+            f'{statistics.median(t) / jax_median:.2f}x | {ratio} | {size_text} | {seconds:.1f} | '
+            f'{agreement(reference, found, name.endswith("int8")):.3f} | {accuracy} |',
+            flush=True)
 
 
 if __name__ == '__main__':

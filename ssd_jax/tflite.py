@@ -44,6 +44,7 @@ QUANTIZE = ('none', 'int8', 'full_int8')
 NETWORK_OUTPUTS = ('box_encodings', 'class_predictions')
 REPRESENTATIVE_IMAGES = 200
 ALL_CANDIDATES = 1 << 20  # eval.top_k past any number of default boxes
+THREAD_SAFE_COLUMNS = 32  # see op_columns
 
 
 def with_op_rules(config):
@@ -83,6 +84,21 @@ def network_fn(task, variables, resize: bool) -> Callable[[jax.Array], dict]:
 def anchors_yxhw(task) -> np.ndarray:
   """The default boxes as the op reads them: f32[A, 4] normalised (yc, xc, h, w)."""
   return np.asarray(task.default_boxes, np.float32)[:, [1, 0, 3, 2]]
+
+
+def op_columns(num_foreground: int) -> list[int]:
+  """The op's foreground columns: model classes 1..C-1, with -1 (a column of
+  zeros) at columns 2..THREAD_SAFE_COLUMNS.
+
+  With N >= 2 threads, TF 2.21's regular-NMS kernel never processes column N
+  (its shared column counter starts at N and is pre-incremented: a class
+  silently gone). Zero columns there leave every thread count up to
+  THREAD_SAFE_COLUMNS exact; with two classes or fewer nothing is skipped.
+  """
+  classes = list(range(1, num_foreground + 1))
+  if num_foreground <= 2:
+    return classes
+  return classes[:2] + [-1] * (THREAD_SAFE_COLUMNS - 1) + classes[2:]
 
 
 def postprocess_attributes(config, num_foreground: int) -> dict:
@@ -141,7 +157,8 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   config, size = task.config, task.image_size
   anchors = anchors_yxhw(task)
   num, fg = anchors.shape[0], task.num_classes - 1
-  attributes = postprocess_attributes(config, fg)
+  columns = op_columns(fg)
+  attributes = postprocess_attributes(config, len(columns))
   d = attributes['max_detections']
 
   @tf.function(experimental_implements=_implements(attributes))
@@ -157,8 +174,12 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   class PostProcess(tf.Module):
     @tf.function(input_signature=specs, autograph=False)
     def __call__(self, images, box_encodings, class_predictions):
+      padded = tf.concat([class_predictions, tf.zeros([1, num, 1])], axis=-1)
+      columns_in = tf.gather(padded, [0] + [c if c >= 0 else fg + 1 for c in columns], axis=-1)
       boxes, classes, scores, count = detection_postprocess(
-          box_encodings, class_predictions, tf.constant(anchors))
+          box_encodings, columns_in, tf.constant(anchors))
+      classes = tf.gather(tf.constant([max(c, 0) for c in columns], tf.int32),
+                          tf.cast(classes, tf.int32))
       count = tf.cast(count, tf.int32)
       valid = tf.range(d)[None] < count[:, None]
       yxyx = boxes
@@ -169,7 +190,7 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
       xyxy = tf.gather(yxyx, [1, 0, 3, 2], axis=-1) * scale
       return {'boxes': tf.where(valid[..., None], xyxy, 0.0),
               'scores': tf.where(valid, scores, 0.0),
-              'classes': tf.where(valid, tf.cast(classes, tf.int32) + 1, 0),
+              'classes': tf.where(valid, classes, 0),
               'num_detections': count}
 
   module = PostProcess()

@@ -164,6 +164,27 @@ def test_tflite_float_gives_the_detectors_detections_under_the_ops_rules(
     assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == []
 
 
+def test_tflite_keeps_every_class_with_any_thread_count(load_config, photos, tmp_path):
+  """Five classes: TFLite's multi-threaded NMS skips the column numbered like the
+  thread count unless a zero column stands there (tflite.op_columns)."""
+  assert tflite.op_columns(5) == [1, 2] + [-1] * (tflite.THREAD_SAFE_COLUMNS - 1) + [3, 4, 5]
+  config = synthetic.tiny_config(load_config('voc300'))
+  config.data.class_names, config.model.num_classes = ('a', 'b', 'c', 'd', 'e'), None
+  config = tflite.with_op_rules(config_lib.validate(config))
+  variables = jax.device_get(builders.init_params(config, jax.random.key(1)))
+  run = convert.save(str(tmp_path / 'w'), variables, {'format': 'test'}, config)
+  out = pathlib.Path(export.export(run, 'tflite', str(tmp_path / 'tflite')))
+  reference = detector.Detector.from_checkpoint(run).detect(photos[:2])
+  assert set(np.concatenate([r['classes'] for r in reference]).tolist()) == {1, 2, 3, 4, 5}
+  for threads in (1, 2, 3, 4):
+    interpreter = tf.lite.Interpreter(model_path=str(out / export.TFLITE_FILE),
+                                      num_threads=threads)
+    serve = interpreter.get_signature_runner('serving_default')
+    for ours, photo in zip(reference, photos[:2]):
+      theirs = first(serve(images=photo[None]))
+      assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == [], threads
+
+
 def test_tflite_float_keeps_the_detectors_detections(exported, photos, reference):
   """Under ssd_jax's own rules (clipped boxes in NMS, top_k candidates per
   class) the op differs only at the edges: a share of the detections kept."""
