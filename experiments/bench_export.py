@@ -24,9 +24,10 @@ fastest call over all photos, the artifact's size and how many of the JAX
 Detector's detections (same class, box within 0.5 px and score within 1e-3;
 int8: IoU >= 0.5 and score within 0.02) it reproduces; the TFLite op's own
 NMS rules (ssd_jax/tflite.py) cost the float model a few. Without --workdir the
-config's model is randomly initialised (the latency is the same as trained;
-the 200 detections per image are the slow case for NMS). `--width 0.25` for a
-quick run. With --workdir and --eval_images=N, each runtime's mAP on the first N
+config's model has random variables (synthetic.random_variables: He-normal,
+random BatchNorm statistics), whose spread scores put hundreds of boxes per
+class above the threshold: the slow case for NMS, and a hard one for int8.
+`--width 0.25` for a quick run. With --workdir and --eval_images=N, each runtime's mAP on the first N
 images of the run's eval split (the metric of --mode=eval).
 """
 import argparse
@@ -46,7 +47,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ssd_jax import config_lib, detector, export, tflite  # noqa: E402
-from ssd_jax.testing import detections  # noqa: E402
+from ssd_jax.testing import detections, synthetic  # noqa: E402
 from ssd_jax.task import Task
 
 import common  # noqa: E402  (experiments/common.py, beside this script)
@@ -121,7 +122,7 @@ def model(args):
   config = config_lib.load(str(ROOT / 'configs' / f'{args.config}.py'))
   config.model.width = args.width
   task = Task.of(config)
-  return task, jax.device_get(jax.jit(task.init_variables)(jax.random.key(0)))
+  return task, synthetic.random_variables(task.config)
 
 
 def main():
@@ -165,6 +166,8 @@ def main():
                          representative=calibration)
       seconds = time.perf_counter() - start
       rows.append((name, out, size_mb(out), seconds, detector.Detector.from_exported(out)))
+      if quantize == 'full_int8':
+        print(f'{name}: operations left in float: {export.read_info(out)["float_ops"]}')
     peer = None if args.no_torchvision else torchvision_runner(config)
     peer_median = statistics.median(latencies(peer, images, args.repeats)) if peer else None
     print('\n| runtime | median ms | fastest ms | vs JAX Detector | vs torchvision | size MB '

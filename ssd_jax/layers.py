@@ -27,6 +27,7 @@ cross-device all-reduce aborted train steps with a collective rendezvous timeout
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -42,6 +43,19 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 USE_CPU_GRADIENTS = True
 # Set False to run depthwise convolutions as XLA's grouped convolution on CPU too.
 USE_CPU_DEPTHWISE = True
+
+
+@contextlib.contextmanager
+def grouped_depthwise():
+  """While tracing inside it, depthwise convolutions stay XLA's grouped convolution
+  on every platform: what TFLite and ONNX lower to their own depthwise kernels
+  (the shifted multiply-adds become hundreds of slices there)."""
+  global USE_CPU_DEPTHWISE
+  saved, USE_CPU_DEPTHWISE = USE_CPU_DEPTHWISE, False
+  try:
+    yield
+  finally:
+    USE_CPU_DEPTHWISE = saved
 
 
 def cpu_gradients_apply() -> bool:

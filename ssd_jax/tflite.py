@@ -16,12 +16,12 @@ only in graphs without jax2tf's XlaCallModule (it inlines every function of a
 graph that holds one), so each graph is converted on its own and `join` splices
 the post-process into the network's flatbuffer.
 
-Where the op's rules differ from postprocess.py (see docs/export.md):
-  - it runs NMS over every box above the score threshold of a class, where
-    ssd_jax first keeps the eval.top_k best: it can add low-scored detections
-    ranked past top_k in their class;
+Before the op, each class keeps its eval.top_k best scores (the others set to
+0), as postprocess.py does. Where the op's rules still differ (see
+docs/export.md):
   - it decodes without clipping, so NMS compares unclipped boxes where ssd_jax
     (eval.clip_boxes) clips first; the outputs are clipped afterwards here;
+  - boxes tied with a class's top_k-th score all stay candidates;
   - it keeps scores >= the threshold (ssd_jax: >);
   - it reads one image per call (batch 1).
 """
@@ -37,23 +37,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import box_utils, builders, detector
+from ssd_jax import box_utils, builders, detector, layers
 
 POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
 QUANTIZE = ('none', 'int8', 'full_int8')
 NETWORK_OUTPUTS = ('box_encodings', 'class_predictions')
 REPRESENTATIVE_IMAGES = 200
-ALL_CANDIDATES = 1 << 20  # eval.top_k past any number of default boxes
 THREAD_SAFE_COLUMNS = 32  # see op_columns
 
 
 def with_op_rules(config):
-  """A copy of the config whose post-processing follows the op's rules (every
-  candidate into NMS, unclipped boxes): a Detector made with it gives the
-  float TFLite artifact's detections (tests/test_export.py), whose boxes are
-  then clipped to the image when the original config clips them."""
+  """A copy of the config whose post-processing follows the op's rules
+  (unclipped boxes in NMS): a Detector made with it gives the float TFLite
+  artifact's detections (tests/test_export.py), whose boxes are then clipped
+  to the image when the original config clips them."""
   config = copy.deepcopy(config)
-  config.eval.clip_boxes, config.eval.top_k = False, ALL_CANDIDATES
+  config.eval.clip_boxes = False
   return config
 
 
@@ -138,12 +137,23 @@ def save_network(task, variables, folder: str, fixed_size: bool) -> None:
   size = task.image_size
   spec = (tf.TensorSpec([1, size, size, 3], tf.float32, name='images') if fixed_size
           else tf.TensorSpec([1, None, None, 3], tf.uint8, name='images'))
-  with export.stablehlo_for_tensorflow():
+  with export.stablehlo_for_tensorflow(), layers.grouped_depthwise():
     converted = jax2tf.convert(fn, polymorphic_shapes=None if fixed_size else ['(1, h, w, 3)'],
                                with_gradient=False,
                                native_serialization_platforms=export.PLATFORMS)
     detect = tf.function(converted, autograph=False).get_concrete_function(spec)
   tf.saved_model.save(tf.Module(), folder, signatures={'serving_default': detect})
+
+
+def best_of_each_class(class_predictions, top_k: int):
+  """f32[1, A, C] -> the same with each foreground class's scores below its
+  top_k-th set to 0 (ties with it kept), so that the op's NMS sees what
+  postprocess.py's does, and no more (TF ops)."""
+  import tensorflow as tf
+  by_class = tf.transpose(class_predictions[0, :, 1:])  # [C-1, A]
+  kth = tf.math.top_k(by_class, top_k, sorted=True).values[:, -1:]
+  kept = tf.where(by_class >= kth, by_class, 0.0)
+  return tf.concat([class_predictions[..., :1], tf.transpose(kept)[None]], axis=-1)
 
 
 def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
@@ -158,6 +168,7 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   anchors = anchors_yxhw(task)
   num, fg = anchors.shape[0], task.num_classes - 1
   columns = op_columns(fg)
+  top_k = min(config.eval.top_k, num)
   attributes = postprocess_attributes(config, len(columns))
   d = attributes['max_detections']
 
@@ -174,7 +185,8 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   class PostProcess(tf.Module):
     @tf.function(input_signature=specs, autograph=False)
     def __call__(self, images, box_encodings, class_predictions):
-      padded = tf.concat([class_predictions, tf.zeros([1, num, 1])], axis=-1)
+      padded = tf.concat([best_of_each_class(class_predictions, top_k),
+                          tf.zeros([1, num, 1])], axis=-1)
       columns_in = tf.gather(padded, [0] + [c if c >= 0 else fg + 1 for c in columns], axis=-1)
       boxes, classes, scores, count = detection_postprocess(
           box_encodings, columns_in, tf.constant(anchors))

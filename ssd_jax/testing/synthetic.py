@@ -87,6 +87,31 @@ def squares_config(config, root, num_steps):
   return c
 
 
+def random_variables(config, seed: int = 0) -> dict:
+  """Variables of the config's model drawn with NumPy (no compile): He-normal
+  kernels (activations stay O(1), so class scores spread rather than sit at
+  1/C as at initialisation), every BatchNorm's scale, offset, mean and
+  variance random; biases N(0, 0.1)."""
+  import flax
+  import jax
+  from ssd_jax import builders
+  shapes = flax.traverse_util.flatten_dict(jax.eval_shape(
+      lambda: builders.init_variables(config, jax.random.key(0))))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, shape):
+    if path[-1] == 'kernel':
+      return rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape)
+    if path[-1] == 'var':
+      return rng.uniform(0.5, 2.0, shape)
+    if path[-1] == 'scale':
+      return rng.uniform(0.5, 1.5, shape)
+    return rng.normal(0, 0.1, shape)  # biases, offsets, means
+
+  return flax.traverse_util.unflatten_dict(
+      {k: draw(k, s.shape).astype(np.float32) for k, s in shapes.items()})
+
+
 def synthetic_batch(rng, batch, size=96, max_boxes=3):
   """A training batch: grey uint8 images with red (class 1) and green (class 2) squares."""
   images = np.full((batch, size, size, 3), 128, np.uint8)
