@@ -228,6 +228,12 @@ def check_options(fmt: str, batch: int, dtype: str, quantize: str) -> None:
                      'with --quantize=int8 for a smaller model.')
   if dtype == 'bfloat16' and fmt == 'onnx':
     raise ValueError('--dtype=bfloat16: the ONNX export is float32 only; use --dtype=float32.')
+  if fmt == 'onnx':
+    import importlib.util
+    missing = [m for m in ('onnx', 'tf2onnx', 'onnxruntime') if not importlib.util.find_spec(m)]
+    if missing:
+      raise ValueError(f'--format=onnx needs {", ".join(missing)}: pip install -e ".[onnx]" '
+                       f'(nothing was written).')
 
 
 def write_info(output: str, info: dict, config) -> None:

@@ -348,3 +348,15 @@ def test_bad_arguments_are_refused_before_anything_is_written(workdir, tmp_path)
     export.prepare(workdir, 'tflite', str(tmp_path / 'o'), dtype='bfloat16')
   assert not (tmp_path / 'o').exists()
   assert [p.name for p in (tmp_path / 'full').iterdir()] == ['keep.txt']
+
+
+def test_onnx_without_its_packages_says_what_to_install(workdir, tmp_path):
+  code = ('import sys; sys.modules["tf2onnx"] = None\n'
+          'from ssd_jax import export\n'
+          f'export.prepare({str(workdir)!r}, "onnx", {str(tmp_path / "o")!r})')
+  run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300, check=False)
+  assert run.returncode == 1
+  assert ('--format=onnx needs tf2onnx: pip install -e ".[onnx]" (nothing was written)'
+          in run.stderr)
+  assert not (tmp_path / 'o').exists()
