@@ -262,8 +262,9 @@ def eval_count(task, eval_images: Optional[int]) -> int:
   try:
     size = len(input_pipeline.open_source(task.config, task.config.data.eval_split))
   except (OSError, ValueError) as e:
-    raise type(e)(f'{e} (the export scores the artifact on that split; pass --noevaluate '
-                  f'to skip it)') from e
+    kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+    raise kind(f'{e} (the export scores the artifact on that split; pass --noevaluate '
+               f'to skip it)') from e
   if not size:
     raise ValueError(f'the eval split {task.config.data.eval_split!r} holds no image; pass '
                      f'--noevaluate to export without scoring the artifact.')

@@ -330,7 +330,7 @@ def test_bad_command_lines_get_one_line_that_names_the_fix(workdir, tmp_path):
   assert not (tmp_path / 'o').exists()
 
 
-def test_bad_arguments_are_refused_before_anything_is_written(workdir, tmp_path):
+def test_bad_arguments_are_refused_before_anything_is_written(workdir, tmp_path, monkeypatch):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='has no config.json; give the workdir'):
     export.prepare(str(tmp_path / 'empty'), 'jax', str(tmp_path / 'o'))
@@ -346,6 +346,18 @@ def test_bad_arguments_are_refused_before_anything_is_written(workdir, tmp_path)
     export.prepare(workdir, 'saved_model', str(tmp_path / 'o'), quantize='int8')
   with pytest.raises(ValueError, match='--dtype=bfloat16: TFLite has no bfloat16 kernels'):
     export.prepare(workdir, 'tflite', str(tmp_path / 'o'), dtype='bfloat16')
+  with pytest.raises(ValueError, match='--batch=2: a TFLite detector takes one image'):
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), batch=2)
+  with pytest.raises(ValueError, match='--representative calibrates --quantize=full_int8 only'):
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), representative=str(tmp_path))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no_data'))  # the eval split is missing
+  with pytest.raises(FileNotFoundError, match='voc/2007 was not found.*pass --noevaluate'):
+    export.prepare(workdir, 'jax', str(tmp_path / 'o'), evaluate=True)
+  with pytest.raises(ValueError, match='--eval_images=0: give a count >= 1, or --noevaluate'):
+    export.prepare(workdir, 'jax', str(tmp_path / 'o'), evaluate=True, eval_images=0)
+  with pytest.raises(FileNotFoundError, match='holds no images'):  # an empty calibration folder
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), quantize='full_int8',
+                   representative=str(tmp_path / 'empty'))
   assert not (tmp_path / 'o').exists()
   assert [p.name for p in (tmp_path / 'full').iterdir()] == ['keep.txt']
 
