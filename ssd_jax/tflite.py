@@ -41,7 +41,7 @@ from ssd_jax import box_utils, builders, detector, layers
 
 POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
 QUANTIZE = ('none', 'int8', 'full_int8')
-NETWORK_OUTPUTS = ('box_encodings', 'class_predictions')
+NETWORK_OUTPUTS = ('box_encodings', 'class_predictions')  # join() matches them by name
 REPRESENTATIVE_IMAGES = 200
 THREAD_SAFE_COLUMNS = 32  # see op_columns
 
@@ -74,8 +74,8 @@ def network_fn(task, variables, resize: bool) -> Callable[[jax.Array], dict]:
     loc, logits = model.apply(variables, builders.normalise_images(pixels, config))
     loc = loc.astype(jnp.float32)
     yx, hw = loc[..., 1::-1], jnp.minimum(loc[..., :1:-1], cap)
-    return {'box_encodings': jnp.concatenate([yx, hw], axis=-1),
-            'class_predictions': jax.nn.softmax(logits.astype(jnp.float32), axis=-1)}
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return dict(zip(NETWORK_OUTPUTS, (jnp.concatenate([yx, hw], axis=-1), probs)))
 
   return net
 
@@ -179,8 +179,8 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
 
   side = size if fixed_size else None
   specs = [tf.TensorSpec([1, side, side, 3], tf.uint8, name='images'),
-           tf.TensorSpec([1, num, 4], tf.float32, name='box_encodings'),
-           tf.TensorSpec([1, num, fg + 1], tf.float32, name='class_predictions')]
+           tf.TensorSpec([1, num, 4], tf.float32, name=NETWORK_OUTPUTS[0]),
+           tf.TensorSpec([1, num, fg + 1], tf.float32, name=NETWORK_OUTPUTS[1])]
 
   class PostProcess(tf.Module):
     @tf.function(input_signature=specs, autograph=False)
