@@ -26,10 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import box_utils, builders, layers
+from ssd_jax import box_utils, builders
 
 OPSET = 17
-NETWORK_INPUT = 'pixels'
 
 
 def network_fn(task, variables):
@@ -48,24 +47,15 @@ def network_fn(task, variables):
 
 def network_onnx(task, variables):
   """The network as an onnx.ModelProto with a dynamic batch (see the module doc)."""
-  import tensorflow as tf
   import tf2onnx
-  from jax.experimental import jax2tf
 
-  from ssd_jax import export
+  from ssd_jax import tflite
   size = task.image_size
-  with export.stablehlo_for_tensorflow(), layers.grouped_depthwise():
-    converted = jax2tf.convert(network_fn(task, variables), with_gradient=False,
-                               native_serialization_platforms=export.PLATFORMS)
-    concrete = tf.function(converted, autograph=False).get_concrete_function(
-        tf.TensorSpec([1, size, size, 3], tf.float32, name=NETWORK_INPUT))
+  flatbuffer = tflite.lower_network(network_fn(task, variables), [1, size, size, 3], 'float32')
   with tempfile.TemporaryDirectory() as tmp:
-    tf.saved_model.save(tf.Module(), tmp, signatures={'serving_default': concrete})
-    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     path = os.path.join(tmp, 'network.tflite')
     with open(path, 'wb') as f:
-      f.write(converter.convert())
+      f.write(flatbuffer)
     model, _ = tf2onnx.convert.from_tflite(path, opset=OPSET)
   return dynamic_batch(model)
 

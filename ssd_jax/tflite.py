@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import os
 import tempfile
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -120,29 +119,28 @@ def _implements(attributes: dict) -> str:
   return f'name: "{POSTPROCESS_OP}" {attrs}'
 
 
-# --- the two graphs as SavedModels ------------------------------------------------------
+# --- the two graphs ------------------------------------------------------
 
-def save_network(task, variables, folder: str, fixed_size: bool) -> None:
-  """The network as a SavedModel: signature `serving_default`, images ->
-  NETWORK_OUTPUTS.
-
-  fixed_size: images f32[1, S, S, 3] pixels (what a quantised input needs);
-  otherwise u8[1, H, W, 3] of any size.
-  """
+def lower_network(fn: Callable, shape: list, dtype: str, quantize: str = 'none',
+                  representative: Optional[Callable[[], Iterable]] = None) -> bytes:
+  """A JAX network on `images` -> a TFLite flatbuffer of builtins (signature
+  `serving_default`, input `images`): jax2tf's StableHLO with depthwise
+  convolutions kept grouped (layers.grouped_depthwise), saved as a SavedModel
+  and converted (convert_network). shape: [1, S, S, 3], or [1, None, None, 3]
+  for any height and width; dtype: the input's ('uint8', 'float32')."""
   import tensorflow as tf
   from jax.experimental import jax2tf
 
   from ssd_jax import export
-  fn = network_fn(task, variables, resize=not fixed_size)
-  size = task.image_size
-  spec = (tf.TensorSpec([1, size, size, 3], tf.float32, name='images') if fixed_size
-          else tf.TensorSpec([1, None, None, 3], tf.uint8, name='images'))
+  polymorphic = ['(1, h, w, 3)'] if None in shape else None
   with export.stablehlo_for_tensorflow(), layers.grouped_depthwise():
-    converted = jax2tf.convert(fn, polymorphic_shapes=None if fixed_size else ['(1, h, w, 3)'],
-                               with_gradient=False,
+    converted = jax2tf.convert(fn, polymorphic_shapes=polymorphic, with_gradient=False,
                                native_serialization_platforms=export.PLATFORMS)
-    detect = tf.function(converted, autograph=False).get_concrete_function(spec)
-  tf.saved_model.save(tf.Module(), folder, signatures={'serving_default': detect})
+    concrete = tf.function(converted, autograph=False).get_concrete_function(
+        tf.TensorSpec(shape, dtype, name='images'))
+  with tempfile.TemporaryDirectory() as tmp:
+    tf.saved_model.save(tf.Module(), tmp, signatures={'serving_default': concrete})
+    return convert_network(tmp, quantize, representative)
 
 
 def best_of_each_class(class_predictions, top_k: int):
@@ -325,13 +323,13 @@ def to_tflite(task, variables, quantize: str = 'none',
   """(the detector, its network alone) as TFLite flatbuffers (see the module
   doc); full_int8 takes the network's input, u8[1, S, S, 3], and needs
   `representative` (see representative_images)."""
-  fixed = quantize == 'full_int8'
+  fixed, size = quantize == 'full_int8', task.image_size
+  shape, dtype = ([1, size, size, 3], 'float32') if fixed else ([1, None, None, 3], 'uint8')
+  network = lower_network(network_fn(task, variables, resize=not fixed), shape, dtype,
+                          quantize, representative)
   with tempfile.TemporaryDirectory() as tmp:
-    net_dir, post_dir = os.path.join(tmp, 'network'), os.path.join(tmp, 'post')
-    save_network(task, variables, net_dir, fixed)
-    attributes = save_postprocess(task, post_dir, fixed)
-    network = convert_network(net_dir, quantize, representative)
-    return join(network, convert_postprocess(post_dir, attributes)), network
+    attributes = save_postprocess(task, tmp, fixed)
+    return join(network, convert_postprocess(tmp, attributes)), network
 
 
 def representative_images(task, folder: Optional[str] = None,
