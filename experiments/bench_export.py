@@ -134,7 +134,7 @@ def main():
   parser.add_argument('--photos', nargs='+', default=list(PHOTOS))
   parser.add_argument('--eval_images', type=int, default=0,
                       help='with --workdir: the mAP of each runtime on this many images of '
-                      'the eval split (evaluate.evaluate_detector)')
+                      'the eval split (evaluate.evaluate_detectors)')
   parser.add_argument('--no_torchvision', action='store_true',
                       help='skip the torchvision row (with torch and TensorFlow in one '
                       'process it crashed on SSDLite320 here)')
@@ -187,7 +187,7 @@ def main():
       accuracy = '-'
       if args.eval_images:
         from ssd_jax import evaluate
-        result = evaluate.evaluate_detector(task, det, args.eval_images)
+        (result,) = evaluate.evaluate_detectors(task, [det], args.eval_images)
         accuracy = f'{evaluate.headline(result)[1]:.4f}'
       print(f'| {name} | {1e3 * statistics.median(t):.1f} | {1e3 * min(t):.1f} | '
             f'{statistics.median(t) / jax_median:.2f}x | {ratio} | {size_text} | {seconds:.1f} | '

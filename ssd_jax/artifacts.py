@@ -2,10 +2,12 @@
 
 `Detector.from_exported(folder)` picks the class from the folder's export.json;
 each gives the Detector's `detect`, one image at a time, so evaluation
-(evaluate.evaluate_detector), tests and benchmarks treat every format alike.
+(evaluate.evaluate_detectors), tests and benchmarks treat every format alike.
 TensorFlow is imported for saved_model and tflite only; onnxruntime for onnx.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -18,16 +20,14 @@ class SavedModelDetector(detector.ArtifactDetector):
   FILE, FORMAT = 'saved_model.pb', 'saved_model'
 
   def load(self, file: str) -> None:
-    import os
-
     import tensorflow as tf
     self._serve = tf.saved_model.load(os.path.dirname(file)).signatures['serving_default']
 
   def run(self, images: np.ndarray) -> dict:
+    """The image repeated to the exported batch; the first row's outputs."""
     import tensorflow as tf
-    batch = self.info.get('batch') or 1
-    padded = np.concatenate([images] * batch) if batch > 1 else images
-    return {k: v.numpy()[:1] for k, v in self._serve(images=tf.constant(padded)).items()}
+    batch = np.repeat(images, self.info['batch'], axis=0)
+    return {k: v.numpy()[:1] for k, v in self._serve(images=tf.constant(batch)).items()}
 
 
 class TfliteDetector(detector.ArtifactDetector):
@@ -37,8 +37,6 @@ class TfliteDetector(detector.ArtifactDetector):
   FILE, FORMAT = 'detector.tflite', 'tflite'
 
   def load(self, file: str) -> None:
-    import os
-
     import tensorflow as tf
     self._interpreter = tf.lite.Interpreter(model_path=file, num_threads=os.cpu_count())
     self._serve = self._interpreter.get_signature_runner('serving_default')

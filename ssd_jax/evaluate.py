@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -108,24 +108,23 @@ def evaluate(task, variables, mesh=None) -> dict:
   return evaluator.result()
 
 
-def evaluate_detector(task, det, count: Optional[int] = None) -> dict:
-  """Scores anything with a Detector's `detect` (a Detector, an exported artifact)
-  on the first `count` images of the task's eval split (all by default), one
-  image at a time on this host, with `evaluate`'s metric; see
-  metrics.Evaluator for the result."""
-  evaluator = make_evaluator(task)
-  source_size = len(input_pipeline.open_source(task.config, task.config.data.eval_split))
-  count = source_size if count is None else count
+def evaluate_detectors(task, detectors: Sequence, count: Optional[int] = None) -> list[dict]:
+  """Scores anything with a Detector's `detect` (a Detector, an exported
+  artifact) on the first `count` images of the task's eval split (all by
+  default), one image at a time on this host, with `evaluate`'s metric: one
+  result per detector (see metrics.Evaluator), from one pass over the images."""
+  evaluators = [make_evaluator(task) for _ in detectors]
   for ex in input_pipeline.decoded_eval_examples(task.config, count).as_numpy_iterator():
     if not ex['ok']:
       continue
     real, size = ex['labels'] > 0, ex['image'].shape[:2]
-    found = det.detect([ex['image']])[0]
-    evaluator.add(int(ex['image_id']),
-                  {'boxes': _to_pixels(ex['boxes'][real], size), 'labels': ex['labels'][real],
-                   'difficult': ex['difficult'][real]},
-                  {k: found[k] for k in ('boxes', 'scores', 'classes')})
-  return evaluator.result()
+    truth = {'boxes': _to_pixels(ex['boxes'][real], size), 'labels': ex['labels'][real],
+             'difficult': ex['difficult'][real]}
+    for det, evaluator in zip(detectors, evaluators):
+      found = det.detect([ex['image']])[0]
+      evaluator.add(int(ex['image_id']), truth,
+                    {k: found[k] for k in ('boxes', 'scores', 'classes')})
+  return [evaluator.result() for evaluator in evaluators]
 
 
 def headline(result: dict) -> tuple[str, float]:

@@ -332,12 +332,11 @@ def accuracy(output: str, task, params, count: int) -> dict:
   """The artifact in `output` and the checkpoint's own detector scored alike on
   the first `count` eval images: {'metric', 'images', 'artifact', 'checkpoint'}."""
   from ssd_jax import evaluate
-  scores = {}
-  for name, det in (('artifact', detector.Detector.from_exported(output)),
-                    ('checkpoint', detector.Detector(task, params))):
-    result = evaluate.evaluate_detector(task, det, count)
-    metric, scores[name] = evaluate.headline(result)
-  return {'metric': metric, 'images': count, **scores}
+  artifact, checkpoint = evaluate.evaluate_detectors(
+      task, [detector.Detector.from_exported(output), detector.Detector(task, params)], count)
+  metric, value = evaluate.headline(artifact)
+  return {'metric': metric, 'images': count, 'artifact': value,
+          'checkpoint': evaluate.headline(checkpoint)[1]}
 
 
 def export(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'float32',

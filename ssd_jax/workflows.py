@@ -88,10 +88,10 @@ def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
 
 def run_artifact_evaluation(config, folder: str) -> dict:
   """--mode=eval on an export folder: its artifact, one image at a time, on the
-  whole eval split (evaluate.evaluate_detector); the report goes to folder/eval.
+  whole eval split (evaluate.evaluate_detectors); the report goes to folder/eval.
   'step' is the checkpoint step the artifact was exported from."""
   det = detector.Detector.from_exported(folder)
-  result = evaluate.evaluate_detector(Task.of(config), det)
+  (result,) = evaluate.evaluate_detectors(Task.of(config), [det])
   step, out_dir = det.info.get('step'), os.path.join(folder, 'eval')
   evaluate.report(result, out_dir, step)
   return {'result': result, 'step': step, 'eval_dir': out_dir}

@@ -240,8 +240,9 @@ def eval_dataset(config, process_index: Optional[int] = None,
   return _without_autotuning(ds.padded_batch(batch, drop_remainder=True).prefetch(AUTOTUNE)), steps
 
 
-def decoded_eval_examples(config, count: int) -> tf.data.Dataset:
-  """The first `count` examples of the eval split, decoded but not resized
-  (see sources.py), for drawing detections on."""
+def decoded_eval_examples(config, count: Optional[int] = None) -> tf.data.Dataset:
+  """The first `count` examples of the eval split (all when None), decoded but
+  not resized (see sources.py), for drawing detections on or scoring a Detector."""
   source = open_source(config, config.data.eval_split)
-  return _without_autotuning(tf.data.Dataset.range(min(count, len(source))).map(source.example))
+  count = len(source) if count is None else min(count, len(source))
+  return _without_autotuning(tf.data.Dataset.range(count).map(source.example))
