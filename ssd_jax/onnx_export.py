@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import box_utils, builders
+from ssd_jax import box_utils, builders, postprocess
 
 OPSET = 17
 
@@ -196,9 +196,9 @@ def to_onnx(task, variables) -> bytes:
   loc, probs = sorted((o.name for o in graph.output), key=lambda name: _dim(graph, name, -1) != 4
                       or _dim(graph, name, 1) != anchors.shape[0])
   g = _Graph(graph)
-  num_anchors, num_fg = anchors.shape[0], task.num_classes - 1
-  top_k = min(config.eval.top_k, num_anchors)
-  detections = min(config.eval.max_detections, top_k * num_fg)
+  num_anchors = anchors.shape[0]
+  top_k, detections = postprocess.limits(config.eval.top_k, config.eval.max_detections,
+                                         num_anchors, task.num_classes)
   del graph.input[:]
   graph.input.append(helper.make_tensor_value_info('images', TensorProto.UINT8,
                                                    ['batch', 'height', 'width', 3]))

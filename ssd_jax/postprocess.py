@@ -78,6 +78,15 @@ def _per_image(boxes, probs, score_threshold, top_k, iou_threshold, max_detectio
                     classes=jnp.where(valid, classes, 0), valid=valid)
 
 
+def limits(top_k: int, max_detections: int, num_anchors: int,
+           num_classes: int) -> tuple[int, int]:
+  """(candidates per class, detections per image) as postprocess applies them:
+  top_k capped at the number of default boxes, max_detections at what the
+  classes' candidates can give. num_classes counts the background."""
+  top_k = min(top_k, num_anchors)
+  return top_k, min(max_detections, top_k * (num_classes - 1))
+
+
 def postprocess(loc: jax.Array, logits: jax.Array, anchors: jax.Array, variances=(0.1, 0.2),
                 score_threshold: float = 0.01, top_k: int = 400, iou_threshold: float = 0.45,
                 max_detections: int = 200, clip_boxes: bool = True) -> Detections:
@@ -94,8 +103,7 @@ def postprocess(loc: jax.Array, logits: jax.Array, anchors: jax.Array, variances
   Returns:
     Detections with D = max_detections (see its docstring).
   """
-  top_k = min(top_k, anchors.shape[0])
-  max_detections = min(max_detections, top_k * (logits.shape[-1] - 1))
+  top_k, max_detections = limits(top_k, max_detections, anchors.shape[0], logits.shape[-1])
   boxes = box_utils.decode(loc.astype(jnp.float32), anchors, variances)
   if clip_boxes:
     boxes = jnp.clip(boxes, 0.0, 1.0)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import box_utils, builders, detector, layers
+from ssd_jax import box_utils, builders, detector, layers, postprocess
 
 POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
 QUANTIZE = ('none', 'int8', 'full_int8')
@@ -166,7 +166,8 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   anchors = anchors_yxhw(task)
   num, fg = anchors.shape[0], task.num_classes - 1
   columns = op_columns(fg)
-  top_k = min(config.eval.top_k, num)
+  top_k, _ = postprocess.limits(config.eval.top_k, config.eval.max_detections, num,
+                                task.num_classes)
   attributes = postprocess_attributes(config, len(columns))
   d = attributes['max_detections']
 
