@@ -88,11 +88,8 @@ def torchvision_runner(config):
 def representative(images, size: int):
   """full_int8's calibration set: the benchmark's photos, resized and rounded as
   tflite.representative_images makes them."""
-  def generate():
-    for image in images:
-      pixels = np.asarray(detector.resize_images(image[None], size))
-      yield np.clip(np.round(pixels), 0, 255).astype(np.float32)
-  return generate
+  return lambda: (detector.resize_to_uint8(image[None], size).astype(np.float32)
+                  for image in images)
 
 
 def detector_runner(det):

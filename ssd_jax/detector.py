@@ -39,6 +39,12 @@ def resize_images(images, size: int):
   return jax.image.resize(images.astype(jnp.float32), shape, 'linear', antialias=False)
 
 
+def resize_to_uint8(images, size: int) -> np.ndarray:
+  """u8[..., H, W, 3] -> u8[..., S, S, 3]: resize_images rounded to whole pixel
+  values, what a full-int8 TFLite artifact takes."""
+  return np.clip(np.round(np.asarray(resize_images(images, size))), 0, 255).astype(np.uint8)
+
+
 class Detector:
   """A trained SSD: its variables, default boxes and post-processing, jitted.
 
@@ -186,8 +192,7 @@ class ArtifactDetector(Detector):
       scale = np.ones(4, np.float32)
       if self.fixed_size:
         (h, w), s = image.shape[:2], self.fixed_size
-        pixels = np.round(np.asarray(resize_images(image, s)))
-        image, scale = np.clip(pixels, 0, 255).astype(np.uint8), np.array([w, h, w, h]) / s
+        image, scale = resize_to_uint8(image, s), np.array([w, h, w, h]) / s
       found = self.run(image[None])
       valid = np.arange(found['scores'].shape[1]) < found['num_detections'][0]
       out.append((found['boxes'][0] * scale.astype(np.float32), found['scores'][0],

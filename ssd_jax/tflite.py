@@ -355,8 +355,7 @@ def representative_images(task, folder: Optional[str] = None,
 
   def generate():
     for image in read():
-      pixels = np.asarray(detector.resize_images(image[None], size))
-      yield np.clip(np.round(pixels), 0, 255).astype(np.float32)
+      yield detector.resize_to_uint8(image[None], size).astype(np.float32)
 
   return generate
 

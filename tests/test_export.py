@@ -128,7 +128,7 @@ def test_saved_model_takes_the_batch_it_was_exported_for(workdir, photos, tmp_pa
 @pytest.fixture(scope='module')
 def op_rules_workdir(workdir, tmp_path_factory):
   """The same model, its config set to the rules of TFLite's post-process op
-  (NMS over every candidate, unclipped boxes; see ssd_jax/tflite.py)."""
+  (unclipped boxes in NMS; see ssd_jax/tflite.py)."""
   task, variables, _ = export.load(workdir)
   return convert.save(str(tmp_path_factory.mktemp('op_rules') / 'w'), variables,
                       {'format': 'test'}, tflite.with_op_rules(task.config))
@@ -169,8 +169,8 @@ def test_tflite_keeps_every_class_with_any_thread_count(load_config, photos, tmp
 
 
 def test_tflite_float_keeps_the_detectors_detections(exported, photos, reference):
-  """Under ssd_jax's own rules (clipped boxes in NMS, top_k candidates per
-  class) the op differs only at the edges: a share of the detections kept."""
+  """Under ssd_jax's own rules (clipped boxes in NMS) the op differs only at
+  the image border: a share of the detections kept."""
   path = pathlib.Path(exported('tflite')) / export.TFLITE_FILE
   kept = [detections.has_partner(ours_minus_names(ours), theirs, SCORE_TOL, min_iou=0.99)
           for ours, theirs in zip(reference, tflite_detections(str(path), photos), strict=True)]
