@@ -65,14 +65,16 @@ def normalise_images(pixels, config) -> jax.Array:
   return x / jnp.asarray(d.std_rgb, jnp.float32)
 
 
-def init_variables(config: config_dict.ConfigDict, rng: jax.Array,
-                   model: Optional[nn.Module] = None) -> dict:
-  """Freshly initialised variables of the config's model (`model`, if already
-  built): {'params': ...}, plus {'batch_stats': ...} where a part has BatchNorm
-  layers (under `jax.eval_shape`, their shapes and dtypes only, with no compute)."""
-  size = config.model.image_size
-  model = model or build_model(config)
-  return dict(model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32)))
+def model_variables(model: nn.Module, image_size: int, rng: jax.Array) -> dict:
+  """Freshly initialised variables of `model` for image_size² inputs: {'params': ...},
+  plus {'batch_stats': ...} where a part has BatchNorm layers (under
+  `jax.eval_shape`, their shapes and dtypes only, with no compute)."""
+  return dict(model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32)))
+
+
+def init_variables(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
+  """model_variables of the config's model."""
+  return model_variables(build_model(config), config.model.image_size, rng)
 
 
 def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:

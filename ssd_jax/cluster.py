@@ -4,9 +4,9 @@ A run on N hosts is N processes running the same command; process 0 also
 runs JAX's coordination service. This module is the one place that knows it:
   initialize(config)   joins the cluster (config.cluster, JAX_* variables, or
                        what JAX detects: Cloud TPU, SLURM, Open MPI, k8s)
-  agree(what, fn)      runs a host-local check on every host; if any host
-                       fails, every host raises, naming it (before the first
-                       collective, so no host is left waiting in one)
+  agreement(what)      a block of host-local checks on every host; if it
+                       fails on any host, every host raises, naming it (before
+                       the first collective, so no host is left waiting in one)
   barrier(name)        every host waits for the others
   preemption(...)      SIGTERM to any host -> every host stops at one step
   fail(exc)            a host's failure in the middle of the run: it is
@@ -15,15 +15,16 @@ runs JAX's coordination service. This module is the one place that knows it:
                        the host that failed first, and its error.
 
 Without jax.distributed (one process) every function here is a no-op or
-runs `fn` directly, and SIGTERM is caught by a Python handler.
+runs its block directly, and SIGTERM is caught by a Python handler.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Optional, TypeVar
+from typing import Iterator, Optional
 
 import jax
 from absl import logging
@@ -32,7 +33,6 @@ from jax.experimental import multihost_utils
 
 from ssd_jax import sharding
 
-T = TypeVar('T')
 _FAILED_KEY = 'ssd_jax/failed/'  # + process id -> what went wrong there
 # Environment variables read when the config leaves a field unset (JAX itself
 # reads JAX_COORDINATOR_ADDRESS and JAX_LOCAL_DEVICE_IDS).
@@ -98,32 +98,39 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def agree(what: str, fn: Callable[[], T]) -> T:
-  """fn() on every host; if it raises on any, every host raises.
+@contextlib.contextmanager
+def agreement(what: str) -> Iterator[None]:
+  """Runs the block on every host; if it raises on any, every host raises.
 
   The failing host re-raises its own error; the others raise HostFailed with
-  each failed host's error. Use it only where every host calls it and no host
-  is inside a collective (it is itself one).
+  each failed host's error. Use it only where every host enters it and no host
+  is inside a collective (leaving it is itself one).
   """
   if not is_multihost():
-    return fn()
+    yield
+    return
   try:
-    result, error = fn(), None
+    yield
   except Exception as e:  # noqa: BLE001 - every host must learn of any failure
-    result, error = None, e
+    _agree(what, e)
+    raise
+  _agree(what, None)
+
+
+def _agree(what: str, error: Optional[Exception]) -> None:
+  """Tells every host this host's outcome; raises HostFailed when another failed."""
   outcomes = sharding.gather_objects(None if error is None else f'{type(error).__name__}: '
                                      f'{error}')
-  failed = {host: text for host, text in enumerate(outcomes) if text is not None}
   if error is not None:
     error.agreed = True  # every host knows: they can all end the normal way (see fail)
-    raise error
+    return
+  failed = {host: text for host, text in enumerate(outcomes) if text is not None}
   if failed:
     lines = '; '.join(f'host {h}: {t}' for h, t in failed.items())
     stop = HostFailed(f'{what} failed on {len(failed)} of {len(outcomes)} hosts ({lines}). '
                       f'Fix it there and start the same command on every host again.')
     stop.agreed = True
     raise stop
-  return result
 
 
 # --- preemption -----------------------------------------------------------------

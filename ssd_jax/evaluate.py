@@ -77,12 +77,12 @@ def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None) -> No
   hosts' collections are merged at the end. variables: see evaluate.
   """
   config = task.config
-  variables = builders.inference_variables(variables)
   mesh = mesh or sharding.make_mesh()
-  sharding.check_mesh_batch(config.train.batch_size, mesh)
-  anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
   step = jit_eval_step(task, mesh)
   data, steps = input_pipeline.eval_dataset(config)
+  variables = builders.inference_variables(variables)
+  sharding.check_mesh_batch(config.train.batch_size, mesh)
+  anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
   mine = sharding.host_rows(config.train.batch_size)
   for batch in data.take(steps).as_numpy_iterator():
     images = sharding.global_batch({'image': batch['image']}, mesh)['image']
@@ -147,15 +147,15 @@ def table(result: dict) -> str:
 def report(result: dict, out_dir: str, step: Optional[int] = None) -> str:
   """Writes metrics.json and pr_curves.png into out_dir (a local path or a URL);
   returns the table."""
-  folder = paths.path(out_dir)
-  folder.mkdir(parents=True, exist_ok=True)
+  text = table(result)
+  if result['curves']:
+    plot_curves(result['curves'], f'{out_dir}/pr_curves.png', result['per_class_AP'])
   serialisable = {k: v for k, v in result.items() if k != 'curves'}
   serialisable['step'] = step
   # a class without ground truth: NaN
-  paths.write_text_atomic(folder / 'metrics.json', json.dumps(serialisable, indent=2))
-  if result['curves']:
-    plot_curves(result['curves'], str(folder / 'pr_curves.png'), result['per_class_AP'])
-  return table(result)
+  paths.write_text_atomic(paths.path(out_dir) / 'metrics.json',
+                          json.dumps(serialisable, indent=2))
+  return text
 
 
 def write_summaries(writer, result: dict, step: int) -> None:
@@ -172,13 +172,13 @@ def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
   """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and
   summaries; returns the result."""
   result = evaluate(task, variables, mesh)
+  if writer:
+    write_summaries(writer, result, step)
   if jax.process_index() == 0:
-    report(result, eval_dir(workdir, step), step)
     name, value = headline(result)
     logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value,
                  eval_dir(workdir, step))
-  if writer:
-    write_summaries(writer, result, step)
+    report(result, eval_dir(workdir, step), step)
   return result
 
 
@@ -197,5 +197,7 @@ def plot_curves(curves: dict, path: str, ap: Optional[dict] = None) -> None:
   for ax in list(axes.flat)[n:]:
     ax.axis('off')
   fig.tight_layout()
-  with paths.path(path).open('wb') as f:
+  target = paths.path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with target.open('wb') as f:
     fig.savefig(f, format='png', dpi=80)

@@ -117,11 +117,11 @@ def converted(name: str) -> str:
   target = os.path.join(cache_dir(), name)
   if os.path.isfile(os.path.join(target, 'conversion.json')):
     return target
-  source = fetch(name)
+  fmt, source = weights(name).format, fetch(name)
   partial = f'{target}.partial-{os.getpid()}'
   shutil.rmtree(partial, ignore_errors=True)
   try:
-    convert.convert(weights(name).format, source, partial)
+    convert.convert(fmt, source, partial)
     try:
       os.replace(partial, target)
     except OSError:  # another process converted it meanwhile

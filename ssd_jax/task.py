@@ -95,7 +95,7 @@ class Task:
 
   def init_variables(self, rng: jax.Array) -> dict:
     """Freshly initialised variables ({'params'}, maybe 'batch_stats')."""
-    return builders.init_variables(self.config, rng, self.model)
+    return builders.model_variables(self.model, self.image_size, rng)
 
 
 def with_dataset_classes(config: config_dict.ConfigDict) -> config_dict.ConfigDict:

@@ -123,26 +123,13 @@ def _claim_workdir(workdir: str, stack: contextlib.ExitStack):
   return lock, marker
 
 
-def _check_host(config, workdir: str, marker: str):
-  """What each host checks on its own before the run starts: it can write the
-  workdir and sees host 0's marker there (one shared workdir), the checkpoints
-  fit the config, and its training data opens. Returns the data source."""
-  if jax.process_index() != 0:
-    check_workdir(workdir)
-    if not (paths.path(workdir) / marker).exists():
-      raise FileNotFoundError(
-          f'--workdir={workdir} on this host is not the folder host 0 created: every host '
-          f'must see one shared workdir (a shared filesystem or a bucket such as gs://...).')
-  workdirs.check_resumable(config, workdir)
-  return input_pipeline.train_source(config)
-
-
-def _prepare(config) -> None:
-  """What one process makes for the others: a built-in dataset missing from the
-  data dir, and the published weights model.init_from names."""
-  input_pipeline.prepare_data(config)
-  if config.model.init_from:
-    pretrained.converted(config.model.init_from)
+def _check_shared_workdir(workdir: str, marker: str) -> None:
+  """A host other than 0 can write the workdir and sees host 0's marker there."""
+  check_workdir(workdir)
+  if not (paths.path(workdir) / marker).exists():
+    raise FileNotFoundError(
+        f'--workdir={workdir} on this host is not the folder host 0 created: every host '
+        f'must see one shared workdir (a shared filesystem or a bucket such as gs://...).')
 
 
 def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
@@ -153,19 +140,28 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
   Nothing in the workdir changes until the run is known to start: a second
   run, or one whose model does not fit the checkpoints, is refused first (the
   caller writes config.json once its data stream opens). On several hosts
-  each check runs on every host, and all stop if one fails (cluster.agree),
+  each check runs on every host, and all stop if one fails (cluster.agreement),
   before any host enters a collective.
   """
   config = task.config
-  lock, marker = cluster.agree('claiming the workdir', lambda: _claim_workdir(workdir, stack))
-  # Host 0 generates a built-in dataset missing from the data dir and fetches the
-  # weights to start from, while the others wait here (agree is a collective): no
-  # two hosts ever write one dataset or one cached file.
-  cluster.agree('preparing the data and weights', lambda: (
-      _prepare(config) if jax.process_index() == 0 else None))
+  with cluster.agreement('claiming the workdir'):
+    lock, marker = _claim_workdir(workdir, stack)
+  with cluster.agreement('preparing the data and weights'):
+    # Host 0 generates a built-in dataset missing from the data dir and fetches
+    # the weights to start from, while the others wait (leaving an agreement is
+    # a collective): no two hosts ever write one dataset or one cached file.
+    if jax.process_index() == 0:
+      input_pipeline.prepare_data(config)
+      if config.model.init_from:
+        pretrained.converted(config.model.init_from)
   marker = sharding.gather_objects(marker)[0]
-  source = cluster.agree('checking the workdir and the data',
-                         lambda: _check_host(config, workdir, marker))
+  # What each host checks on its own before the run starts: it sees the shared
+  # workdir, the checkpoints fit the config, and its training data opens.
+  with cluster.agreement('checking the workdir and the data'):
+    if jax.process_index() != 0:
+      _check_shared_workdir(workdir, marker)
+    workdirs.check_resumable(config, workdir)
+    source = input_pipeline.train_source(config)
   state = train_step.create_state(task, mesh, jax.random.key(config.seed))
   mngr, start = None, 0
   if (paths.path(workdir) / 'checkpoints').is_dir():  # else opened once data flows
@@ -210,7 +206,7 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool)
                   disable=jax.process_index() != 0)
   stack.callback(bar.close)
   completions = progress.Completions(bar, start)  # the bar counts completed steps
-  result = None
+  every, result = config.eval.every_steps, None
   for step in range(start, total):
     state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
     done = step + 1
@@ -232,7 +228,6 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool)
     if preempted:
       mngr.wait_until_finished()
       raise Preempted(done, workdir)
-    every = config.eval.every_steps
     if with_eval and (done == total or (every and done % every == 0)):
       result = evaluate.evaluate_and_report(task, state, workdir, done, writer, mesh)
   mngr.wait_until_finished()
