@@ -58,6 +58,32 @@ def grouped_depthwise():
     USE_CPU_DEPTHWISE = saved
 
 
+# Set True to write hard-swish as relu6(x + 3) * x * (1 / 6) (see unfused_hard_swish).
+UNFUSED_HARD_SWISH = False
+
+
+@contextlib.contextmanager
+def unfused_hard_swish():
+  """While tracing inside it, hard-swish is written relu6(x + 3) * x * (1 / 6):
+  the same function, which TFLite's converter keeps as an ADD (relu6 fused) and
+  a MUL instead of fusing it into HARD_SWISH. XNNPACK takes no int8 HARD_SWISH,
+  so in a full-integer model each of SSDLite's 20 splits the network between
+  XNNPACK and TFLite's own kernels; written this way, all of it runs in XNNPACK."""
+  global UNFUSED_HARD_SWISH
+  saved, UNFUSED_HARD_SWISH = UNFUSED_HARD_SWISH, True
+  try:
+    yield
+  finally:
+    UNFUSED_HARD_SWISH = saved
+
+
+def hard_swish(x):
+  """x * relu6(x + 3) / 6 (torch's Hardswish); see unfused_hard_swish."""
+  if UNFUSED_HARD_SWISH:
+    return nn.relu6(x + 3.0) * x * (1.0 / 6.0)
+  return nn.hard_swish(x)
+
+
 def cpu_gradients_apply() -> bool:
   """Whether the CPU pooling gradient is used: on, and not several devices (see the module doc)."""
   return USE_CPU_GRADIENTS and jax.device_count() == 1
@@ -192,7 +218,7 @@ ACTIVATIONS = {
     'none': lambda x: x,
     'relu': nn.relu,
     'relu6': nn.relu6,
-    'hardswish': nn.hard_swish,  # x * relu6(x + 3) / 6, torch's Hardswish
+    'hardswish': hard_swish,
 }
 
 

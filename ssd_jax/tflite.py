@@ -28,6 +28,7 @@ docs/export.md):
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import tempfile
 from typing import Callable, Iterable, Iterator, Optional
@@ -133,7 +134,9 @@ def lower_network(fn: Callable, shape: list, dtype: str, quantize: str = 'none',
 
   from ssd_jax import export
   polymorphic = ['(1, h, w, 3)'] if None in shape else None
-  with export.stablehlo_for_tensorflow(), layers.grouped_depthwise():
+  int8 = quantize == 'full_int8'
+  with export.stablehlo_for_tensorflow(), layers.grouped_depthwise(), \
+       (layers.unfused_hard_swish() if int8 else contextlib.nullcontext()):
     converted = jax2tf.convert(fn, polymorphic_shapes=polymorphic, with_gradient=False,
                                native_serialization_platforms=export.PLATFORMS)
     concrete = tf.function(converted, autograph=False).get_concrete_function(

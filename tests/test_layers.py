@@ -81,3 +81,16 @@ def test_depthwise_shifted_equals_xlas_grouped_convolution(kernel, stride, pad):
                              rtol=1e-5, atol=1e-5)
   for a, b in zip(_grads(ours, x, w), _grads(xla, x, w)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_unfused_hard_swish_is_the_same_function():
+  """x * relu6(x + 3) / 6, against NumPy, written either way (the unfused form is
+  what a full-int8 TFLite export traces)."""
+  x = np.linspace(-5, 5, 1001, dtype=np.float32)
+  expected = x * np.clip(x + 3, 0, 6) / 6
+  np.testing.assert_allclose(np.asarray(layers.hard_swish(jnp.asarray(x))), expected,
+                             rtol=1e-6, atol=1e-7)
+  with layers.unfused_hard_swish():
+    unfused = np.asarray(layers.hard_swish(jnp.asarray(x)))
+  np.testing.assert_allclose(unfused, expected, rtol=1e-6, atol=1e-7)
+  assert not layers.UNFUSED_HARD_SWISH  # the context put it back
