@@ -29,21 +29,11 @@ from ssd_jax import recipes
 
 def get_config():
   config = recipes.preset('ssd300', 'voc')
-  m, a, d = config.model, config.anchors, config.data
+  m, a = config.model, config.anchors
   m.image_size, m.width = 96, 0.125
   m.sources = ('conv3_3', 'conv4_3', 'conv5_3', 'conv7', 'conv8_2')
   a.steps = (4, 8, 16, 16, 32)
   a.min_sizes = (11, 18, 28, 44, 64)
   a.max_sizes = (18, 28, 44, 64, 88)
   a.aspect_ratios = ((2,),) * 5  # the shapes' aspect ratios are 0.64-1.56
-  d.name, d.max_boxes = 'ssd_shapes', 8
-  d.pixel_buffer = 128  # the shapes' images are 128 x 128
-  d.train_splits, d.eval_split = ('ssd_shapes:train',), 'ssd_shapes:test'
-  config.augment.zoom_out = False
-  o = config.optim
-  o.name, o.learning_rate, o.weight_decay = 'adam', 2e-3, 1e-5
-  o.warmup_steps, o.boundaries, o.grad_clip_norm = 100, (800, 1040), 10.0
-  t = config.train
-  t.batch_size, t.num_steps, t.log_every, t.checkpoint_every = 32, 1200, 100, 400
-  config.eval.metric = 'voc07'  # the paper's VOC2007 11-point AP, the stricter here
-  return config
+  return recipes.quickstart_training(config)
