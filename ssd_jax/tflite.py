@@ -2,14 +2,20 @@
 
 A .tflite detector is two graphs joined into one subgraph:
 
-  network      images -> box_encodings f32[1, A, 4] (ty, tx, th, tw) and
-               class_predictions f32[1, A, C] (softmax, class 0 background):
-               jax2tf's StableHLO, lowered to TFLite builtins by the converter
-               (and, for full_int8, quantised with a representative dataset).
-  post-process TFLite's own TFLite_Detection_PostProcess op (decode against the
-               default boxes stored in it as (yc, xc, h, w), regular per-class
-               NMS, the best D = eval.max_detections), then a few builtin ops
-               that give the artifact's outputs (pixels xyxy, 1-based classes).
+  network      images -> box_deltas f32[1, A, 4] (tx, ty, tw, th, the model's
+               offsets) and logits f32[1, A, C] (class 0 background): jax2tf's
+               StableHLO, lowered to TFLite builtins by the converter (and, for
+               full_int8, quantised with a representative dataset).
+  post-process in float: the softmax and the offsets as the op reads them,
+               (ty, tx, th, tw) with the log sizes capped; then TFLite's own
+               TFLite_Detection_PostProcess op (decode against the default
+               boxes stored in it as (yc, xc, h, w), regular per-class NMS, the
+               best D = eval.max_detections), then a few builtin ops that give
+               the artifact's outputs (pixels xyxy, 1-based classes).
+
+The network ends at the heads, so a full_int8 model computes in int8 only what
+XNNPACK runs in int8: the softmax, the reordering and the cap stay float (int8
+they ran in TFLite's own kernels, and the softmax lost resolution near 1).
 
 The converter lowers a `tf.function(experimental_implements=...)` to that op
 only in graphs without jax2tf's XlaCallModule (it inlines every function of a
@@ -41,7 +47,7 @@ from ssd_jax import box_utils, builders, detector, layers, postprocess
 
 POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
 QUANTIZE = ('none', 'int8', 'full_int8')
-NETWORK_OUTPUTS = ('box_encodings', 'class_predictions')  # join() matches them by name
+NETWORK_OUTPUTS = ('box_deltas', 'logits')  # join() matches them by name
 REPRESENTATIVE_IMAGES = 200
 THREAD_SAFE_COLUMNS = 32  # see op_columns
 
@@ -62,20 +68,15 @@ def network_fn(task, variables, resize: bool) -> Callable[[jax.Array], dict]:
   """images [1, H, W, 3] -> dict of NETWORK_OUTPUTS (see the module doc).
 
   resize: images are uint8 of any size, resized here as Detector.preprocess
-  does; otherwise they are f32 pixels at the network's size. The log-size
-  encodings are capped as box_utils.decode caps them (the op does not).
+  does; otherwise they are f32 pixels at the network's size.
   """
   variables = builders.inference_variables(variables)
   model, config, size = task.model, task.config, task.image_size
-  cap = box_utils.MAX_LOG_SCALE / config.anchors.variances[1]
 
   def net(images):
     pixels = detector.resize_images(images, size) if resize else images
     loc, logits = model.apply(variables, builders.normalise_images(pixels, config))
-    loc = loc.astype(jnp.float32)
-    yx, hw = loc[..., 1::-1], jnp.minimum(loc[..., :1:-1], cap)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    return dict(zip(NETWORK_OUTPUTS, (jnp.concatenate([yx, hw], axis=-1), probs)))
+    return dict(zip(NETWORK_OUTPUTS, (loc.astype(jnp.float32), logits.astype(jnp.float32))))
 
   return net
 
@@ -146,6 +147,17 @@ def lower_network(fn: Callable, shape: list, dtype: str, quantize: str = 'none',
     return convert_network(tmp, quantize, representative)
 
 
+def op_inputs(box_deltas, logits, config) -> tuple:
+  """The network's outputs as the op reads them (TF ops): (box encodings
+  f32[1, A, 4] (ty, tx, th, tw), the log sizes capped as box_utils.decode caps
+  them, which the op does not; class predictions f32[1, A, C], the softmax)."""
+  import tensorflow as tf
+  cap = box_utils.MAX_LOG_SCALE / config.anchors.variances[1]
+  yxhw = tf.gather(box_deltas, [1, 0, 3, 2], axis=-1)
+  encodings = tf.concat([yxhw[..., :2], tf.minimum(yxhw[..., 2:], cap)], axis=-1)
+  return encodings, tf.nn.softmax(logits, axis=-1)
+
+
 def best_of_each_class(class_predictions, top_k: int):
   """f32[1, A, C] -> the same with each foreground class's scores below its
   top_k-th set to 0 (ties with it kept), so that the op's NMS sees what
@@ -158,8 +170,8 @@ def best_of_each_class(class_predictions, top_k: int):
 
 
 def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
-  """The post-process as a SavedModel: `serving_default` (images,
-  box_encodings, class_predictions) -> the artifact's outputs (see export's
+  """The post-process as a SavedModel: `serving_default` (images, box_deltas,
+  logits) -> the artifact's outputs (see export's
   module doc; `images`, uint8 as the joined model's input, only gives the
   pixel scale) and `class_names` (() -> str[C-1]). Returns the op's attributes."""
   import tensorflow as tf
@@ -186,7 +198,8 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
 
   class PostProcess(tf.Module):
     @tf.function(input_signature=specs, autograph=False)
-    def __call__(self, images, box_encodings, class_predictions):
+    def __call__(self, images, box_deltas, logits):
+      box_encodings, class_predictions = op_inputs(box_deltas, logits, config)
       padded = tf.concat([best_of_each_class(class_predictions, top_k),
                           tf.zeros([1, num, 1])], axis=-1)
       columns_in = tf.gather(padded, [0] + [c if c >= 0 else fg + 1 for c in columns], axis=-1)
