@@ -164,9 +164,9 @@ def train_dataset(config, process_index: Optional[int] = None,
   """Endless batches of this host's share of the training order (module docstring),
   from step `start_step` on; no record before it is read. `source`: the
   train_source(config) when already opened."""
-  source = source or train_source(config)
   index, count = _processes(process_index, process_count)
   batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
+  source = source or train_source(config)
   positions = host_positions(start_step * batch, batch, config.train.batch_size, index)
   ds = positions.map(lambda g: train_example(source, g, config),
                      num_parallel_calls=PARALLEL_CALLS)
@@ -228,11 +228,11 @@ def eval_dataset(config, process_index: Optional[int] = None,
     (dataset of batches, number of batches), the same number on every host;
     padding examples have mask False.
   """
+  index, count = _processes(process_index, process_count)
+  batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
   source = open_source(config, config.data.eval_split)
   if not len(source):
     raise ValueError(f'the eval split {source.description} holds no example.')
-  index, count = _processes(process_index, process_count)
-  batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
   steps = math.ceil(len(source) / config.train.batch_size)
   positions = host_positions(0, batch, config.train.batch_size, index).take(steps * batch)
   ds = positions.map(lambda g: eval_example(source, g, config),
