@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import box_utils, builders, postprocess
+from ssd_jax import box_utils, builders, lowering, postprocess
 
 OPSET = 17
 
@@ -188,7 +188,6 @@ def to_onnx(task, variables) -> bytes:
   import onnx
   from onnx import TensorProto, helper
 
-  from ssd_jax import export
   model = network_onnx(task, variables)
   graph = model.graph
   (net_input,) = [i.name for i in graph.input]
@@ -211,7 +210,7 @@ def to_onnx(task, variables) -> bytes:
            'classes': TensorProto.INT32, 'num_detections': TensorProto.INT32}
   shapes = {'boxes': ['batch', detections, 4], 'scores': ['batch', detections],
             'classes': ['batch', detections], 'num_detections': ['batch']}
-  for name in export.OUTPUTS:
+  for name in lowering.OUTPUTS:
     graph.output.append(helper.make_tensor_value_info(name, types[name], shapes[name]))
   _sort_nodes(graph)
   onnx.checker.check_model(model)

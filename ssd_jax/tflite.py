@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import box_utils, builders, detector, layers, postprocess
+from ssd_jax import box_utils, builders, detector, layers, lowering, postprocess
 
 POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
 QUANTIZE = ('none', 'int8', 'full_int8')
@@ -133,13 +133,12 @@ def lower_network(fn: Callable, shape: list, dtype: str, quantize: str = 'none',
   import tensorflow as tf
   from jax.experimental import jax2tf
 
-  from ssd_jax import export
   polymorphic = ['(1, h, w, 3)'] if None in shape else None
   int8 = quantize == 'full_int8'
-  with export.stablehlo_for_tensorflow(), layers.grouped_depthwise(), \
+  with lowering.stablehlo_for_tensorflow(), layers.grouped_depthwise(), \
        (layers.unfused_hard_swish() if int8 else contextlib.nullcontext()):
     converted = jax2tf.convert(fn, polymorphic_shapes=polymorphic, with_gradient=False,
-                               native_serialization_platforms=export.PLATFORMS)
+                               native_serialization_platforms=lowering.PLATFORMS)
     concrete = tf.function(converted, autograph=False).get_concrete_function(
         tf.TensorSpec(shape, dtype, name='images'))
   with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +175,6 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   pixel scale) and `class_names` (() -> str[C-1]). Returns the op's attributes."""
   import tensorflow as tf
 
-  from ssd_jax import export
   config, size = task.config, task.image_size
   anchors = anchors_yxhw(task)
   num, fg = anchors.shape[0], task.num_classes - 1
@@ -223,7 +221,7 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   module = PostProcess()
   tf.saved_model.save(module, folder, signatures={
       'serving_default': module.__call__,
-      'class_names': export.class_names_signature(task.class_names)})
+      'class_names': lowering.class_names_signature(task.class_names)})
   return attributes
 
 
