@@ -1,62 +1,99 @@
-"""Exported artifacts as Detectors, one class per format of ssd_jax.export.
+"""Exported artifacts, loaded and run: one runtime per format of ssd_jax.export.
 
-`Detector.from_exported(folder)` picks the class from the folder's export.json;
-each gives the Detector's `detect`, one image at a time, so evaluation
-(evaluate.evaluate_detectors), tests and benchmarks treat every format alike.
-TensorFlow is imported for saved_model and tflite only; onnxruntime for onnx.
+A runtime is made from the artifact's file, its export.json and its config,
+and maps uint8 images [1, H, W, 3] to the artifact's outputs as NumPy
+(lowering.OUTPUTS). `Detector.from_exported(folder)` picks the runtime from
+the folder's export.json and gives the Detector's `detect` over it, so
+evaluation (evaluate.evaluate_detectors), tests and benchmarks treat every
+format alike. TensorFlow is imported for saved_model and tflite only;
+onnxruntime for onnx; the jax runtime needs neither.
 """
 from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 
-from ssd_jax import detector
+from ssd_jax import xla_cpu
+
+INFO_FILE = 'export.json'  # in every export folder: class names, how it was exported
 
 
-class SavedModelDetector(detector.ArtifactDetector):
+class Runtime:
+  """An artifact file, loaded; call it on u8[1, H, W, 3]."""
+
+  FILE = ''
+  FORMAT = ''
+
+  def __init__(self, file: str, info: dict, config):
+    self.info = info
+    self.load(file, config)
+
+  def load(self, file: str, config) -> None:
+    raise NotImplementedError
+
+  def __call__(self, images: np.ndarray) -> dict:
+    raise NotImplementedError
+
+
+class JaxRuntime(Runtime):
+  """`--format=jax`: a jax.export.Exported, jitted with the config's CPU options."""
+
+  FILE, FORMAT = 'detector.jax', 'jax'
+
+  def load(self, file: str, config) -> None:
+    with open(file, 'rb') as f:
+      self.exported = jax.export.deserialize(bytearray(f.read()))
+    self._call = xla_cpu.jit(self.exported.call, config)
+
+  def __call__(self, images: np.ndarray) -> dict:
+    return jax.device_get(self._call(images))
+
+
+class SavedModelRuntime(Runtime):
   """`--format=saved_model`: its `serving_default` signature in TensorFlow."""
 
   FILE, FORMAT = 'saved_model.pb', 'saved_model'
 
-  def load(self, file: str) -> None:
+  def load(self, file: str, config) -> None:
     import tensorflow as tf
     self._serve = tf.saved_model.load(os.path.dirname(file)).signatures['serving_default']
 
-  def run(self, images: np.ndarray) -> dict:
+  def __call__(self, images: np.ndarray) -> dict:
     """The image repeated to the exported batch; the first row's outputs."""
     import tensorflow as tf
     batch = np.repeat(images, self.info['batch'], axis=0)
     return {k: v.numpy()[:1] for k, v in self._serve(images=tf.constant(batch)).items()}
 
 
-class TfliteDetector(detector.ArtifactDetector):
+class TfliteRuntime(Runtime):
   """`--format=tflite`: its `serving_default` signature in TFLite's interpreter,
   on every core."""
 
   FILE, FORMAT = 'detector.tflite', 'tflite'
 
-  def load(self, file: str) -> None:
+  def load(self, file: str, config) -> None:
     import tensorflow as tf
     self._interpreter = tf.lite.Interpreter(model_path=file, num_threads=os.cpu_count())
     self._serve = self._interpreter.get_signature_runner('serving_default')
 
-  def run(self, images: np.ndarray) -> dict:
+  def __call__(self, images: np.ndarray) -> dict:
     return self._serve(images=images)
 
 
-class OnnxDetector(detector.ArtifactDetector):
+class OnnxRuntime(Runtime):
   """`--format=onnx`: the graph in ONNX Runtime on CPU (no TensorFlow needed)."""
 
   FILE, FORMAT = 'detector.onnx', 'onnx'
 
-  def load(self, file: str) -> None:
+  def load(self, file: str, config) -> None:
     import onnxruntime
     self._session = onnxruntime.InferenceSession(file, providers=['CPUExecutionProvider'])
     self._names = [o.name for o in self._session.get_outputs()]
 
-  def run(self, images: np.ndarray) -> dict:
+  def __call__(self, images: np.ndarray) -> dict:
     return dict(zip(self._names, self._session.run(None, {'images': images})))
 
 
-FORMATS = {'saved_model': SavedModelDetector, 'tflite': TfliteDetector, 'onnx': OnnxDetector}
+FORMATS = {r.FORMAT: r for r in (SavedModelRuntime, TfliteRuntime, OnnxRuntime, JaxRuntime)}

@@ -21,11 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ssd_jax import builders, checkpoints, postprocess, workdirs, xla_cpu
+from ssd_jax import artifacts, builders, checkpoints, postprocess, workdirs, xla_cpu
 from ssd_jax.task import Task
-
-EXPORTED_FILE = 'detector.jax'  # in a folder that ssd_jax.export --format=jax writes
-EXPORT_INFO_FILE = 'export.json'  # beside it: class names, how it was exported
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -103,16 +100,7 @@ class Detector:
     """The detector `python -m ssd_jax.export` wrote to the folder `path` (its
     artifact, config.json, export.json), in any format; the same `detect`, no
     checkpoint. Only --format=jax runs without TensorFlow (ONNX: onnxruntime)."""
-    info = os.path.join(path, EXPORT_INFO_FILE)
-    if not os.path.isfile(info):
-      raise FileNotFoundError(f'{path} has no {EXPORT_INFO_FILE}; give a folder written by '
-                              f'python -m ssd_jax.export --output=FOLDER.')
-    with open(info) as f:
-      fmt = json.load(f)['format']
-    if fmt == 'jax':
-      return ExportedDetector(path, batch_size)
-    from ssd_jax import artifacts
-    return artifacts.FORMATS[fmt](path, batch_size)
+    return ArtifactDetector(path, batch_size)
 
   def pixel_detections(self, images: Sequence[np.ndarray], size: int) -> list[tuple]:
     """Detections of up to `size` images, one (boxes f32[D, 4] pixels xyxy, scores
@@ -148,33 +136,28 @@ class Detector:
 
 class ArtifactDetector(Detector):
   """A Detector whose network, resize and post-processing are an exported artifact
-  (ssd_jax/export.py; parameters inside it): the config and class names are the
-  ones exported. Subclasses load FILE and run one uint8 image [1, H, W, 3]."""
-
-  FILE = ''
-  FORMAT = ''
+  (ssd_jax/export.py; parameters inside it), run by its format's runtime
+  (ssd_jax/artifacts.py): the config and class names are the ones exported."""
 
   def __init__(self, path: str, batch_size: int = 8):
-    file = os.path.join(path, self.FILE)
-    if not os.path.isfile(file):
-      raise FileNotFoundError(f'{path} has no {self.FILE}; give a folder written by '
-                              f'python -m ssd_jax.export --format={self.FORMAT} '
-                              f'--output=FOLDER.')
-    with open(os.path.join(path, EXPORT_INFO_FILE)) as f:
+    info_file = os.path.join(path, artifacts.INFO_FILE)
+    if not os.path.isfile(info_file):
+      raise FileNotFoundError(f'{path} has no {artifacts.INFO_FILE}; give a folder written by '
+                              f'python -m ssd_jax.export --output=FOLDER.')
+    with open(info_file) as f:
       self.info = json.load(f)
+    runtime = artifacts.FORMATS[self.info['format']]
+    file = os.path.join(path, runtime.FILE)
+    if not os.path.isfile(file):
+      raise FileNotFoundError(f'{path} has no {runtime.FILE}; give a folder written by '
+                              f'python -m ssd_jax.export --format={runtime.FORMAT} '
+                              f'--output=FOLDER.')
     self.task = Task.of(workdirs.read_config(os.path.join(path, workdirs.CONFIG_FILE)))
     self.config, self.category_ids = self.task.config, self.task.category_ids
     self.class_names = tuple(self.info['class_names'])
     self.variables = None
     self.batch_size = batch_size
-    self.load(file)
-
-  def load(self, file: str) -> None:
-    raise NotImplementedError
-
-  def run(self, images: np.ndarray) -> dict:
-    """u8[1, H, W, 3] -> the artifact's outputs as NumPy (see export.OUTPUTS)."""
-    raise NotImplementedError
+    self.run = runtime(file, self.info, self.config)
 
   @property
   def fixed_size(self) -> Optional[int]:
@@ -198,20 +181,6 @@ class ArtifactDetector(Detector):
       out.append((found['boxes'][0] * scale.astype(np.float32), found['scores'][0],
                   found['classes'][0], valid))
     return out
-
-
-class ExportedDetector(ArtifactDetector):
-  """The `--format=jax` artifact: a jax.export.Exported (no TensorFlow needed)."""
-
-  FILE, FORMAT = EXPORTED_FILE, 'jax'
-
-  def load(self, file: str) -> None:
-    with open(file, 'rb') as f:
-      self.exported = jax.export.deserialize(bytearray(f.read()))
-    self._call = xla_cpu.jit(self.exported.call, self.config)
-
-  def run(self, images: np.ndarray) -> dict:
-    return jax.device_get(self._call(images))
 
 
 @functools.lru_cache(maxsize=1)

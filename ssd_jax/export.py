@@ -73,10 +73,10 @@ FORMATS = ('saved_model', 'tflite', 'onnx', 'jax')
 DTYPES = ('float32', 'bfloat16')
 QUANTIZE = tflite.QUANTIZE
 OUTPUTS = lowering.OUTPUTS
-JAX_FILE = detector.EXPORTED_FILE
-TFLITE_FILE = artifacts.TfliteDetector.FILE
-ONNX_FILE = artifacts.OnnxDetector.FILE
-INFO_FILE = detector.EXPORT_INFO_FILE
+JAX_FILE = artifacts.JaxRuntime.FILE
+TFLITE_FILE = artifacts.TfliteRuntime.FILE
+ONNX_FILE = artifacts.OnnxRuntime.FILE
+INFO_FILE = artifacts.INFO_FILE
 
 
 def load(workdir: str, dtype: str = 'float32') -> tuple:

@@ -12,7 +12,7 @@ from typing import Optional
 import jax
 from absl import logging
 
-from ssd_jax import checkpoints, detector, evaluate, images, metrics
+from ssd_jax import artifacts, checkpoints, detector, evaluate, images, metrics
 from ssd_jax import builders, sharding
 from ssd_jax.task import Task
 from ssd_jax.paths import path as run_path
@@ -77,7 +77,7 @@ def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
   Returns:
     {'result': see metrics.Evaluator, 'step': int, 'eval_dir': where it was written}.
   """
-  if os.path.isfile(os.path.join(workdir, detector.EXPORT_INFO_FILE)):
+  if os.path.isfile(os.path.join(workdir, artifacts.INFO_FILE)):
     return run_artifact_evaluation(config, workdir)
   task = Task.of(record_split_in(config, workdir))
   variables, step = checkpoints.restore_variables(task, workdir, step)
