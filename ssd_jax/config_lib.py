@@ -17,8 +17,7 @@ from ml_collections import config_dict
 from ssd_jax import anchors, labels, models, pixels
 from ssd_jax.models import ssd
 
-# Mean pixel of the ImageNet-pretrained VGG16, RGB order, subtracted from inputs.
-MEAN_RGB = (123.0, 117.0, 104.0)
+MEAN_RGB = pixels.MEAN_RGB  # the schema's default data.mean_rgb
 
 
 def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:

@@ -138,7 +138,7 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   """Converts the state dict at `path` (a format of formats()) into `output`.
 
   channel_order: reduced_vgg's input order; mean_rgb: the input mean the vgg16
-  base is folded for (default config_lib.MEAN_RGB, the training configs').
+  base is folded for (default pixels.MEAN_RGB, the training configs').
   Returns the output folder.
   """
   if fmt not in formats():

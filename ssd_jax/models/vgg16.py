@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import config_lib, labels, layers
+from ssd_jax import labels, layers, pixels
 from ssd_jax.models import heads, ssd, torch_weights
 
 Dtype = Any
@@ -247,7 +247,7 @@ def fold_input_normalisation(conv1: dict, mean: Sequence[float], std: Sequence[f
   kernel divides by 255 s per input channel and the bias absorbs the rest.
   Exact where the 3x3 window lies inside the image; at the border the zero
   padding differs by (mean_rgb - 255 m), under one grey level for the
-  ImageNet mean and config_lib.MEAN_RGB.
+  ImageNet mean and pixels.MEAN_RGB.
   """
   scale = 1.0 / (255.0 * np.asarray(std, np.float64))
   kernel = conv1['kernel'] * scale[None, None, :, None]
@@ -257,7 +257,7 @@ def fold_input_normalisation(conv1: dict, mean: Sequence[float], std: Sequence[f
 
 
 def vgg16_base(sd: torch_weights.StateDict,
-               mean_rgb: Sequence[float] = config_lib.MEAN_RGB) -> dict:
+               mean_rgb: Sequence[float] = pixels.MEAN_RGB) -> dict:
   """torchvision ImageNet VGG16 -> backbone params conv1_1..conv7.
 
   conv1_1 is rescaled (and its bias shifted) to take RGB pixels minus mean_rgb
@@ -311,7 +311,7 @@ def torchvision_ssd300(sd: torch_weights.StateDict) -> dict:
 
 
 def _load_vgg16(sd, options):
-  mean_rgb = list(options.get('mean_rgb') or config_lib.MEAN_RGB)
+  mean_rgb = list(options.get('mean_rgb') or pixels.MEAN_RGB)
   return {'params': {'backbone': vgg16_base(sd, mean_rgb)}}, {'mean_rgb': mean_rgb}
 
 
