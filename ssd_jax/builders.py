@@ -77,11 +77,6 @@ def init_variables(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
   return model_variables(build_model(config), config.model.image_size, rng)
 
 
-def init_params(config: config_dict.ConfigDict, rng: jax.Array) -> dict:
-  """The parameters of init_variables (no BatchNorm statistics)."""
-  return init_variables(config, rng)['params']
-
-
 # Roles (ssd.ROLES) of the parameters of Flax's own layers; modules of ours
 # declare theirs in a PARAM_ROLES class attribute (vgg16.L2Norm).
 FLAX_ROLES = {

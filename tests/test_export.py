@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import builders, config_lib, convert, detector, export, tflite
+from ssd_jax import config_lib, convert, detector, export, tflite
 from ssd_jax.testing import detections, synthetic
 
 tf = pytest.importorskip('tensorflow')
@@ -54,7 +54,7 @@ def workdir(request, tmp_path_factory, load_config):
     config = synthetic.tiny_config(load_config('voc300'))
     config.data.class_names = ('thing', 'other')
     config = config_lib.validate(config)
-    variables = jax.device_get(builders.init_params(config, jax.random.key(0)))
+    variables = jax.device_get(synthetic.init_params(config, jax.random.key(0)))
   return convert.save(str(tmp_path_factory.mktemp('run') / 'w'), variables, {'format': 'test'},
                       config)
 
@@ -154,7 +154,7 @@ def test_tflite_keeps_every_class_with_any_thread_count(load_config, photos, tmp
   config = synthetic.tiny_config(load_config('voc300'))
   config.data.class_names, config.model.num_classes = ('a', 'b', 'c', 'd', 'e'), None
   config = tflite.with_op_rules(config_lib.validate(config))
-  variables = jax.device_get(builders.init_params(config, jax.random.key(1)))
+  variables = jax.device_get(synthetic.init_params(config, jax.random.key(1)))
   run = convert.save(str(tmp_path / 'w'), variables, {'format': 'test'}, config)
   out = pathlib.Path(export.export(run, 'tflite', str(tmp_path / 'tflite')))
   reference = detector.Detector.from_checkpoint(run).detect(photos[:2])

@@ -15,6 +15,7 @@ from ssd_jax import builders, checkpoints, config_lib, models, optim, sharding
 from ssd_jax import workdirs
 from ssd_jax.models import ssd
 from ssd_jax import train_step
+from ssd_jax.testing import synthetic
 from ssd_jax.testing.synthetic import synthetic_batch
 from ssd_jax.task import Task
 
@@ -133,7 +134,7 @@ def test_an_old_train_state_still_evaluates(load_config, tmp_path):
   older versions wrote them, restores for inference."""
   from ssd_jax.testing import synthetic
   config = config_lib.validate(synthetic.tiny_config(load_config('voc300')))
-  params = builders.init_params(config, jax.random.key(3))
+  params = synthetic.init_params(config, jax.random.key(3))
   old = train_state.TrainState.create(apply_fn=None, params=params,
                                       tx=optim.create_optimizer(config.optim))
   mngr = checkpoints.manager(str(tmp_path), config)
@@ -175,7 +176,7 @@ def test_weight_decay_by_role(tiny_bn, decayed, bn_moves):
   """A zero gradient: decay moves exactly the decayed roles, by lr * wd * w."""
   tiny_bn.optim.weight_decay_roles, tiny_bn.optim.momentum = decayed, 0.0
   config = config_lib.validate(tiny_bn)
-  params = builders.init_params(config, jax.random.key(0))
+  params = synthetic.init_params(config, jax.random.key(0))
   params['backbone']['bn']['scale'] = jnp.full((3,), 2.0)
   tx = optim.create_optimizer(config.optim, builders.param_roles(config))
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)

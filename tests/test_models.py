@@ -7,6 +7,7 @@ import pytest
 from ssd_jax import builders, config_lib
 from ssd_jax.models import vgg16
 from ssd_jax.task import Task
+from ssd_jax.testing import synthetic
 
 
 def abstract_forward(config, batch=2):
@@ -142,7 +143,7 @@ def test_config_errors_name_the_field(load_config):
 
 def test_new_layers_start_as_caffe_xavier(load_config):
   """Uniform in +-sqrt(3 / fan_in): variance 1 / fan_in within sampling error; biases 0."""
-  params = jax.jit(lambda k: builders.init_params(
+  params = jax.jit(lambda k: synthetic.init_params(
       config_lib.validate(load_config('voc300')), k))(jax.random.key(3))
   for layer, fan_in in (('conv8_2', 3 * 3 * 256), ('conv6', 3 * 3 * 512),
                         ('conv10_1', 256)):

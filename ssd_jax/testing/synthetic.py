@@ -87,6 +87,12 @@ def squares_config(config, root, num_steps):
   return c
 
 
+def init_params(config, rng) -> dict:
+  """The parameters of builders.init_variables (no BatchNorm statistics)."""
+  from ssd_jax import builders
+  return builders.init_variables(config, rng)['params']
+
+
 def random_variables(config, seed: int = 0) -> dict:
   """Variables of the config's model drawn with NumPy (no compile): He-normal
   kernels (activations stay O(1), so class scores spread rather than sit at
