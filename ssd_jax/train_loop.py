@@ -147,13 +147,14 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
   with cluster.agreement('claiming the workdir'):
     lock, marker = _claim_workdir(workdir, stack)
   with cluster.agreement('preparing the data and weights'):
-    # Host 0 generates a built-in dataset missing from the data dir and fetches
-    # the weights to start from, while the others wait (leaving an agreement is
-    # a collective): no two hosts ever write one dataset or one cached file.
+    # Host 0 fetches the weights to start from (a wrong name or URL fails before
+    # minutes of dataset generation) and generates a built-in dataset missing
+    # from the data dir, while the others wait (leaving an agreement is a
+    # collective): no two hosts ever write one dataset or one cached file.
     if jax.process_index() == 0:
-      input_pipeline.prepare_data(config)
       if config.model.init_from:
         pretrained.converted(config.model.init_from)
+      input_pipeline.prepare_data(config)
   marker = sharding.gather_objects(marker)[0]
   # What each host checks on its own before the run starts: it sees the shared
   # workdir, the checkpoints fit the config, and its training data opens.
