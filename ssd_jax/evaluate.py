@@ -147,15 +147,15 @@ def table(result: dict) -> str:
 def report(result: dict, out_dir: str, step: Optional[int] = None) -> str:
   """Writes metrics.json and pr_curves.png into out_dir (a local path or a URL);
   returns the table."""
-  text = table(result)
-  if result['curves']:
-    plot_curves(result['curves'], f'{out_dir}/pr_curves.png', result['per_class_AP'])
+  folder = paths.path(out_dir)
+  folder.mkdir(parents=True, exist_ok=True)
   serialisable = {k: v for k, v in result.items() if k != 'curves'}
   serialisable['step'] = step
   # a class without ground truth: NaN
-  paths.write_text_atomic(paths.path(out_dir) / 'metrics.json',
-                          json.dumps(serialisable, indent=2))
-  return text
+  paths.write_text_atomic(folder / 'metrics.json', json.dumps(serialisable, indent=2))
+  if result['curves']:
+    plot_curves(result['curves'], str(folder / 'pr_curves.png'), result['per_class_AP'])
+  return table(result)
 
 
 def write_summaries(writer, result: dict, step: int) -> None:
@@ -172,13 +172,13 @@ def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
   """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and
   summaries; returns the result."""
   result = evaluate(task, variables, mesh)
-  if writer:
-    write_summaries(writer, result, step)
   if jax.process_index() == 0:
+    report(result, eval_dir(workdir, step), step)
     name, value = headline(result)
     logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value,
                  eval_dir(workdir, step))
-    report(result, eval_dir(workdir, step), step)
+  if writer:
+    write_summaries(writer, result, step)
   return result
 
 
@@ -197,7 +197,5 @@ def plot_curves(curves: dict, path: str, ap: Optional[dict] = None) -> None:
   for ax in list(axes.flat)[n:]:
     ax.axis('off')
   fig.tight_layout()
-  target = paths.path(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  with target.open('wb') as f:
+  with paths.path(path).open('wb') as f:
     fig.savefig(f, format='png', dpi=80)
