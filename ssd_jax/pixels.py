@@ -31,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The release's OpenCV LINEAR, AREA, NEAREST, CUBIC and LANCZOS4, by
-# tf.image.resize's names (no TF Lanczos-4: Lanczos-3 stands in); the one
-# list of the interpolations training may draw (augment.resize_methods).
 # Mean pixel of the ImageNet-pretrained VGG16 (RGB): what the paper's recipe subtracts
 # from its inputs and fills zoom-out canvases with (config data.mean_rgb by default).
 MEAN_RGB = (123.0, 117.0, 104.0)
+
+# The release's OpenCV LINEAR, AREA, NEAREST, CUBIC and LANCZOS4, by
+# tf.image.resize's names (no TF Lanczos-4: Lanczos-3 stands in); the one
+# list of the interpolations training may draw (augment.resize_methods).
 RESIZE_METHODS = ('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3')
 FINISH_FIELDS = ('pixels', 'pixels_size', 'place', 'method', 'colour', 'flip')
 COLOUR_FIELDS = ('brightness', 'delta', 'contrast', 'alpha', 'contrast_first', 'saturation',

@@ -37,6 +37,8 @@ class TrainState(train_state.TrainState):
 def create_state(task: Task, mesh: Mesh, rng: jax.Array) -> TrainState:
   """The initial state of a task (ssd_jax.task.Task), created directly replicated
   on the mesh."""
+  tx = optim.create_optimizer(task.config.optim, task.roles, task.schedule)
+
   def init(rng):
     variables = task.init_variables(rng)
     params = variables['params']
@@ -44,7 +46,6 @@ def create_state(task: Task, mesh: Mesh, rng: jax.Array) -> TrainState:
                              batch_stats=variables.get('batch_stats'),
                              ema_params=params if task.config.optim.ema_decay else None)
 
-  tx = optim.create_optimizer(task.config.optim, task.roles, task.schedule)  # outside jit
   # Plain jax.jit: it runs once, so the CPU options (xla_cpu.py) would buy nothing.
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
 
