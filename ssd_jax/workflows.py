@@ -12,8 +12,7 @@ from typing import Optional
 import jax
 from absl import logging
 
-from ssd_jax import artifacts, checkpoints, detector, evaluate, images, metrics
-from ssd_jax import builders, sharding
+from ssd_jax import artifacts, checkpoints, detector, drawing, evaluate, images, metrics
 from ssd_jax.task import Task
 from ssd_jax.paths import path as run_path
 from ssd_jax import train_loop
@@ -34,18 +33,17 @@ def record_split_in(config, workdir: str):
 
 def render_eval_images(task, variables, out_dir: str) -> str:
   """Draws detections on the first eval.num_rendered eval images into out_dir
-  (a local folder or a URL). `variables` (a train state, see
-  builders.inference_variables) may be replicated over several hosts: this host
-  draws with its own copy."""
+  (a local folder or a URL). `variables`: a train state (see Detector), maybe
+  replicated over several hosts."""
   folder = run_path(out_dir)
   folder.mkdir(parents=True, exist_ok=True)
-  det = detector.Detector(task, sharding.local_copy(builders.inference_variables(variables)))
+  det = detector.Detector(task, variables)
   e = task.config.eval
   for example in input_pipeline.decoded_eval_examples(
       task.config, e.num_rendered).as_numpy_iterator():
     found = det.detect([example['image']])[0]
     with (folder / f'{example["image_id"]}.jpg').open('wb') as f:
-      detector.draw(example['image'], found, e.draw_score).save(
+      drawing.draw(example['image'], found, e.draw_score).save(
           f, format='JPEG', quality=92)
   return out_dir
 
@@ -146,7 +144,7 @@ def predict_files(det: detector.Detector, spec: str, out_dir: str,
     found[name] = result
     picture = os.path.join(out_dir, 'images', name)
     os.makedirs(os.path.dirname(picture), exist_ok=True)
-    detector.draw(image, result, min_draw_score).save(picture, quality=92)
+    drawing.draw(image, result, min_draw_score).save(picture, quality=92)
   if not found:
     raise ValueError(f'none of the {len(paths)} images of --input={spec} could be read '
                      f'({", ".join(skipped[:5])}...); see the errors above.')

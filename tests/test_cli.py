@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from ssd_jax import config_lib, detector
+from ssd_jax import config_lib, detector, drawing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,31 +62,31 @@ def test_unset_fields_in_process(load_config):
 # --- drawn labels ---------------------------------------------------------------------
 
 def test_label_text_colour_has_the_higher_contrast():
-  assert detector.text_colour((255, 255, 0)) == (0, 0, 0)        # yellow: black text
-  assert detector.text_colour((31, 119, 180)) == (255, 255, 255)  # tab:blue: white text
-  assert detector.text_colour((0, 0, 0)) == (255, 255, 255)
-  assert detector.relative_luminance((255, 255, 255)) == pytest.approx(1.0)
-  assert detector.relative_luminance((128, 128, 128)) == pytest.approx(0.2159, abs=1e-4)
+  assert drawing.text_colour((255, 255, 0)) == (0, 0, 0)        # yellow: black text
+  assert drawing.text_colour((31, 119, 180)) == (255, 255, 255)  # tab:blue: white text
+  assert drawing.text_colour((0, 0, 0)) == (255, 255, 255)
+  assert drawing.relative_luminance((255, 255, 255)) == pytest.approx(1.0)
+  assert drawing.relative_luminance((128, 128, 128)) == pytest.approx(0.2159, abs=1e-4)
 
 
 def test_labels_stay_inside_the_image():
   image = (200, 100)
-  assert detector.label_origin((50, 40, 90, 90), (30, 12), image) == (50, 28)  # above the box
-  assert detector.label_origin((50, 5, 90, 90), (30, 12), image) == (50, 5)    # inside its top
-  assert detector.label_origin((190, 40, 199, 60), (30, 12), image) == (170, 28)  # right edge
-  assert detector.label_origin((-5, 95, 20, 99), (30, 12), image) == (0, 83)    # corner
+  assert drawing.label_origin((50, 40, 90, 90), (30, 12), image) == (50, 28)  # above the box
+  assert drawing.label_origin((50, 5, 90, 90), (30, 12), image) == (50, 5)    # inside its top
+  assert drawing.label_origin((190, 40, 199, 60), (30, 12), image) == (170, 28)  # right edge
+  assert drawing.label_origin((-5, 95, 20, 99), (30, 12), image) == (0, 83)    # corner
 
 
 def test_drawn_label_has_a_filled_background_in_the_box_colour():
   image = np.full((120, 160, 3), 250, np.uint8)  # a light photo
   found = {'boxes': np.array([[0.0, 0.0, 80.0, 60.0]]), 'scores': np.array([0.9]),
            'classes': np.array([1]), 'names': ['cat']}
-  drawn = np.asarray(detector.draw(image, found))
-  colour = detector._palette()[1]
+  drawn = np.asarray(drawing.draw(image, found))
+  colour = drawing._palette()[1]
   label = drawn[0:8, 0:30]  # the label sits inside the box's top-left corner
   assert not np.any(np.all(label == 250, axis=-1))  # filled: no photo shows through
   assert np.all(label[0] == colour)  # its top margin, in the box's colour
-  ink = np.asarray(detector.text_colour(colour), float)
+  ink = np.asarray(drawing.text_colour(colour), float)
   nearer_ink = (np.abs(label - ink).sum(-1) < np.abs(label - np.asarray(colour, float)).sum(-1))
   assert nearer_ink.sum() > 10  # the text (anti-aliased), in its contrasting colour
   assert np.all(drawn[100:, 100:] == 250)  # nothing drawn away from the box
