@@ -147,15 +147,18 @@ def table(result: dict) -> str:
 def report(result: dict, out_dir: str, step: Optional[int] = None) -> str:
   """Writes metrics.json and pr_curves.png into out_dir (a local path or a URL);
   returns the table."""
-  folder = paths.path(out_dir)
-  folder.mkdir(parents=True, exist_ok=True)
+  text = table(result)
+  figure = plot_curves(result['curves'], result['per_class_AP']) if result['curves'] else None
   serialisable = {k: v for k, v in result.items() if k != 'curves'}
   serialisable['step'] = step
+  folder = paths.path(out_dir)
+  folder.mkdir(parents=True, exist_ok=True)
   # a class without ground truth: NaN
   paths.write_text_atomic(folder / 'metrics.json', json.dumps(serialisable, indent=2))
-  if result['curves']:
-    plot_curves(result['curves'], str(folder / 'pr_curves.png'), result['per_class_AP'])
-  return table(result)
+  if figure is not None:
+    with (folder / 'pr_curves.png').open('wb') as f:
+      figure.savefig(f, format='png', dpi=80)
+  return text
 
 
 def write_summaries(writer, result: dict, step: int) -> None:
@@ -169,21 +172,21 @@ def write_summaries(writer, result: dict, step: int) -> None:
 
 def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
                         mesh=None) -> dict:
-  """`evaluate`, then (on host 0) `report` into eval_dir(workdir, step) and
-  summaries; returns the result."""
+  """`evaluate`, then summaries and (on host 0) `report` into eval_dir(workdir,
+  step); returns the result."""
   result = evaluate(task, variables, mesh)
-  if jax.process_index() == 0:
-    report(result, eval_dir(workdir, step), step)
-    name, value = headline(result)
-    logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value,
-                 eval_dir(workdir, step))
   if writer:
     write_summaries(writer, result, step)
+  if jax.process_index() == 0:
+    name, value = headline(result)
+    report(result, eval_dir(workdir, step), step)
+    logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value,
+                 eval_dir(workdir, step))
   return result
 
 
-def plot_curves(curves: dict, path: str, ap: Optional[dict] = None) -> None:
-  """One precision-recall panel per class, in a grid."""
+def plot_curves(curves: dict, ap: Optional[dict] = None):
+  """One precision-recall panel per class, in a grid: a matplotlib Figure."""
   from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
   n = len(curves)
   cols = min(5, n)
@@ -197,5 +200,4 @@ def plot_curves(curves: dict, path: str, ap: Optional[dict] = None) -> None:
   for ax in list(axes.flat)[n:]:
     ax.axis('off')
   fig.tight_layout()
-  with paths.path(path).open('wb') as f:
-    fig.savefig(f, format='png', dpi=80)
+  return fig
