@@ -228,6 +228,22 @@ def load_matching_variables(path: str, variables: dict) -> tuple[dict, dict]:
   return flax.traverse_util.unflatten_dict(merged), report
 
 
+def initialise_from(state, path: str, mesh: Mesh):
+  """A fresh train state with the variables `path` provides (parameters and
+  BatchNorm statistics, see load_matching_variables), replicated on the mesh;
+  optimiser state and step stay fresh, and a moving average of the weights
+  starts from the loaded ones."""
+  variables = {'params': state.params}
+  if state.batch_stats is not None:
+    variables['batch_stats'] = state.batch_stats
+  variables, report = load_matching_variables(path, variables)
+  logging.info('initialised %d variables from %s; %d keep their initial values: %s',
+               len(report['restored']), path, len(report['kept']), report['kept'])
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  return state.replace(params=variables['params'], batch_stats=variables.get('batch_stats'),
+                       ema_params=None if state.ema_params is None else variables['params'])
+
+
 def load_matching_params(path: str, params) -> tuple[dict, dict]:
   """load_matching_variables for parameters alone: (params, report), paths in
   the report without the 'params/' prefix."""

@@ -4,7 +4,8 @@ Each entry point (main's modes, Detector, export, summary) makes one Task from
 its config: the config validated (config_lib.validate, a new config), the
 model, its default boxes and feature-map sizes, the number of classes, their
 names and result-file category ids, the dtypes, and (built when first asked)
-the parameter roles, the abstract variables and the learning-rate schedule.
+the parameter roles, the abstract variables, the learning-rate schedule and
+the optimiser.
 State creation, the train step, evaluation, the Detector, export and the
 summary take the Task, so none of them re-derives any of it.
 
@@ -92,6 +93,13 @@ class Task:
     """The run's learning-rate schedule (optim.schedule_of: an optax schedule)."""
     from ssd_jax import optim  # training only: inference imports no optax
     return optim.schedule_of(self.config)
+
+  @functools.cached_property
+  def optimizer(self):
+    """The run's optax optimiser (optim.create_optimizer with the task's
+    parameter roles and schedule)."""
+    from ssd_jax import optim
+    return optim.create_optimizer(self.config.optim, self.roles, self.schedule)
 
   def init_variables(self, rng: jax.Array) -> dict:
     """Freshly initialised variables ({'params'}, maybe 'batch_stats')."""

@@ -95,21 +95,6 @@ def train(task: Task, workdir: str, with_eval: bool = False) -> tuple:
       raise
 
 
-def initialise_from(state, path: str, mesh):
-  """The fresh state with the variables `path` provides (parameters and BatchNorm
-  statistics, see checkpoints.load_matching_variables); optimiser state and step
-  stay fresh, and a moving average of the weights starts from the loaded ones."""
-  variables = {'params': state.params}
-  if state.batch_stats is not None:
-    variables['batch_stats'] = state.batch_stats
-  variables, report = checkpoints.load_matching_variables(path, variables)
-  logging.info('initialised %d variables from %s; %d keep their initial values: %s',
-               len(report['restored']), path, len(report['kept']), report['kept'])
-  variables = jax.device_put(variables, sharding.replicated(mesh))
-  return state.replace(params=variables['params'], batch_stats=variables.get('batch_stats'),
-                       ema_params=None if state.ema_params is None else variables['params'])
-
-
 def _claim_workdir(workdir: str, stack: contextlib.ExitStack):
   """Host 0 creates the workdir, takes the run lock and leaves a marker there;
   returns the lock and the marker's name (None on other hosts)."""
@@ -176,7 +161,7 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
   if start:
     logging.info('resumed from step %d in %s', start, workdir)
   elif config.model.init_checkpoint or config.model.init_from:
-    state = initialise_from(
+    state = checkpoints.initialise_from(
         state, config.model.init_checkpoint or pretrained.converted(config.model.init_from), mesh)
   elif models.family(config.model.backbone).imagenet and config.model.width == 1.0:
     logging.warning('training the %s base from scratch: SSD starts from ImageNet weights, '
@@ -209,10 +194,10 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool)
   completions = progress.Completions(bar, start)  # the bar counts completed steps
   every, result = config.eval.every_steps, None
   for step in range(start, total):
-    state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
     done = step + 1
+    preempted = preemption.reached(done)  # stop after this step; on several hosts: on each
+    state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
     completions.dispatched(done, metrics['loss'])
-    preempted = preemption.reached(done)  # on several hosts: the same step on each
     saving = done % config.train.checkpoint_every == 0 or done == total or preempted
     if saving or done % config.train.log_every == 0:
       completions.drain()

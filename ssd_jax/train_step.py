@@ -36,8 +36,8 @@ class TrainState(train_state.TrainState):
 
 def create_state(task: Task, mesh: Mesh, rng: jax.Array) -> TrainState:
   """The initial state of a task (ssd_jax.task.Task), created directly replicated
-  on the mesh."""
-  tx = optim.create_optimizer(task.config.optim, task.roles, task.schedule)
+  on the mesh, with the task's optimiser."""
+  tx = task.optimizer  # made here, not while `init` is traced (it would keep tracers)
 
   def init(rng):
     variables = task.init_variables(rng)
