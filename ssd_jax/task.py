@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from ml_collections import config_dict
 
-from ssd_jax import builders, config_lib, labels
+from ssd_jax import builders, config_lib, labels, models
 from ssd_jax.models import ssd
 
 
@@ -40,6 +40,7 @@ class Task:
     class_names: the C - 1 foreground class names (model classes 1..C-1).
     category_ids: each foreground class's id in COCO-format results.
     dtype, param_dtype: the compute and parameter dtypes.
+    family: the model family (models.ssd.Family) of model.backbone.
   """
   config: config_dict.ConfigDict
   model: ssd.SSD
@@ -57,6 +58,11 @@ class Task:
                category_ids=labels.category_ids(config),
                dtype=config_lib.dtype(config.model.dtype),
                param_dtype=config_lib.dtype(config.model.param_dtype))
+
+  @property
+  def family(self) -> ssd.Family:
+    """The model family of model.backbone (its published weights, converters)."""
+    return models.family(self.config.model.backbone)
 
   @property
   def num_classes(self) -> int:

@@ -18,7 +18,7 @@ import tqdm
 from absl import logging
 
 from ssd_jax import checkpoints, cluster, evaluate, paths, progress
-from ssd_jax import models, pretrained, sharding, train_step, workdirs
+from ssd_jax import pretrained, sharding, train_step, workdirs
 from ssd_jax.data import input_pipeline
 from ssd_jax.task import Task
 
@@ -163,10 +163,9 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
   elif config.model.init_checkpoint or config.model.init_from:
     state = checkpoints.initialise_from(
         state, config.model.init_checkpoint or pretrained.converted(config.model.init_from), mesh)
-  elif models.family(config.model.backbone).imagenet and config.model.width == 1.0:
+  elif task.family.imagenet and config.model.width == 1.0:
     logging.warning('training the %s base from scratch: SSD starts from ImageNet weights, '
-                    '--config.model.init_from=%s.', config.model.backbone,
-                    models.family(config.model.backbone).imagenet)
+                    '--config.model.init_from=%s.', config.model.backbone, task.family.imagenet)
   return state, mngr, start, source, lock
 
 
