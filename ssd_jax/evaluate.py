@@ -81,8 +81,8 @@ def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None) -> No
   mesh = mesh or sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
+  data, steps = input_pipeline.eval_dataset(config)  # a data error comes before compiling
   step = jit_eval_step(task, mesh)
-  data, steps = input_pipeline.eval_dataset(config)
   mine = sharding.host_rows(config.train.batch_size)
   for batch in data.take(steps).as_numpy_iterator():
     images = sharding.global_batch({'image': batch['image']}, mesh)['image']

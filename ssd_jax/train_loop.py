@@ -191,31 +191,34 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool)
                   disable=jax.process_index() != 0)
   stack.callback(bar.close)
   completions = progress.Completions(bar, start)  # the bar counts completed steps
-  every, result = config.eval.every_steps, None
-  for step in range(start, total):
-    done = step + 1
-    preempted = preemption.reached(done)  # stop after this step; on several hosts: on each
-    state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
-    completions.dispatched(done, metrics['loss'])
-    saving = done % config.train.checkpoint_every == 0 or done == total or preempted
-    if saving or done % config.train.log_every == 0:
-      completions.drain()
-      metrics = jax.device_get(metrics)
-      check_finite(metrics, done, mngr)
-      rate = completions.steps_per_second() * config.train.batch_size
-      bar.set_postfix(loss=f'{metrics["loss"]:.3f}', lr=f'{metrics["learning_rate"]:.2e}')
-      if writer:
-        write_summaries(writer, done, metrics, rate)
-    if saving:
-      if lock:
-        lock.check()
-      checkpoints.save(mngr, done, state, force=True)
-    if preempted:
-      mngr.wait_until_finished()
-      raise Preempted(done, workdir)
-    if with_eval and (done == total or (every and done % every == 0)):
-      result = evaluate.evaluate_and_report(task, state, workdir, done, writer, mesh)
+  # The run pauses to evaluate after each multiple of eval.every_steps and at
+  # the end (a run that had finished before is evaluated again).
+  every, result = config.eval.every_steps if with_eval else 0, None
+  stops = [*range((start // every + 1) * every, total, every), total] if every else [total]
+  for stop in stops:
+    for step in range(start, stop):
+      done = step + 1
+      preempted = preemption.reached(done)  # stop after this step; on several hosts: on each
+      state, metrics = step_fn(state, sharding.global_batch(next(data), mesh), anchors)
+      completions.dispatched(done, metrics['loss'])
+      saving = done % config.train.checkpoint_every == 0 or done == total or preempted
+      if saving or done % config.train.log_every == 0:
+        completions.drain()
+        metrics = jax.device_get(metrics)
+        check_finite(metrics, done, mngr)
+        rate = completions.steps_per_second() * config.train.batch_size
+        bar.set_postfix(loss=f'{metrics["loss"]:.3f}', lr=f'{metrics["learning_rate"]:.2e}')
+        if writer:
+          write_summaries(writer, done, metrics, rate)
+      if saving:
+        if lock:
+          lock.check()
+        checkpoints.save(mngr, done, state, force=True)
+      if preempted:
+        mngr.wait_until_finished()
+        raise Preempted(done, workdir)
+    start = stop
+    if with_eval:
+      result = evaluate.evaluate_and_report(task, state, workdir, stop, writer, mesh)
   mngr.wait_until_finished()
-  if with_eval and start == total:  # an already finished run: evaluate it again
-    result = evaluate.evaluate_and_report(task, state, workdir, total, writer, mesh)
   return state, result

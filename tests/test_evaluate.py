@@ -18,11 +18,13 @@ from ssd_jax.task import Task
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, load_config):
-  """A squares run trained with train_and_eval: (config, workdir, metrics at the end)."""
+  """A squares run trained with train_and_eval, evaluated after step 3 and at
+  the end: (config, workdir, metrics at the end)."""
   root = tmp_path_factory.mktemp('squares')
   synthetic.squares_voc_folder(root, 12)
   config = synthetic.squares_config(load_config('voc300'), str(root), 4)
   config.eval.num_rendered = 3
+  config.eval.every_steps = 3
   workdir = tmp_path_factory.mktemp('run')
   workflows.run_training(config, str(workdir), with_eval=True)
   end_of_training = json.loads((workdir / 'eval_4' / 'metrics.json').read_text())
@@ -36,6 +38,7 @@ def test_train_and_eval_writes_metrics_plots_and_pictures(trained):
   assert (workdir / 'eval_4' / 'pr_curves.png').stat().st_size > 0
   assert len(list((workdir / 'detections').glob('*.jpg'))) == 3
   assert (workdir / 'config.json').is_file()
+  assert sorted(p.name for p in workdir.glob('eval_*')) == ['eval_3', 'eval_4']
 
 
 def test_eval_from_the_checkpoint_reproduces_the_end_of_training_metrics(trained):
