@@ -159,12 +159,12 @@ def main():
                                 ('tflite_full_int8', 'tflite', 'full_int8'),
                                 ('onnx', 'onnx', 'none')):
       start = time.perf_counter()
-      out = export.write(os.path.join(tmp, name), task, params, fmt, quantize=quantize,
-                         representative=calibration)
+      out = os.path.join(tmp, name)
+      info = export.write(out, task, params, fmt, quantize=quantize, representative=calibration)
       seconds = time.perf_counter() - start
       rows.append((name, out, size_mb(out), seconds, detector.Detector.from_exported(out)))
       if quantize == 'full_int8':
-        print(f'{name}: operations left in float: {export.read_info(out)["float_ops"]}')
+        print(f'{name}: operations left in float: {info["float_ops"]}')
     peer = None if args.no_torchvision else torchvision_runner(config)
     peer_median = statistics.median(latencies(peer, images, args.repeats)) if peer else None
     print('\n| runtime | median ms | fastest ms | vs JAX Detector | vs torchvision | size MB '

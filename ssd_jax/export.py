@@ -197,9 +197,10 @@ def prepare(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'f
 
 
 def write(output: str, task, params, fmt: str, batch: int = 1, quantize: str = 'none',
-          info: Optional[dict] = None, representative: Optional[Callable] = None) -> str:
+          info: Optional[dict] = None, representative: Optional[Callable] = None) -> dict:
   """Writes the detector (task, params) as `fmt` into `output`, then config.json
-  and export.json (info plus what describes the artifact). Returns `output`.
+  and export.json (info plus what describes the artifact); returns what
+  export.json holds.
   representative: full_int8's calibration images (tflite.representative_images)."""
   config = task.config
   info = dict(info or {}, format=fmt, dtype=config.model.dtype, quantize=quantize,
@@ -229,7 +230,7 @@ def write(output: str, task, params, fmt: str, batch: int = 1, quantize: str = '
       lowering.save_saved_model(lowering.tf_signatures(fn, batch, info['class_names']),
                                output)
   write_info(output, info, config)
-  return output
+  return info
 
 
 def accuracy(output: str, task, params, count: int) -> dict:
@@ -263,19 +264,13 @@ def export(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'fl
 def finish(p: Prepared, workdir: str, fmt: str, batch: int, quantize: str) -> Optional[dict]:
   """Writes what `prepare` readied, then scores it when asked (p.eval_images);
   returns export.json's `accuracy` or None."""
-  info = {'workdir': os.path.abspath(workdir), 'step': int(p.step)}
-  write(p.output, p.task, p.params, fmt, batch, quantize, info, p.representative)
+  info = write(p.output, p.task, p.params, fmt, batch, quantize,
+               {'workdir': os.path.abspath(workdir), 'step': int(p.step)}, p.representative)
   if not p.eval_images:
     return None
-  info = read_info(p.output)
   info['accuracy'] = accuracy(p.output, p.task, p.params, p.eval_images)
   write_info(p.output, info, p.task.config)
   return info['accuracy']
-
-
-def read_info(output: str) -> dict:
-  with open(os.path.join(output, INFO_FILE)) as f:
-    return json.load(f)
 
 
 def define_flags() -> None:
