@@ -5,7 +5,8 @@ split on every device (batch sharded, results replicated so each host holds
 them all), converts detections and ground truth to pixels and feeds them to
 the evaluator of eval.metric (metrics.VocEvaluator or metrics.CocoEvaluator),
 whose result has one shape for every metric. `evaluate_and_report` also writes
-`<workdir>/eval_<step>/` (metrics.json, pr_curves.png) and TensorBoard scalars.
+`<workdir>/eval_<step>/` (metrics.json, pr_curves.png) and TensorBoard scalars,
+and can draw its detections on the first eval images (`render`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ssd_jax import builders, metrics, paths, postprocess, sharding, xla_cpu
+from ssd_jax import builders, drawing, metrics, paths, postprocess, sharding, xla_cpu
 from ssd_jax.data import input_pipeline
 
 
@@ -94,6 +95,16 @@ def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None) -> No
       evaluator.merge(truths, detections)
 
 
+def run_evaluator(task, variables, mesh=None) -> metrics.Evaluator:
+  """The task's evaluator (make_evaluator) holding the ground truth and the
+  detections (pixels, by image id) of every eval image; variables: see evaluate."""
+  evaluator = make_evaluator(task)
+  detect_split(task, variables, evaluator, mesh)
+  logging.info('evaluated %d images, %d detections', len(evaluator.truths),
+               sum(len(d['scores']) for d in evaluator.detections.values()))
+  return evaluator
+
+
 def evaluate(task, variables, mesh=None) -> dict:
   """Scores a model on its task's eval split; see metrics.Evaluator for the result.
 
@@ -101,11 +112,7 @@ def evaluate(task, variables, mesh=None) -> dict:
   bare parameters (what builders.inference_variables takes; the moving average
   when there is one).
   """
-  evaluator = make_evaluator(task)
-  detect_split(task, variables, evaluator, mesh)
-  logging.info('evaluated %d images, %d detections', len(evaluator.truths),
-               sum(len(d['scores']) for d in evaluator.detections.values()))
-  return evaluator.result()
+  return run_evaluator(task, variables, mesh).result()
 
 
 def evaluate_detectors(task, detectors: Sequence, count: Optional[int] = None) -> list[dict]:
@@ -171,10 +178,12 @@ def write_summaries(writer, result: dict, step: int) -> None:
 
 
 def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
-                        mesh=None) -> dict:
+                        mesh=None, pictures: Optional[str] = None) -> dict:
   """`evaluate`, then summaries and (on host 0) `report` into eval_dir(workdir,
-  step); returns the result."""
-  result = evaluate(task, variables, mesh)
+  step) and, when `pictures` names a folder, these detections drawn there
+  (`render`); returns the result."""
+  evaluator = run_evaluator(task, variables, mesh)
+  result = evaluator.result()
   if writer:
     write_summaries(writer, result, step)
   if jax.process_index() == 0:
@@ -182,7 +191,26 @@ def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
     report(result, eval_dir(workdir, step), step)
     logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value,
                  eval_dir(workdir, step))
+    if pictures:
+      render(task, evaluator.detections, pictures)
   return result
+
+
+def render(task, detections: dict, out_dir: str) -> str:
+  """Draws `detections` (by image id: boxes f32[N, 4] pixels xyxy, scores,
+  classes, as an evaluator holds them) on the first eval.num_rendered eval
+  images, scores from eval.draw_score up, into out_dir/<image id>.jpg (a
+  local folder or a URL); returns out_dir."""
+  e, none = task.config.eval, {'boxes': np.zeros((0, 4)), 'scores': [], 'classes': []}
+  examples = input_pipeline.decoded_eval_examples(task.config, e.num_rendered)
+  folder = paths.path(out_dir)
+  folder.mkdir(parents=True, exist_ok=True)
+  for example in examples.as_numpy_iterator():
+    found = detections.get(int(example['image_id']), none)
+    found = dict(found, names=[task.class_names[c - 1] for c in found['classes']])
+    with (folder / f'{example["image_id"]}.jpg').open('wb') as f:
+      drawing.draw(example['image'], found, e.draw_score).save(f, format='JPEG', quality=92)
+  return out_dir
 
 
 def plot_curves(curves: dict, ap: Optional[dict] = None):

@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -75,18 +76,20 @@ def run(config, workdir: str, with_eval: bool = False) -> train_step.TrainState:
   return train(Task.of(config), workdir, with_eval)[0]
 
 
-def train(task: Task, workdir: str, with_eval: bool = False) -> tuple:
+def train(task: Task, workdir: str, with_eval: bool = False,
+          pictures: Optional[str] = None) -> tuple:
   """Trains a task to its train.num_steps, resuming from the workdir's latest checkpoint.
 
   with_eval: also evaluate every eval.every_steps (if > 0) and at the end
-  (evaluate.evaluate_and_report: <workdir>/eval_<step>/ and summaries).
+  (evaluate.evaluate_and_report: <workdir>/eval_<step>/ and summaries; the
+  end's detections drawn into the folder `pictures`, when given).
   Returns (the final state, the last evaluation's result or None). On several
   hosts, an error ends the process at once (cluster.fail): the other hosts may
   be gone, or waiting in a collective.
   """
   with contextlib.ExitStack() as stack:
     try:
-      return _run(task, workdir, stack, with_eval)
+      return _run(task, workdir, stack, with_eval, pictures)
     except Preempted:
       raise  # every host stops at the same step: the normal way out
     except Exception as e:
@@ -169,7 +172,8 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
   return state, mngr, start, source, lock
 
 
-def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool) -> tuple:
+def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool,
+         pictures: Optional[str]) -> tuple:
   config = task.config
   if config.train.distributed:
     cluster.initialize(config)
@@ -219,6 +223,7 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool)
         raise Preempted(done, workdir)
     start = stop
     if with_eval:
-      result = evaluate.evaluate_and_report(task, state, workdir, stop, writer, mesh)
+      result = evaluate.evaluate_and_report(task, state, workdir, stop, writer, mesh,
+                                            pictures if stop == total else None)
   mngr.wait_until_finished()
   return state, result

@@ -31,23 +31,6 @@ def record_split_in(config, workdir: str):
   return config
 
 
-def render_eval_images(task, variables, out_dir: str) -> str:
-  """Draws detections on the first eval.num_rendered eval images into out_dir
-  (a local folder or a URL). `variables`: a train state (see Detector), maybe
-  replicated over several hosts."""
-  folder = run_path(out_dir)
-  folder.mkdir(parents=True, exist_ok=True)
-  det = detector.Detector(task, variables)
-  e = task.config.eval
-  for example in input_pipeline.decoded_eval_examples(
-      task.config, e.num_rendered).as_numpy_iterator():
-    found = det.detect([example['image']])[0]
-    with (folder / f'{example["image_id"]}.jpg').open('wb') as f:
-      drawing.draw(example['image'], found, e.draw_score).save(
-          f, format='JPEG', quality=92)
-  return out_dir
-
-
 def run_training(config, workdir: str, with_eval: bool = False) -> dict:
   """--mode=train / train_and_eval.
 
@@ -58,12 +41,12 @@ def run_training(config, workdir: str, with_eval: bool = False) -> dict:
   """
   task = Task.of(record_split_in(config, workdir))
   logging.info('config:\n%s', task.config)
-  state, result = train_loop.train(task, workdir, with_eval=with_eval)
+  pictures = str(run_path(workdir) / 'detections')
+  state, result = train_loop.train(task, workdir, with_eval, pictures)
   out = {'state': state, 'step': int(state.step)}
   if with_eval and jax.process_index() == 0:
-    out['eval_dir'] = evaluate.eval_dir(workdir, out['step'])
-    out['result'] = result
-    out['pictures'] = render_eval_images(task, state, str(run_path(workdir) / 'detections'))
+    out.update(eval_dir=evaluate.eval_dir(workdir, out['step']), result=result,
+               pictures=pictures)
   return out
 
 
