@@ -176,3 +176,21 @@ def test_export_scores_its_artifact_and_eval_mode_scores_it_again(trained, tmp_p
   assert f'mAP    {accuracy["artifact"]:.4f}  (12 images)' in again.stdout
   metrics = json.loads((out / 'eval' / 'metrics.json').read_text())
   assert metrics['scalars']['mAP'] == accuracy['artifact']
+
+
+def test_render_draws_the_evaluation_detections_on_the_eval_images(trained, tmp_path):
+  config, _, _ = trained
+  first, second = input_pipeline.decoded_eval_examples(config, 2).as_numpy_iterator()
+  h, w = first['image'].shape[:2]
+  x0, y0, x1, y1 = w // 4, h // 4, 3 * w // 4, 3 * h // 4
+  detections = {int(first['image_id']): {'boxes': np.array([[x0, y0, x1, y1]], np.float32),
+                                         'scores': np.array([0.9]), 'classes': np.array([2])}}
+  evaluate.render(Task.of(config), detections, str(tmp_path))
+  assert len(list(tmp_path.glob('*.jpg'))) == config.eval.num_rendered
+  drawn = np.asarray(Image.open(tmp_path / f'{first["image_id"]}.jpg'), float)
+  change = np.abs(drawn - first['image']).sum(-1)
+  edge = change[(y0 + y1) // 2, x0 - 1:x0 + 2].max()  # the box's left side, halfway down
+  far = change[:y0 // 2, :x0 // 2].mean()  # a corner away from box and label
+  assert edge > 100 and far < 15, (edge, far)
+  plain = np.asarray(Image.open(tmp_path / f'{second["image_id"]}.jpg'), float)
+  assert np.abs(plain - second['image']).sum(-1).mean() < 15  # no detections: the photo alone
