@@ -39,8 +39,10 @@ def _eval_step(variables, pixels, anchors, model, config) -> postprocess.Detecti
   return postprocess.network_detections(variables, pixels, model, anchors, config)
 
 
+@functools.lru_cache(maxsize=4)
 def jit_eval_step(task, mesh):
-  """Detections of a global batch of pixels (sharded), replicated on every host."""
+  """Detections of a global batch of pixels (sharded), replicated on every host.
+  One per task and mesh: a run's evaluations compile it once."""
   return xla_cpu.jit(functools.partial(_eval_step, model=task.model, config=task.config),
                      task.config,
                      in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),

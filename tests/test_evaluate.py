@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import checkpoints, detector, evaluate, images, train_loop, workdirs, workflows
+from ssd_jax import checkpoints, detector, evaluate, images, sharding, train_loop, workdirs
+from ssd_jax import workflows
 from ssd_jax.data import input_pipeline
 from ssd_jax.testing import synthetic
 from ssd_jax.task import Task
@@ -194,3 +195,10 @@ def test_render_draws_the_evaluation_detections_on_the_eval_images(trained, tmp_
   assert edge > 100 and far < 15, (edge, far)
   plain = np.asarray(Image.open(tmp_path / f'{second["image_id"]}.jpg'), float)
   assert np.abs(plain - second['image']).sum(-1).mean() < 15  # no detections: the photo alone
+
+
+def test_a_runs_evaluations_share_one_compiled_step(trained):
+  config, _, _ = trained
+  task, mesh = Task.of(config), sharding.make_mesh()
+  assert evaluate.jit_eval_step(task, mesh) is evaluate.jit_eval_step(task, mesh)
+  assert evaluate.jit_eval_step(Task.of(config), mesh) is not evaluate.jit_eval_step(task, mesh)
