@@ -200,14 +200,16 @@ def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
 
 def render(task, detections: dict, out_dir: str) -> str:
   """Draws `detections` (by image id: boxes f32[N, 4] pixels xyxy, scores,
-  classes, as an evaluator holds them) on the first eval.num_rendered eval
-  images, scores from eval.draw_score up, into out_dir/<image id>.jpg (a
-  local folder or a URL); returns out_dir."""
+  classes, as an evaluator holds them) on the readable ones of the first
+  eval.num_rendered eval images, scores from eval.draw_score up, into
+  out_dir/<image id>.jpg (a local folder or a URL); returns out_dir."""
   e, none = task.config.eval, {'boxes': np.zeros((0, 4)), 'scores': [], 'classes': []}
   examples = input_pipeline.decoded_eval_examples(task.config, e.num_rendered)
   folder = paths.path(out_dir)
   folder.mkdir(parents=True, exist_ok=True)
   for example in examples.as_numpy_iterator():
+    if not example['ok']:
+      continue  # unreadable: reported where the split was read, and not evaluated
     found = detections.get(int(example['image_id']), none)
     found = dict(found, names=[task.class_names[c - 1] for c in found['classes']])
     with (folder / f'{example["image_id"]}.jpg').open('wb') as f:
