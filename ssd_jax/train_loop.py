@@ -121,13 +121,14 @@ def _check_shared_workdir(workdir: str, marker: str) -> None:
 
 
 def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
-  """(state, checkpoint manager or None, first step, data source, run lock) of
-  a run: resumed from the newest readable checkpoint, or fresh (from
-  model.init_checkpoint if set).
+  """(state, checkpoint manager, first step, data source, run lock) of a run:
+  resumed from the newest readable checkpoint, or fresh (from
+  model.init_checkpoint or model.init_from if set).
 
-  Nothing in the workdir changes until the run is known to start: a second
-  run, or one whose model does not fit the checkpoints, is refused first (the
-  caller writes config.json once its data stream opens). On several hosts
+  Nothing in the workdir changes until the run's checks pass: a second run,
+  one whose model does not fit the checkpoints or whose data does not open is
+  refused first; then the checkpoints folder opens (the caller writes
+  config.json once its data stream opens). On several hosts
   each check runs on every host, and all stop if one fails (cluster.agreement),
   before any host enters a collective.
   """
@@ -152,11 +153,9 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
     workdirs.check_resumable(config, workdir)
     source = input_pipeline.train_source(config)
   state = train_step.create_state(task, mesh, jax.random.key(config.seed))
-  mngr, start = None, 0
-  if (paths.path(workdir) / 'checkpoints').is_dir():  # else opened once data flows
-    mngr = checkpoints.manager(workdir, config)
-    stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
-    start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
+  mngr = checkpoints.manager(workdir, config)
+  stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
+  start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
   if cluster.is_multihost():
     cluster.barrier('every host saw the workdir')
     if jax.process_index() == 0:
@@ -182,9 +181,6 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool,
   anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
   state, mngr, start, source, lock = _start(task, workdir, mesh, stack)
   data = input_pipeline.train_batches(config, start_step=start, source=source)
-  if mngr is None:
-    mngr = checkpoints.manager(workdir, config)
-    stack.callback(mngr.close)
   if jax.process_index() == 0:  # the run starts: the workdir now describes it
     workdirs.save_config(config, workdir)
   step_fn = train_step.jit_train_step(task, mesh)
