@@ -16,7 +16,6 @@ from ssd_jax import artifacts, checkpoints, detector, drawing, evaluate, images,
 from ssd_jax.task import Task
 from ssd_jax.paths import path as run_path
 from ssd_jax import train_loop
-from ssd_jax.data import input_pipeline
 
 # In the workdir: the train/val split made of a voc_folder without ImageSets.
 SPLIT_FILE = 'data_split.json'

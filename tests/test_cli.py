@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from ssd_jax import config_lib, detector, drawing
+from ssd_jax import config_lib, drawing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
