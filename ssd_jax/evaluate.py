@@ -190,9 +190,9 @@ def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
     write_summaries(writer, result, step)
   if jax.process_index() == 0:
     name, value = headline(result)
-    report(result, eval_dir(workdir, step), step)
-    logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value,
-                 eval_dir(workdir, step))
+    out_dir = eval_dir(workdir, step)
+    report(result, out_dir, step)
+    logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value, out_dir)
     if pictures:
       render(task, evaluator.detections, pictures)
   return result
