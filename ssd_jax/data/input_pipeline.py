@@ -53,17 +53,17 @@ def _custom_records(config, spec: str) -> list:
   d = config.data
   if d.root is None:
     raise ValueError(f'data.format={d.format!r} needs data.root, the dataset folder.')
-  if d.format == 'voc_folder':
-    return custom_data.read_voc_folder(d.root, spec, labels.class_names(config), config.seed,
-                                       d.val_fraction, d.split_file)
   if d.format == 'yolo':
     return custom_data.read_yolo(d.root, spec, d.class_names)
-  annotations, sep, image_dir = spec.partition(':')
-  if not sep:
-    raise ValueError(f'coco_json split {spec!r} must be "annotations.json:image_dir" '
-                     f'(paths relative to data.root).')
-  return custom_data.read_coco_json(os.path.join(d.root, annotations),
-                                    os.path.join(d.root, image_dir), d.class_names or None)
+  if d.format == 'coco_json':
+    annotations, sep, image_dir = spec.partition(':')
+    if not sep:
+      raise ValueError(f'coco_json split {spec!r} must be "annotations.json:image_dir" '
+                       f'(paths relative to data.root).')
+    return custom_data.read_coco_json(os.path.join(d.root, annotations),
+                                      os.path.join(d.root, image_dir), d.class_names or None)
+  return custom_data.read_voc_folder(d.root, spec, labels.class_names(config), config.seed,
+                                     d.val_fraction, d.split_file)
 
 
 def open_source(config, spec: str) -> sources.Source:
