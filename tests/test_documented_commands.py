@@ -286,7 +286,7 @@ def assert_predicts_like_torchvision(convert: str, predict: str, kind: str, weig
   commands.run(predict, folder, env=ONE_DEVICE)
   found = json.loads((folder / workdir / 'predictions' / 'detections.json').read_text())
   with torch.no_grad():
-    expected = model([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in photos])
+    expected = model([torch.from_numpy(np.array(p)).permute(2, 0, 1).float() / 255 for p in photos])
   for name, theirs in zip(('cat.jpg', 'street.jpg'), expected[::-1], strict=True):
     theirs = {'boxes': theirs['boxes'].numpy(), 'scores': theirs['scores'].numpy(),
               'classes': theirs['labels'].numpy()}
