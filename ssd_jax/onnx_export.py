@@ -14,7 +14,7 @@ pins orbax). The resize (ONNX Resize: bilinear, half-pixel centres, as
 Detector.preprocess) and the post-processing are written here in ONNX's own
 operators, NonMaxSuppression included, to ssd_jax's rules (postprocess.py):
 decode as box_utils.decode, clip when eval.clip_boxes, keep the eval.top_k
-best of each class (every box tied with the k-th too), greedy NMS per class
+best of each class (ties to the lower box index), greedy NMS per class
 (IoU > eval.nms_iou suppresses), then the best eval.max_detections.
 """
 from __future__ import annotations
@@ -134,13 +134,14 @@ def _decode(g: _Graph, loc: str, anchors: np.ndarray, variances, clip: bool) -> 
 
 
 def _candidates(g: _Graph, probs: str, top_k: int) -> str:
-  """probs f32[B, C, A] -> foreground scores f32[B, C-1, A], each class's
-  scores below its top_k-th set to 0 (out of NMS)."""
+  """probs f32[B, C, A] -> foreground scores f32[B, C-1, A], all but each
+  class's top_k best set to 0 (out of NMS); ties go to the lower box index
+  (ONNX's TopK rule, and jax.lax.top_k's)."""
   scores = g.slice(probs, 1, 1 << 30, 1)
-  values, _ = g.op('TopK', scores, g.const([top_k], np.int64), axis=2,
-                   outputs=[g.name('topk_values'), g.name('topk_index')])
-  kth = g.slice(values, top_k - 1, top_k, 2)
-  return g.op('Where', g.op('GreaterOrEqual', scores, kth), scores, g.const(0.0))
+  values, index = g.op('TopK', scores, g.const([top_k], np.int64), axis=2,
+                       outputs=[g.name('topk_values'), g.name('topk_index')])
+  zeros = g.op('ConstantOfShape', g.op('Shape', scores), value=_tensor(0.0))
+  return g.op('ScatterElements', zeros, index, values, axis=2)
 
 
 def _best(g: _Graph, boxes: str, scores: str, num_anchors: int, config, detections: int,

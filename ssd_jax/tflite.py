@@ -23,11 +23,10 @@ graph that holds one), so each graph is converted on its own and `join` splices
 the post-process into the network's flatbuffer.
 
 Before the op, each class keeps its eval.top_k best scores (the others set to
-0), as postprocess.py does. Where the op's rules still differ (see
-docs/export.md):
+0; ties to the lower box index), as postprocess.py does. Where the op's rules
+still differ (see docs/export.md):
   - it decodes without clipping, so NMS compares unclipped boxes where ssd_jax
     (eval.clip_boxes) clips first; the outputs are clipped afterwards here;
-  - boxes tied with a class's top_k-th score all stay candidates;
   - it keeps scores >= the threshold (ssd_jax: >);
   - it reads one image per call (batch 1).
 """
@@ -158,13 +157,17 @@ def op_inputs(box_deltas, logits, config) -> tuple:
 
 
 def best_of_each_class(class_predictions, top_k: int):
-  """f32[1, A, C] -> the same with each foreground class's scores below its
-  top_k-th set to 0 (ties with it kept), so that the op's NMS sees what
-  postprocess.py's does, and no more (TF ops)."""
+  """f32[1, A, C] -> the same with all but each foreground class's top_k best
+  scores set to 0 (TF ops): exactly top_k, ties going to the lower box index as
+  jax.lax.top_k breaks them, so that the op's NMS sees the candidates
+  postprocess.py's does. (Keeping every box tied with the top_k-th instead let
+  full-int8 models, whose probabilities take a few hundred values, send 15 times
+  as many boxes per class to NMS, which then took most of the detector's time.)"""
   import tensorflow as tf
   by_class = tf.transpose(class_predictions[0, :, 1:])  # [C-1, A]
-  kth = tf.math.top_k(by_class, top_k, sorted=True).values[:, -1:]
-  kept = tf.where(by_class >= kth, by_class, 0.0)
+  best, index = tf.math.top_k(by_class, top_k, sorted=True)  # [C-1, K] each
+  rows = tf.broadcast_to(tf.range(tf.shape(by_class)[0])[:, None], tf.shape(index))
+  kept = tf.scatter_nd(tf.stack([rows, index], axis=-1), best, tf.shape(by_class))
   return tf.concat([class_predictions[..., :1], tf.transpose(kept)[None]], axis=-1)
 
 

@@ -168,6 +168,56 @@ def test_tflite_keeps_every_class_with_any_thread_count(load_config, photos, tmp
       assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == [], threads
 
 
+def tied_probabilities(batch: int = 1):
+  """f32[B, A=60, C=4] class probabilities taking 3 values (full-int8 outputs take
+  a few hundred): every class's 7th best is tied with many others."""
+  return np.random.default_rng(3).choice([0.1, 0.3, 0.6], (batch, 60, 4)).astype(np.float32)
+
+
+def numpy_best_of_each_class(probs: np.ndarray, k: int) -> np.ndarray:
+  """[B, A, C] -> each foreground class's k best kept, ties to the lower index
+  (postprocess.py's jax.lax.top_k), the rest 0; background unchanged."""
+  kept = np.zeros_like(probs)
+  kept[..., 0] = probs[..., 0]
+  for b in range(probs.shape[0]):
+    for c in range(1, probs.shape[2]):
+      best = np.argsort(-probs[b, :, c], kind='stable')[:k]
+      kept[b, best, c] = probs[b, best, c]
+  return kept
+
+
+def test_tflite_sends_exactly_top_k_per_class_to_nms_ties_to_the_lower_index():
+  probs = tied_probabilities()
+  fn = tf.function(lambda p: tflite.best_of_each_class(p, 7),
+                   input_signature=[tf.TensorSpec(probs.shape, tf.float32)])
+  flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions(
+      [fn.get_concrete_function()], fn).convert()
+  interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(interpreter.get_input_details()[0]['index'], probs)
+  interpreter.invoke()
+  kept = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+  assert (kept[0, :, 1:] > 0).sum(axis=0).tolist() == [7, 7, 7]
+  np.testing.assert_array_equal(kept, numpy_best_of_each_class(probs, 7))
+
+
+def test_onnx_sends_exactly_top_k_per_class_to_nms_ties_to_the_lower_index():
+  pytest.importorskip('onnx')
+  ort = pytest.importorskip('onnxruntime')
+  from onnx import TensorProto, helper
+  from ssd_jax import onnx_export
+  probs = tied_probabilities(batch=2).transpose(0, 2, 1)  # the network's [B, C, A]
+  graph = helper.make_graph([], 'candidates', [helper.make_tensor_value_info(
+      'probs', TensorProto.FLOAT, list(probs.shape))], [])
+  scores = onnx_export._candidates(onnx_export._Graph(graph), 'probs', 7)
+  graph.output.append(helper.make_tensor_value_info(scores, TensorProto.FLOAT, None))
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', onnx_export.OPSET)])
+  session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+  (kept,) = session.run(None, {'probs': probs})
+  expected = numpy_best_of_each_class(probs.transpose(0, 2, 1), 7)[..., 1:].transpose(0, 2, 1)
+  np.testing.assert_array_equal(kept, expected)
+
+
 def test_tflite_float_keeps_the_detectors_detections(exported, photos, reference):
   """Under ssd_jax's own rules (clipped boxes in NMS) the op differs only at
   the image border: a share of the detections kept."""
