@@ -119,11 +119,12 @@ def test_predict_without_config_writes_the_detectors_detections(user, quickstart
 
 @pytest.fixture(scope='module')
 def exported(user, quickstart):
-  """Runs the README's four export commands on the quickstart's workdir."""
+  """Runs the README's five export commands on the quickstart's workdir."""
   folder, env = user
   for command in (commands.find('--workdir=/tmp/ssd_shapes --format=saved_model'),
                   commands.find('--workdir=/tmp/ssd_shapes --format=tflite --output'),
                   commands.find('--workdir=/tmp/ssd_shapes --format=tflite --quantize=full_int8'),
+                  commands.find('--workdir=/tmp/ssd_shapes --format=onnx'),
                   commands.find('--workdir=/tmp/ssd_shapes --format=jax')):
     assert 'wrote ' in commands.run(command, folder, env=env)
   return folder / 'ssd_shapes_export'
@@ -149,6 +150,7 @@ def test_each_exported_artifact_loads_and_gives_the_detectors_detections(user, e
       'saved_model': first(saved.signatures['serving_default'](images=tf.constant(photo[None]))),
       'tflite': first(tflite.get_signature_runner('serving_default')(images=photo[None])),
       'jax': detector.Detector.from_exported(str(exported / 'jax')).detect([photo])[0],
+      'onnx': detector.Detector.from_exported(str(exported / 'onnx')).detect([photo])[0],
   }
   run = str(folder / 'ssd_shapes')
   by_op_rules = detector.Detector.from_checkpoint(  # TFLite's post-process op: see tflite.py
@@ -160,7 +162,7 @@ def test_each_exported_artifact_loads_and_gives_the_detectors_detections(user, e
     assert not detections.unmatched(ours, theirs, score_tol=1e-3, box_tol=0.5), fmt
   ours = detector.Detector.from_exported(str(exported / 'tflite_int8')).detect([photo])[0]
   assert len(ours['scores']) and set(ours['classes'].tolist()) <= {1, 2, 3, 4}
-  for fmt in ('saved_model', 'tflite', 'tflite_int8', 'jax'):  # each scored at export
+  for fmt in ('saved_model', 'tflite', 'tflite_int8', 'onnx', 'jax'):  # each scored at export
     accuracy = json.loads((exported / fmt / 'export.json').read_text())['accuracy']
     assert accuracy['metric'] == 'mAP' and 0 <= accuracy['artifact'] <= 1
 
