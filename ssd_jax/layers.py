@@ -205,9 +205,19 @@ def _pool_bwd(window, strides, padding, residuals, g):
 _pool.defvjp(_pool_fwd, _pool_bwd)
 
 
-def max_pool(x, window: Sequence[int], strides: Sequence[int], padding: Sequence[Sequence[int]]):
+def max_pool(x, window: Sequence[int], strides: Sequence[int], padding: Sequence[Sequence[int]],
+             nonnegative: bool = False):
   """f[B, H, W, C] -> f[B, Ho, Wo, C]: max pooling with explicit (-inf) padding,
-  as `flax.linen.max_pool`, with the CPU gradient above."""
+  as `flax.linen.max_pool`, with the CPU gradient above.
+
+  nonnegative: x >= 0 (it comes out of a ReLU), so padding with 0 gives the same
+  maximum; it is padded so. A -inf padding that TFLite cannot fold into its
+  pooling (not SAME, as ResNet's 3x3 stride-2 pad-1 stem pool) becomes a PADV2
+  whose -inf a full-int8 calibration takes into the pooled tensor's range
+  (scale 1e36: every value one integer; XNNPACK then refuses the model)."""
+  if nonnegative:
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    padding = ((0, 0), (0, 0))
   args = (tuple(window), tuple(strides), tuple((int(lo), int(hi)) for lo, hi in padding))
   if not cpu_gradients_apply():
     return _plain_pool(x, *args)

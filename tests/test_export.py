@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from ssd_jax import config_lib, convert, detector, export, tflite
+from ssd_jax.task import Task
 from ssd_jax.testing import detections, synthetic
 
 tf = pytest.importorskip('tensorflow')
@@ -320,6 +321,27 @@ def test_full_int8_tflite_is_int8_but_the_postprocess(workdir, photos, reference
   print(f'full int8 TFLite: {share:.3f} of {sum(map(len, kept))} detections with score > '
         f'{INT8_MIN_SCORE} kept')
   assert share >= FULL_INT8_FLOOR
+
+
+def test_full_int8_resnet_keeps_its_pooled_features(load_config, photo_folder):
+  """NVIDIA's SSD300-ResNet50 (an eighth of its width, random variables): its stem
+  pools 3x3, stride 2, padding 1, which TFLite writes as a pad and a pool. Padded
+  with -inf, calibration gave the pooled tensor a scale of 1e36 (every value one
+  integer) and XNNPACK refused the model. The full-int8 network must load with
+  XNNPACK and give the JAX network's outputs up to int8 error."""
+  config = load_config('coco300_resnet50')
+  config.model.width, config.data.class_names, config.model.num_classes = 0.125, ('a', 'b'), None
+  task = Task.of(config_lib.validate(config))
+  variables = synthetic.random_variables(task.config)
+  representative = tflite.representative_images(task, str(photo_folder), 8)
+  _, network = tflite.to_tflite(task, variables, 'full_int8', representative)
+  pixels = next(representative())  # f32[1, S, S, 3], whole values
+  run = tf.lite.Interpreter(model_content=network).get_signature_runner('serving_default')
+  theirs = run(images=pixels.astype(np.uint8))
+  ours = jax.device_get(tflite.network_fn(task, variables, resize=False)(pixels))
+  for name in tflite.NETWORK_OUTPUTS:
+    correlation = np.corrcoef(ours[name].ravel(), theirs[name].ravel())[0, 1]
+    assert correlation > 0.95, (name, correlation)
 
 
 def test_bfloat16_jax_artifact_stays_close(workdir, photos, reference, tmp_path):

@@ -126,7 +126,7 @@ class ResNet50Backbone(nn.Module):
               param_dtype=self.param_dtype)
     x = layers.ConvBN(self._c(STEM_CHANNELS), 7, 2, activation='relu', kernel_init=he_fan_out,
                       name='conv1', **kw)(images.astype(self.dtype), train)
-    x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    x = layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), nonnegative=True)  # after ReLU
     for i, (blocks, width, stride) in enumerate(LAYERS, 1):
       for j in range(blocks):
         x = Bottleneck(self._c(width), stride if j == 0 else 1, name=f'layer{i}_{j}',
