@@ -25,7 +25,7 @@ Detector's detections (same class, box within 0.5 px and score within 1e-3;
 int8: IoU >= 0.5 and score within 0.02) it reproduces; the TFLite op's own
 NMS rules (ssd_jax/tflite.py) cost the float model a few. Without --workdir the
 config's model has random variables (synthetic.random_variables: He-normal,
-random BatchNorm statistics), whose spread scores put hundreds of boxes per
+random BatchNorm statistics), whose scores put hundreds of boxes per
 class above the threshold: the slow case for NMS, and a hard one for int8.
 `--width 0.25` for a quick run. With --workdir and --eval_images=N, each runtime's mAP on the first N
 images of the run's eval split (the metric of --mode=eval).
