@@ -230,7 +230,6 @@ def recorded_split(split_file: Optional[str], stems: Sequence[str], seed: int,
   run, or evaluation, uses the same images whatever changed since), else made
   and written there (atomically, through ssd_jax.paths; every host writes the
   same bytes)."""
-  lists = split_stems(stems, seed, val_fraction)  # (cheap: one hash per stem)
   target = paths.path(split_file) if split_file else None
   if target is not None and target.is_file():
     recorded = json.loads(target.read_text())
@@ -239,6 +238,7 @@ def recorded_split(split_file: Optional[str], stems: Sequence[str], seed: int,
                       'split is used. Delete it to split anew.', split_file,
                       recorded.get('seed'), recorded.get('val_fraction'), seed, val_fraction)
     return {k: recorded[k] for k in PROJECT_SPLITS}
+  lists = split_stems(stems, seed, val_fraction)
   if target is not None:
     target.parent.mkdir(parents=True, exist_ok=True)
     paths.write_text_atomic(target, json.dumps(
