@@ -331,7 +331,7 @@ def test_full_int8_resnet_keeps_its_pooled_features(load_config, photo_folder):
   XNNPACK and give the JAX network's outputs up to int8 error."""
   config = load_config('coco300_resnet50')
   config.model.width, config.data.class_names, config.model.num_classes = 0.125, ('a', 'b'), None
-  task = Task.of(config_lib.validate(config))
+  task = Task.of(config)
   variables = synthetic.random_variables(task.config)
   representative = tflite.representative_images(task, str(photo_folder), 8)
   _, network = tflite.to_tflite(task, variables, 'full_int8', representative)
