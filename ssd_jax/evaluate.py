@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from ssd_jax import builders, drawing, metrics, paths, postprocess, sharding, xla_cpu
-from ssd_jax.data import input_pipeline
+from ssd_jax.data import input_pipeline, sources
 
 
 def eval_dir(workdir: str, step: int) -> str:
@@ -72,19 +72,21 @@ def _add_batch(dets: postprocess.Detections, batch: dict, evaluator: metrics.Eva
                    'scores': dets.scores[i][valid], 'classes': dets.classes[i][valid]})
 
 
-def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None) -> None:
+def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None,
+                 source: Optional[sources.Source] = None) -> None:
   """Adds ground truth and detections of every eval image, once, to `evaluator`.
 
   Each host reads its share of the split; the images go to the devices, the
   ground truth stays on the host (whole, never padded to a size), and the
-  hosts' collections are merged at the end. variables: see evaluate.
+  hosts' collections are merged at the end. variables: see evaluate. source:
+  input_pipeline.eval_source(task.config) when already opened.
   """
   config = task.config
   variables = builders.inference_variables(variables)
   mesh = mesh or sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
-  data, steps = input_pipeline.eval_dataset(config)  # a data error comes before compiling
+  data, steps = input_pipeline.eval_dataset(config, source=source)  # errors before compiling
   step = jit_eval_step(task, mesh)
   mine = sharding.host_rows(config.train.batch_size)
   for batch in data.take(steps).as_numpy_iterator():
@@ -97,11 +99,13 @@ def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None) -> No
       evaluator.merge(truths, detections)
 
 
-def run_evaluator(task, variables, mesh=None) -> metrics.Evaluator:
+def run_evaluator(task, variables, mesh=None,
+                  source: Optional[sources.Source] = None) -> metrics.Evaluator:
   """The task's evaluator (make_evaluator) holding the ground truth and the
-  detections (pixels, by image id) of every eval image; variables: see evaluate."""
+  detections (pixels, by image id) of every eval image; variables and source:
+  see evaluate and detect_split."""
   evaluator = make_evaluator(task)
-  detect_split(task, variables, evaluator, mesh)
+  detect_split(task, variables, evaluator, mesh, source)
   logging.info('evaluated %d images, %d detections', len(evaluator.truths),
                sum(len(d['scores']) for d in evaluator.detections.values()))
   return evaluator
@@ -180,11 +184,12 @@ def write_summaries(writer, result: dict, step: int) -> None:
 
 
 def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
-                        mesh=None, pictures: Optional[str] = None) -> dict:
+                        mesh=None, pictures: Optional[str] = None,
+                        source: Optional[sources.Source] = None) -> dict:
   """`evaluate`, then summaries and (on host 0) `report` into eval_dir(workdir,
   step) and, when `pictures` names a folder, these detections drawn there
-  (`render`); returns the result."""
-  evaluator = run_evaluator(task, variables, mesh)
+  (`render`); returns the result. source: see detect_split."""
+  evaluator = run_evaluator(task, variables, mesh, source)
   result = evaluator.result()
   if writer:
     write_summaries(writer, result, step)
@@ -194,17 +199,19 @@ def evaluate_and_report(task, variables, workdir: str, step: int, writer=None,
     report(result, out_dir, step)
     logging.info('evaluation at step %d: %s %.4f (%s)', step, name, value, out_dir)
     if pictures:
-      render(task, evaluator.detections, pictures)
+      render(task, evaluator.detections, pictures, source)
   return result
 
 
-def render(task, detections: dict, out_dir: str) -> str:
+def render(task, detections: dict, out_dir: str,
+           source: Optional[sources.Source] = None) -> str:
   """Draws `detections` (by image id: boxes f32[N, 4] pixels xyxy, scores,
   classes, as an evaluator holds them) on the readable ones of the first
   eval.num_rendered eval images, scores from eval.draw_score up, into
-  out_dir/<image id>.jpg (a local folder or a URL); returns out_dir."""
+  out_dir/<image id>.jpg (a local folder or a URL); returns out_dir. source:
+  see detect_split."""
   e, none = task.config.eval, {'boxes': np.zeros((0, 4)), 'scores': [], 'classes': []}
-  examples = input_pipeline.decoded_eval_examples(task.config, e.num_rendered)
+  examples = input_pipeline.decoded_eval_examples(task.config, e.num_rendered, source)
   folder = paths.path(out_dir)
   folder.mkdir(parents=True, exist_ok=True)
   for example in examples.as_numpy_iterator():

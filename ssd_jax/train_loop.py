@@ -120,14 +120,15 @@ def _check_shared_workdir(workdir: str, marker: str) -> None:
         f'must see one shared workdir (a shared filesystem or a bucket such as gs://...).')
 
 
-def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
-  """(state, checkpoint manager, first step, data source, run lock) of a run:
-  resumed from the newest readable checkpoint, or fresh (from
-  model.init_checkpoint or model.init_from if set).
+def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack, with_eval: bool):
+  """(state, checkpoint manager, first step, training source, eval source, run
+  lock) of a run: resumed from the newest readable checkpoint, or fresh (from
+  model.init_checkpoint or model.init_from if set). The eval source (None
+  without with_eval) serves every evaluation of the run.
 
   Nothing in the workdir changes until the run's checks pass: a second run,
-  one whose model does not fit the checkpoints or whose data does not open is
-  refused first; then the checkpoints folder opens (the caller writes
+  one whose model does not fit the checkpoints or whose training or eval data
+  does not open is refused first; then the checkpoints folder opens (the caller writes
   config.json once its data stream opens). On several hosts
   each check runs on every host, and all stop if one fails (cluster.agreement),
   before any host enters a collective.
@@ -152,6 +153,7 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
       _check_shared_workdir(workdir, marker)
     workdirs.check_resumable(config, workdir)
     source = input_pipeline.train_source(config)
+    eval_source = input_pipeline.eval_source(config) if with_eval else None
   state = train_step.create_state(task, mesh, jax.random.key(config.seed))
   mngr = checkpoints.manager(workdir, config)
   stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
@@ -168,7 +170,7 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack):
   elif task.family.imagenet and config.model.width == 1.0:
     logging.warning('training the %s base from scratch: SSD starts from ImageNet weights, '
                     '--config.model.init_from=%s.', config.model.backbone, task.family.imagenet)
-  return state, mngr, start, source, lock
+  return state, mngr, start, source, eval_source, lock
 
 
 def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool,
@@ -179,7 +181,7 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool,
   mesh = sharding.make_mesh()
   sharding.check_mesh_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
-  state, mngr, start, source, lock = _start(task, workdir, mesh, stack)
+  state, mngr, start, source, eval_source, lock = _start(task, workdir, mesh, stack, with_eval)
   data = input_pipeline.train_batches(config, start_step=start, source=source)
   if jax.process_index() == 0:  # the run starts: the workdir now describes it
     workdirs.save_config(config, workdir)
@@ -220,6 +222,6 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool,
     start = stop
     if with_eval:
       result = evaluate.evaluate_and_report(task, state, workdir, stop, writer, mesh,
-                                            pictures if stop == total else None)
+                                            pictures if stop == total else None, eval_source)
   mngr.wait_until_finished()
   return state, result

@@ -107,6 +107,15 @@ def test_a_start_that_fails_on_its_data_writes_nothing(tmp_path, load_config, sq
   assert os.listdir(tmp_path / 'run') == []  # no config.json, checkpoints/, events or lock
 
 
+def test_an_eval_split_that_does_not_open_stops_the_run_before_its_first_step(
+    tmp_path, load_config, squares):
+  c = squares_config(load_config, squares, 2)
+  c.data.eval_split = 'tset'  # a typo: the folder has one list, trainval
+  with pytest.raises(FileNotFoundError, match='ImageSets/Main/tset.txt'):
+    train_loop.train(Task.of(c), str(tmp_path / 'run'), with_eval=True)
+  assert os.listdir(tmp_path / 'run') == []  # no step trained, nothing written
+
+
 # --- 3. predictions of images with the same file name ----------------------------------
 
 def test_predict_keeps_images_whose_names_repeat(tmp_path, load_config):

@@ -178,6 +178,14 @@ def test_clear_errors(load_config, tmp_path, tiny_data_dir):
     input_pipeline.eval_dataset(c, 0, 1)
   with pytest.raises(ValueError, match='name:split'):
     sources.parse_split('voc2007-test')
+  c = tiny_config(load_config, tiny_data_dir, 2)
+  c.data.eval_split = 'tiny_det:tset'
+  with pytest.raises(ValueError, match=r"data.eval_split names 'tiny_det:tset': TFDS dataset "
+                     r"tiny_det in .* has no split 'tset'; its splits are \['test', 'train'\]"):
+    input_pipeline.eval_dataset(c, 0, 1)
+  c.data.train_splits = ('tiny_det:train[:50%]+tst',)
+  with pytest.raises(ValueError, match=r"data.train_splits names .*has no split 'tst'"):
+    input_pipeline.train_source(c)
   old = store_tiny(str(tmp_path / 'tfrecord'), file_format='tfrecord')
   with pytest.raises(ValueError, match="stored as TFRecord.*file_format='array_record'"):
     input_pipeline.eval_dataset(tiny_config(load_config, old, 2), 0, 1)

@@ -70,7 +70,11 @@ def open_source(config, spec: str) -> sources.Source:
   """The source of one split of the configured data.format (all hosts see all of it)."""
   fmt = config.data.format
   if fmt == 'tfds':
-    return sources.TfdsSource(spec, config.data.data_dir)
+    try:
+      return sources.TfdsSource(spec, config.data.data_dir)
+    except tfds_data.UnknownSplit as e:  # say which field to fix
+      field = 'data.eval_split' if spec == config.data.eval_split else 'data.train_splits'
+      raise tfds_data.UnknownSplit(f'{field} names {spec!r}: {e}') from e
   if fmt in ('voc_folder', 'yolo', 'coco_json'):
     return sources.RecordsSource(_custom_records(config, spec), spec)
   raise ValueError(f'data.format={fmt!r} is not one of {config_lib.DATA_FORMATS}.')
@@ -220,9 +224,19 @@ def eval_example(source: sources.Source, position, config) -> dict:
           'labels': ex['labels'], 'difficult': ex['difficult']}
 
 
+def eval_source(config) -> sources.Source:
+  """data.eval_split, opened (errors now, before any batch)."""
+  source = open_source(config, config.data.eval_split)
+  if not len(source):
+    raise ValueError(f'the eval split {source.description} holds no example.')
+  return source
+
+
 def eval_dataset(config, process_index: Optional[int] = None,
-                 process_count: Optional[int] = None) -> tuple[tf.data.Dataset, int]:
+                 process_count: Optional[int] = None,
+                 source: Optional[sources.Source] = None) -> tuple[tf.data.Dataset, int]:
   """This host's share of the eval split, in order, padded so all hosts run the same steps.
+  `source`: the eval_source(config) when already opened.
 
   Returns:
     (dataset of batches, number of batches), the same number on every host;
@@ -230,9 +244,7 @@ def eval_dataset(config, process_index: Optional[int] = None,
   """
   index, count = _processes(process_index, process_count)
   batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
-  source = open_source(config, config.data.eval_split)
-  if not len(source):
-    raise ValueError(f'the eval split {source.description} holds no example.')
+  source = source or eval_source(config)
   steps = math.ceil(len(source) / config.train.batch_size)
   positions = host_positions(0, batch, config.train.batch_size, index).take(steps * batch)
   ds = positions.map(lambda g: eval_example(source, g, config),
@@ -240,9 +252,11 @@ def eval_dataset(config, process_index: Optional[int] = None,
   return _without_autotuning(ds.padded_batch(batch, drop_remainder=True).prefetch(AUTOTUNE)), steps
 
 
-def decoded_eval_examples(config, count: Optional[int] = None) -> tf.data.Dataset:
+def decoded_eval_examples(config, count: Optional[int] = None,
+                          source: Optional[sources.Source] = None) -> tf.data.Dataset:
   """The first `count` examples of the eval split (all when None), decoded but
-  not resized (see sources.py), for drawing detections on or scoring a Detector."""
-  source = open_source(config, config.data.eval_split)
+  not resized (see sources.py), for drawing detections on or scoring a Detector.
+  `source`: the eval_source(config) when already opened."""
+  source = source or open_source(config, config.data.eval_split)
   count = len(source) if count is None else min(count, len(source))
   return _without_autotuning(tf.data.Dataset.range(count).map(source.example))

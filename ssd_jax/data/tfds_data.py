@@ -111,25 +111,44 @@ def _not_prepared(name: str, data_dir: Optional[str], builder) -> FileNotFoundEr
       f'--config.data.data_dir or TFDS_DATA_DIR to where it is).')
 
 
+class UnknownSplit(ValueError):
+  """A split the dataset does not have; the message lists the ones it has."""
+
+
+def split_names(split: str) -> list[str]:
+  """The named splits a TFDS split expression reads: 'train[:10%]+test' -> ['train', 'test']."""
+  return [part.split('[')[0].strip() for part in split.split('+')]
+
+
+def _check_split(name: str, split: str, data_dir: Optional[str], builder) -> None:
+  unknown = [s for s in split_names(split) if s not in builder.info.splits]
+  if unknown:
+    raise UnknownSplit(f'TFDS dataset {name} in {where(data_dir)} has no split '
+                       f'{unknown[0]!r}; its splits are {sorted(builder.info.splits)}.')
+
+
 def open_data_source(name: str, split: str, data_dir: Optional[str]):
   """(tfds.data_source of name:split as raw bytes, the builder's features).
 
   Raises:
     FileNotFoundError: the dataset is missing, empty or half-written (one line,
       with the command that prepares it).
+    UnknownSplit: `split` names a split the dataset does not have.
     ValueError: it is stored as TFRecord, which cannot be read by index.
   """
   prepare_built_in(name, data_dir)
   builder = None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      _check_split(name, split, data_dir, builder)
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                               deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   except tfds.core.DatasetNotFoundError as e:
     raise _not_prepared(name, data_dir, None) from e
   except (AssertionError, KeyError, NotImplementedError) as e:
-    # What TFDS raises for a missing or empty folder (its split list is empty), a
-    # split the dataset lacks, and files stored as TFRecord.
+    # What TFDS raises for a missing or empty folder (its split list is empty)
+    # and for files stored as TFRecord.
     if builder is None or not builder.is_prepared():
       raise _not_prepared(name, data_dir, builder) from e
     if isinstance(e, NotImplementedError):
@@ -138,8 +157,5 @@ def open_data_source(name: str, split: str, data_dir: Optional[str]):
           f'read by index; ssd_jax needs ArrayRecord files (resuming then reads nothing '
           f'twice). Prepare it again with: {prepare_command(name, data_dir)} (TFDS reuses '
           f'the files it downloaded before).') from e
-    if isinstance(e, KeyError):
-      raise ValueError(f'TFDS dataset {name} in {where(data_dir)} has no split {split!r}; '
-                       f'its splits are {sorted(builder.info.splits)}.') from e
     raise
   return source, builder.info.features
