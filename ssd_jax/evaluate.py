@@ -121,13 +121,16 @@ def evaluate(task, variables, mesh=None) -> dict:
   return run_evaluator(task, variables, mesh).result()
 
 
-def evaluate_detectors(task, detectors: Sequence, count: Optional[int] = None) -> list[dict]:
+def evaluate_detectors(task, detectors: Sequence, count: Optional[int] = None,
+                       source: Optional[sources.Source] = None) -> list[dict]:
   """Scores anything with a Detector's `detect` (a Detector, an exported
   artifact) on the first `count` images of the task's eval split (all by
   default), one image at a time on this host, with `evaluate`'s metric: one
-  result per detector (see metrics.Evaluator), from one pass over the images."""
+  result per detector (see metrics.Evaluator), from one pass over the images.
+  source: see detect_split."""
   evaluators = [make_evaluator(task) for _ in detectors]
-  for ex in input_pipeline.decoded_eval_examples(task.config, count).as_numpy_iterator():
+  examples = input_pipeline.decoded_eval_examples(task.config, count, source)
+  for ex in examples.as_numpy_iterator():
     if not ex['ok']:
       continue
     real, size = ex['labels'] > 0, ex['image'].shape[:2]

@@ -61,7 +61,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 from absl import app, flags
@@ -154,24 +154,26 @@ class Prepared(NamedTuple):
   step: int
   representative: Optional[Callable]  # full_int8: tflite.representative_images
   eval_images: Optional[int]  # how many eval images to score the artifact on (None: none)
+  eval_source: Optional[Any]  # the eval split they come from, opened (sources.Source)
 
 
-def eval_count(task, eval_images: Optional[int]) -> int:
-  """How many images of the eval split an export scores (all when eval_images is
-  None); opening the split now raises its error before anything is written."""
+def eval_split(task, eval_images: Optional[int]) -> tuple:
+  """(the eval split's source, how many of its images an export scores: all when
+  eval_images is None); opening the split now raises its error before anything
+  is written."""
   from ssd_jax.data import input_pipeline
   if eval_images is not None and eval_images < 1:
     raise ValueError(f'--eval_images={eval_images}: give a count >= 1, or --noevaluate.')
   try:
-    size = len(input_pipeline.open_source(task.config, task.config.data.eval_split))
+    source = input_pipeline.open_source(task.config, task.config.data.eval_split)
   except (OSError, ValueError) as e:
     kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
     raise kind(f'{e} (the export scores the artifact on that split; pass --noevaluate '
                f'to skip it)') from e
-  if not size:
+  if not len(source):
     raise ValueError(f'the eval split {task.config.data.eval_split!r} holds no image; pass '
                      f'--noevaluate to export without scoring the artifact.')
-  return size if eval_images is None else min(eval_images, size)
+  return source, len(source) if eval_images is None else min(eval_images, len(source))
 
 
 def prepare(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'float32',
@@ -192,8 +194,8 @@ def prepare(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'f
   calibration = None
   if quantize == 'full_int8':
     calibration = tflite.representative_images(task, representative, representative_images)
-  count = eval_count(task, eval_images) if evaluate else None
-  return Prepared(output, task, params, step, calibration, count)
+  source, count = eval_split(task, eval_images) if evaluate else (None, None)
+  return Prepared(output, task, params, step, calibration, count, source)
 
 
 def write(output: str, task, params, fmt: str, batch: int = 1, quantize: str = 'none',
@@ -233,12 +235,14 @@ def write(output: str, task, params, fmt: str, batch: int = 1, quantize: str = '
   return info
 
 
-def accuracy(output: str, task, params, count: int) -> dict:
+def accuracy(output: str, task, params, count: int, source=None) -> dict:
   """The artifact in `output` and the checkpoint's own detector scored alike on
-  the first `count` eval images: {'metric', 'images', 'artifact', 'checkpoint'}."""
+  the first `count` eval images (of `source`, the eval split when already
+  opened): {'metric', 'images', 'artifact', 'checkpoint'}."""
   from ssd_jax import evaluate
   artifact, checkpoint = evaluate.evaluate_detectors(
-      task, [detector.Detector.from_exported(output), detector.Detector(task, params)], count)
+      task, [detector.Detector.from_exported(output), detector.Detector(task, params)], count,
+      source)
   metric, value = evaluate.headline(artifact)
   return {'metric': metric, 'images': count, 'artifact': value,
           'checkpoint': evaluate.headline(checkpoint)[1]}
@@ -268,7 +272,7 @@ def finish(p: Prepared, workdir: str, fmt: str, batch: int, quantize: str) -> Op
                {'workdir': os.path.abspath(workdir), 'step': int(p.step)}, p.representative)
   if not p.eval_images:
     return None
-  info['accuracy'] = accuracy(p.output, p.task, p.params, p.eval_images)
+  info['accuracy'] = accuracy(p.output, p.task, p.params, p.eval_images, p.eval_source)
   write_info(p.output, info, p.task.config)
   return info['accuracy']
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import checkpoints, detector, evaluate, images, sharding, train_loop, workdirs
-from ssd_jax import workflows
+from ssd_jax import checkpoints, detector, evaluate, export, images, sharding, train_loop
+from ssd_jax import workdirs, workflows
 from ssd_jax.data import input_pipeline
 from ssd_jax.testing import synthetic
 from ssd_jax.task import Task
@@ -202,3 +202,24 @@ def test_a_runs_evaluations_share_one_compiled_step(trained):
   task, mesh = Task.of(config), sharding.make_mesh()
   assert evaluate.jit_eval_step(task, mesh) is evaluate.jit_eval_step(task, mesh)
   assert evaluate.jit_eval_step(Task.of(config), mesh) is not evaluate.jit_eval_step(task, mesh)
+
+
+def test_a_run_and_an_export_open_the_eval_split_once(trained, tmp_path, monkeypatch):
+  """Two evaluations and the drawing at the end of a run read the eval split
+  the run opened at its start; an export scores the split its checks opened."""
+  config, _, _ = trained
+  c = config.copy_and_resolve_references()
+  c.train.num_steps, c.eval.every_steps = 2, 1
+  opened = []
+  open_source = input_pipeline.open_source
+  monkeypatch.setattr(input_pipeline, 'open_source',
+                      lambda config, spec: opened.append(spec) or open_source(config, spec))
+  workdir = tmp_path / 'run'
+  train_loop.train(Task.of(c), str(workdir), with_eval=True, pictures=str(tmp_path / 'drawn'))
+  assert sorted(p.name for p in workdir.glob('eval_*')) == ['eval_1', 'eval_2']
+  assert len(list((tmp_path / 'drawn').glob('*.jpg'))) == c.eval.num_rendered
+  assert opened == ['trainval', 'trainval']  # the training split, then the eval split
+  opened.clear()
+  export.export(str(workdir), 'jax', str(tmp_path / 'jax'), evaluate=True, eval_images=2)
+  assert json.loads((tmp_path / 'jax' / 'export.json').read_text())['accuracy']['images'] == 2
+  assert opened == ['trainval']
