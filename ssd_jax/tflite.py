@@ -28,7 +28,8 @@ still differ (see docs/export.md):
   - it decodes without clipping, so NMS compares unclipped boxes where ssd_jax
     (eval.clip_boxes) clips first; the outputs are clipped afterwards here;
   - it keeps scores >= the threshold (ssd_jax: >);
-  - it reads one image per call (batch 1).
+  - it reads one image per call (batch 1: its kernel,
+    tensorflow/lite/kernels/detection_postprocess.cc, fixes kBatchSize = 1).
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ def save_postprocess(task, folder: str, fixed_size: bool) -> dict:
   attributes = postprocess_attributes(config, len(columns))
   d = attributes['max_detections']
 
-  @tf.function(experimental_implements=_implements(attributes))
+  @tf.function(experimental_implements=_implements(attributes), autograph=False)
   def detection_postprocess(box_encodings, class_predictions, default_boxes):
     del box_encodings, class_predictions, default_boxes  # the op replaces this body
     return tf.zeros([1, d, 4]), tf.zeros([1, d]), tf.zeros([1, d]), tf.zeros([1])

@@ -189,7 +189,7 @@ def numpy_best_of_each_class(probs: np.ndarray, k: int) -> np.ndarray:
 
 def test_tflite_sends_exactly_top_k_per_class_to_nms_ties_to_the_lower_index():
   probs = tied_probabilities()
-  fn = tf.function(lambda p: tflite.best_of_each_class(p, 7),
+  fn = tf.function(lambda p: tflite.best_of_each_class(p, 7), autograph=False,
                    input_signature=[tf.TensorSpec(probs.shape, tf.float32)])
   flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions(
       [fn.get_concrete_function()], fn).convert()
