@@ -106,7 +106,7 @@ def class_names_signature(class_names):
   """The concrete TF function `class_names`: () -> {'class_names': str[C-1]}."""
   import tensorflow as tf
   return tf.function(lambda: {'class_names': tf.constant(list(class_names), tf.string)},
-                     input_signature=[]).get_concrete_function()
+                     input_signature=[], autograph=False).get_concrete_function()
 
 
 def save_saved_model(signatures: dict, folder: str) -> None:
