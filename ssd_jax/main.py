@@ -122,6 +122,22 @@ def _main(argv):
           f'{out["images"]}{skipped}', flush=True)
 
 
+def _check_config_file() -> None:
+  """flags.Error in one line when --config names no file (ml_collections would
+  only fail on first use, with a multi-line message)."""
+  if not flags.FLAGS['config'].present:
+    return  # eval and predict read the workdir's config.json
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  if os.path.isfile(path):
+    return
+  folder = os.path.dirname(path)
+  configs = sorted(n for n in os.listdir(folder) if n.endswith('.py')) if folder and \
+      os.path.isdir(folder) else []
+  where = (f'{folder} holds {", ".join(configs)}' if configs
+           else 'give a config file, e.g. --config=configs/voc300.py')
+  raise flags.Error(f'--config={path}: no such file; {where}.')
+
+
 def parse_flags(argv):
   """absl's flag parsing, with a one-line error (not three chained tracebacks) when
   a --config.* override names no field or holds a bad value; --config.<field>=None
@@ -131,6 +147,7 @@ def parse_flags(argv):
   argv, unset = config_lib.split_unsets(argv)
   try:
     rest = flags.FLAGS(argv)
+    _check_config_file()
     if unset and _CONFIG.value is None:
       raise ValueError(f'--config.{unset[0]}=None needs --config=<file>')
     if unset:

@@ -144,3 +144,12 @@ def test_the_detector_imports_no_training_code():
                        timeout=120)
   assert run.returncode == 0, run.stderr[-2000:]
   assert run.stdout.strip() == '[]'
+
+
+def test_a_config_file_that_does_not_exist_is_one_line_naming_the_configs_there(tmp_path):
+  run = run_main('--config=configs/voc301.py', f'--workdir={tmp_path / "run"}')
+  assert run.returncode == 2 and 'Traceback' not in run.stderr
+  names = sorted(n for n in os.listdir(os.path.join(ROOT, 'configs')) if n.endswith('.py'))
+  assert run.stderr.splitlines()[0] == (
+      f'main.py: --config=configs/voc301.py: no such file; configs holds {", ".join(names)}.')
+  assert not (tmp_path / 'run').exists()
