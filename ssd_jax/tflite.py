@@ -360,7 +360,7 @@ def representative_images(task, folder: Optional[str] = None,
   size = task.image_size
   if folder is not None:
     from ssd_jax import images, workflows
-    paths = workflows.find_images(folder)
+    paths = workflows.find_images(folder, '--representative')
     chosen = [paths[i] for i in _spaced(len(paths), count)]
     read = lambda: (images.read_image(p) for p in chosen)
   else:

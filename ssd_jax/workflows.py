@@ -77,20 +77,21 @@ def run_artifact_evaluation(config, folder: str) -> dict:
   return {'result': result, 'step': step, 'eval_dir': out_dir}
 
 
-def find_images(spec: str) -> list[str]:
-  """An image file, a folder (its images, sorted) or a glob -> image paths."""
+def find_images(spec: str, flag: str = '--input') -> list[str]:
+  """An image file, a folder (its images, sorted) or a glob -> image paths;
+  errors name `spec` as the command-line flag `flag` that gave it."""
   if os.path.isdir(spec):
     paths = sorted(os.path.join(spec, n) for n in os.listdir(spec)
                    if n.lower().endswith(images.IMAGE_EXTENSIONS))
     if not paths:
       raise FileNotFoundError(f'folder {spec} holds no images (looked for '
-                              f'{", ".join(images.IMAGE_EXTENSIONS)}); point --input at images.')
+                              f'{", ".join(images.IMAGE_EXTENSIONS)}); point {flag} at images.')
     return paths
   if os.path.isfile(spec):
     return [spec]
   paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
   if not paths:
-    raise FileNotFoundError(f'--input={spec} matches no file; give an image, a folder or a '
+    raise FileNotFoundError(f'{flag}={spec} matches no file; give an image, a folder or a '
                             f'glob such as "photos/*.jpg".')
   return paths
 

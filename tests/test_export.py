@@ -435,6 +435,17 @@ def test_bad_arguments_are_refused_before_anything_is_written(workdir, tmp_path,
   assert [p.name for p in (tmp_path / 'full').iterdir()] == ['keep.txt']
 
 
+def test_a_representative_folder_that_is_not_there_is_named_as_that_flag(workdir, tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'^--representative=\S*nothing matches no file'):
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), quantize='full_int8',
+                   representative=str(tmp_path / 'nothing'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='holds no images .*; point --representative at'):
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), quantize='full_int8',
+                   representative=str(tmp_path / 'empty'))
+  assert not (tmp_path / 'o').exists()
+
+
 def test_onnx_without_its_packages_says_what_to_install(workdir, tmp_path):
   code = ('import sys; sys.modules["tf2onnx"] = None\n'
           'from ssd_jax import export\n'
