@@ -16,8 +16,9 @@ Modes:
                   (default output ./predictions)
 
 Fields of the config can be overridden, e.g. --config.train.batch_size=64, and
-optional ones unset, e.g. --config.optim.grad_clip_norm=None. For eval and
-predict, --config defaults to the config.json that training saved.
+optional ones unset, e.g. --config.optim.grad_clip_norm=None (overrides need
+--config). For eval and predict, --config defaults to the config.json that
+training saved.
 
 Exit status: 0 done; 1 an error (its message says what to fix; an expected one,
 see expected_errors, is printed alone, with its traceback under --verbose); 2 a
@@ -138,6 +139,17 @@ def _check_config_file() -> None:
   raise flags.Error(f'--config={path}: no such file; {where}.')
 
 
+def _check_overrides_have_a_config(argv) -> None:
+  """flags.Error naming the fix when --config.<field> overrides come without
+  --config (absl would call them unknown flags)."""
+  given = any(a == '--config' or a.startswith('--config=') for a in argv[1:])
+  override = next((a.split('=')[0] for a in argv[1:] if a.startswith('--config.')), None)
+  if override and not given:
+    raise flags.Error(f'{override} overrides a field of a --config file, and none is given: '
+                      f'add --config=<file> (for eval and predict, the file the run was '
+                      f'trained with, and the overrides it was trained with).')
+
+
 def parse_flags(argv):
   """absl's flag parsing, with a one-line error (not three chained tracebacks) when
   a --config.* override names no field or holds a bad value; --config.<field>=None
@@ -146,6 +158,7 @@ def parse_flags(argv):
   program = os.path.basename(argv[0])
   argv, unset = config_lib.split_unsets(argv)
   try:
+    _check_overrides_have_a_config(argv)
     rest = flags.FLAGS(argv)
     _check_config_file()
     if unset and _CONFIG.value is None:

@@ -153,3 +153,12 @@ def test_a_config_file_that_does_not_exist_is_one_line_naming_the_configs_there(
   assert run.stderr.splitlines()[0] == (
       f'main.py: --config=configs/voc301.py: no such file; configs holds {", ".join(names)}.')
   assert not (tmp_path / 'run').exists()
+
+
+def test_overrides_without_a_config_file_name_the_fix(tmp_path):
+  run = run_main('--mode=eval', f'--workdir={tmp_path}', '--config.data.eval_split=voc/2007:val')
+  assert run.returncode == 2 and 'Traceback' not in run.stderr
+  assert run.stderr.splitlines()[0] == (
+      'main.py: --config.data.eval_split overrides a field of a --config file, and none is '
+      'given: add --config=<file> (for eval and predict, the file the run was trained with, '
+      'and the overrides it was trained with).')
