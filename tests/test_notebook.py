@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ssd_jax.testing import weights_server
+from ssd_jax.testing import commands, weights_server
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / 'experiments' / 'demo.ipynb'
 
@@ -24,7 +24,7 @@ def test_demo_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv('SSD_JAX_DEMO_QUICK', '1')
   monkeypatch.setenv('SSD_JAX_DEMO_WORKDIR', str(tmp_path / 'run'))
   monkeypatch.setenv('SSD_JAX_DEMO_DATA_DIR', str(tmp_path / 'tfds'))
-  monkeypatch.setenv('XLA_FLAGS', '')  # one device in the kernel, as in Colab
+  monkeypatch.setenv('XLA_FLAGS', commands.QUICK_COMPILE)  # one device, as in Colab
   nb = nbformat.read(NOTEBOOK, as_version=4)
   try:
     NotebookClient(nb, timeout=600, kernel_name='python3',
