@@ -7,8 +7,11 @@ parameters to OUT (.npz).
 import os
 import sys
 
+from ssd_jax.testing import commands
+
 out, port, process_id, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={4 // count}'
+os.environ['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={4 // count} '
+                           f'{commands.QUICK_COMPILE}')
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import flax  # noqa: E402

@@ -6,15 +6,16 @@ import re
 import subprocess
 import sys
 
+from ssd_jax.testing import commands
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
 def test_the_device_report_runs_tiny_without_tensorflow():
   out = subprocess.run([sys.executable, '-m', 'ssd_jax.testing.without_tensorflow',
                         str(ROOT / 'experiments' / 'device_report.py'), '--tiny'],
                        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=FAST_COMPILE))
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=commands.QUICK_COMPILE))
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith('tensorflow imported: False'), out.stdout[-500:]
   rows = [line.split('|')[1:-1] for line in out.stdout.splitlines()

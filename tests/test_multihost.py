@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ssd_jax import checkpoints, config_lib
-from ssd_jax.testing import synthetic
+from ssd_jax.testing import commands, synthetic
 from ssd_jax.task import Task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -33,12 +33,11 @@ HEARTBEAT_S = 5
 GLOO_ABORT = "Received data size doesn't match expected size"
 # One CPU device a host; LLVM's cheap passes only: compiling the initialisation
 # then takes 3 s instead of 20 (every run here compiles with the same flags).
-XLA_FLAGS = ('--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 '
-             '--xla_llvm_disable_expensive_passes=true')
+XLA_FLAGS = commands.ONE_DEVICE['XLA_FLAGS']
 
 CONFIG = '''
 from ssd_jax import config_lib
-from ssd_jax.testing import synthetic
+from ssd_jax.testing import commands, synthetic
 
 
 def get_config():
