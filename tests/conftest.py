@@ -3,8 +3,12 @@ cache, config loading."""
 import os
 import pathlib
 
+from ssd_jax.testing.commands import QUICK_COMPILE
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# The test models compile for longer than they run: LLVM's cheap passes in these
+# processes and the ones they start (tests that run many steps: full_optimisation).
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {QUICK_COMPILE}')
 # Many tests compile the same small train and eval steps (in workers and in the
 # subprocesses they start, which inherit this): JAX's persistent cache compiles
 # each once per run, and re-runs start warm. Keys include the JAX version and flags.
@@ -22,6 +26,18 @@ except ImportError:
 from ssd_jax import config_lib  # noqa: E402
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+
+
+@pytest.fixture
+def full_optimisation(monkeypatch):
+  """XLA's default LLVM optimisation for what the test compiles through
+  ssd_jax.xla_cpu (every model family's steps and detectors), for tests whose
+  steps run long enough to repay it (XLA_FLAGS above asks for the cheap passes)."""
+  from ssd_jax import xla_cpu
+  for backbone in list(xla_cpu.OPTIONS):
+    monkeypatch.setitem(xla_cpu.OPTIONS, backbone, {
+        **xla_cpu.OPTIONS[backbone], 'xla_backend_optimization_level': 3,
+        'xla_llvm_disable_expensive_passes': False})
 
 
 @pytest.fixture(scope='session')

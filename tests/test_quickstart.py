@@ -59,7 +59,8 @@ def recall_by_size(found, examples, min_score: float) -> list[float]:
 
 
 @pytest.mark.xdist_group('hosts')  # the heaviest test: never beside several JAX processes
-def test_a_briefly_trained_quickstart_model_finds_large_and_small_shapes(load_config):
+def test_a_briefly_trained_quickstart_model_finds_large_and_small_shapes(load_config,
+                                                                        full_optimisation):
   """The quickstart's model, trained from scratch on the dataset's generator
   (no augmentation, one device) for a fifth of its steps, recalls large
   shapes as well as small ones on unseen images (with SSD300's layout scaled
