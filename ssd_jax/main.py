@@ -132,8 +132,8 @@ def _check_config_file() -> None:
   if os.path.isfile(path):
     return
   folder = os.path.dirname(path)
-  configs = sorted(n for n in os.listdir(folder) if n.endswith('.py')) if folder and \
-      os.path.isdir(folder) else []
+  configs = (sorted(n for n in os.listdir(folder) if n.endswith('.py'))
+             if folder and os.path.isdir(folder) else [])
   where = (f'{folder} holds {", ".join(configs)}' if configs
            else 'give a config file, e.g. --config=configs/voc300.py')
   raise flags.Error(f'--config={path}: no such file; {where}.')
@@ -156,13 +156,11 @@ def parse_flags(argv):
   unsets an optional field (one whose default is None)."""
   from ssd_jax import config_lib
   program = os.path.basename(argv[0])
-  argv, unset = config_lib.split_unsets(argv)
   try:
-    _check_overrides_have_a_config(argv)
+    _check_overrides_have_a_config(argv)  # unsets (--config.<field>=None) included
+    argv, unset = config_lib.split_unsets(argv)
     rest = flags.FLAGS(argv)
     _check_config_file()
-    if unset and _CONFIG.value is None:
-      raise ValueError(f'--config.{unset[0]}=None needs --config=<file>')
     if unset:
       config_lib.unset_fields(_CONFIG.value, unset)
     return rest
