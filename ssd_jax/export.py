@@ -165,14 +165,11 @@ def eval_split(task, eval_images: Optional[int]) -> tuple:
   if eval_images is not None and eval_images < 1:
     raise ValueError(f'--eval_images={eval_images}: give a count >= 1, or --noevaluate.')
   try:
-    source = input_pipeline.open_source(task.config, task.config.data.eval_split)
+    source = input_pipeline.eval_source(task.config)  # missing, unreadable or empty: refused
   except (OSError, ValueError) as e:
     kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
     raise kind(f'{e} (the export scores the artifact on that split; pass --noevaluate '
                f'to skip it)') from e
-  if not len(source):
-    raise ValueError(f'the eval split {task.config.data.eval_split!r} holds no image; pass '
-                     f'--noevaluate to export without scoring the artifact.')
   return source, len(source) if eval_images is None else min(eval_images, len(source))
 
 
