@@ -115,7 +115,7 @@ def test_batch_that_does_not_divide_over_devices(load_config):
     sharding.check_mesh_batch(12, sharding.make_mesh())
 
 
-def test_tiny_model_drives_its_loss_down(load_config):
+def test_tiny_model_drives_its_loss_down(load_config, full_optimisation):
   config = tiny_config(load_config)
   config.optim.learning_rate = 0.01
   config.optim.grad_clip_norm = 10.0
@@ -145,7 +145,7 @@ def _loss_curve(config, steps: int) -> np.ndarray:
   return np.asarray(losses)
 
 
-def test_bfloat16_training_follows_float32(load_config):
+def test_bfloat16_training_follows_float32(load_config, full_optimisation):
   """Same init, same batches: bfloat16 compute (float32 parameters, loss and
   optimiser) learns as float32 does: 10-step mean losses within 15% (single
   steps drift apart as rounding changes the path, as two float32 seeds do)."""
