@@ -187,7 +187,8 @@ def one_step(cfg, step):
 
 def distorted(cfg, colour, n=200):
   image = np.full((4, 4, 3), colour, np.float32)
-  draws = np.stack([augment.photometric_draws(seed(i), cfg).numpy() for i in range(n)])
+  draw = tf.function(lambda s: augment.photometric_draws(s, cfg), autograph=False)  # traced once
+  draws = np.stack([draw(seed(i)).numpy() for i in range(n)])
   return np.asarray(jax.vmap(pixels.distort, (None, 0))(image, draws))[:, 0, 0]
 
 
