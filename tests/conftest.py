@@ -15,6 +15,11 @@ os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {Q
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       str(pathlib.Path(__file__).resolve().parent.parent / '.jax_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+# Left on, JAX adds a GPU autotuning folder under the cache (and, on several hosts,
+# whether this is host 0) to every compile's options, so to every key: the keys then
+# change with the cache's path and the process id. Off, a cache copied to another
+# clone, and every host of a multi-process test, hit the same entries.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES', 'none')
 
 import pytest  # noqa: E402
 
