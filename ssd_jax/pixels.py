@@ -209,6 +209,18 @@ def finish(batch: dict, size: int, mean_rgb, per_image: bool | None = None) -> j
   return jax.lax.platform_dependent(*fields, cpu=mapped, default=batched)
 
 
+def finish_compiled(batch: dict, size: int, mean_rgb) -> jax.Array:
+  """`finish`, compiled once per size and mean, for single batches looked at on the
+  host (eager, it dispatches op by op: about 0.2 s an image). Fields other than
+  FINISH_FIELDS (a pipeline batch's names, boxes) are left out; arrays of any
+  framework are read as NumPy."""
+  fields = {k: np.asarray(batch[k]) for k in FINISH_FIELDS}
+  return _finish_compiled(fields, size, tuple(float(m) for m in mean_rgb))
+
+
+_finish_compiled = jax.jit(finish, static_argnums=(1, 2))
+
+
 def multiply_adds_per_image(size: int, buffer: int) -> int:
   """Multiply-adds of one image's resample (rows, then columns), the bulk of finish."""
   return int(np.int64(size) * TAPS * buffer * 3 + np.int64(size) * size * TAPS * 3)

@@ -196,7 +196,7 @@ def train_batches(config, start_step: int = 0,
 def finished_images(batch: dict, config) -> np.ndarray:
   """u8 [b, S, S, 3]: the images the train step makes of a training batch
   (pixels.finish, here on the default device), to look at what training sees."""
-  images = pixels.finish(batch, config.model.image_size, config.data.mean_rgb)
+  images = pixels.finish_compiled(batch, config.model.image_size, config.data.mean_rgb)
   return np.asarray(images).astype(np.uint8)
 
 

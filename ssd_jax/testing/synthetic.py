@@ -1,5 +1,4 @@
 """Small data that tests and benchmarks make: VOC folders and batches of coloured squares."""
-import functools
 import pathlib
 
 import numpy as np
@@ -183,13 +182,4 @@ def finish_image(buffer, pixels_size, place, method, size: int, mean_rgb, colour
   batch = {'pixels': buffer, 'pixels_size': pixels_size, 'place': place, 'method': method,
            'colour': np.asarray(colour, np.float32), 'flip': flip}
   batch = {k: np.asarray(v)[None] for k, v in batch.items()}
-  return np.asarray(_jitted_finish()(batch, size, tuple(float(m) for m in mean_rgb)))[0]
-
-
-@functools.cache
-def _jitted_finish():
-  """pixels.finish compiled as training compiles it (its size and mean static): one
-  image at a time eagerly takes about 0.2 s, dispatching op by op."""
-  import jax
-  from ssd_jax import pixels
-  return jax.jit(pixels.finish, static_argnums=(1, 2))
+  return np.asarray(pixels.finish_compiled(batch, size, mean_rgb))[0]
