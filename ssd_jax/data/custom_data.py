@@ -229,7 +229,8 @@ def recorded_split(split_file: Optional[str], stems: Sequence[str], seed: int,
   """split_stems' lists, read from `split_file` when it exists (so that a later
   run, or evaluation, uses the same images whatever changed since), else made
   and written there (atomically, through ssd_jax.paths; every host writes the
-  same bytes)."""
+  same bytes). val_fraction is checked either way."""
+  lists = split_stems(stems, seed, val_fraction)
   target = paths.path(split_file) if split_file else None
   if target is not None and target.is_file():
     recorded = json.loads(target.read_text())
@@ -238,7 +239,6 @@ def recorded_split(split_file: Optional[str], stems: Sequence[str], seed: int,
                       'split is used. Delete it to split anew.', split_file,
                       recorded.get('seed'), recorded.get('val_fraction'), seed, val_fraction)
     return {k: recorded[k] for k in PROJECT_SPLITS}
-  lists = split_stems(stems, seed, val_fraction)
   if target is not None:
     target.parent.mkdir(parents=True, exist_ok=True)
     paths.write_text_atomic(target, json.dumps(
