@@ -10,7 +10,8 @@ State creation, the train step, evaluation, the Detector, export and the
 summary take the Task, so none of them re-derives any of it.
 
 A YOLO dataset's class names are read from its data.yaml here, when the config
-does not name them: the only file a Task reads.
+does not name them (the only file a Task reads), and a VOC folder's are
+data.name's label map then: the data readers take them from the Task's config.
 """
 from __future__ import annotations
 
@@ -113,12 +114,17 @@ class Task:
 
 
 def with_dataset_classes(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
-  """`config`, or a copy naming a YOLO dataset's classes (read from its data.yaml)
-  when data.class_names is unset."""
+  """`config`, or a copy naming a custom dataset's classes when data.class_names is
+  unset: a YOLO dataset's from its data.yaml, a VOC folder's from data.name's
+  label map (VOC's twenty by default). The readers of both take them from here."""
   d = config.data
-  if d.format != 'yolo' or d.class_names or d.root is None:
+  if d.format not in ('yolo', 'voc_folder') or d.class_names or d.root is None:
     return config
-  from ssd_jax.data import custom_data  # reads the YAML; no TensorFlow
+  if d.format == 'yolo':
+    from ssd_jax.data import custom_data  # reads the YAML; no TensorFlow
+    names = custom_data.yolo_class_names(d.root)
+  else:
+    names = labels.dataset_class_names(d.name)
   config = copy.deepcopy(config)
-  config.data.class_names = custom_data.yolo_class_names(config.data.root)
+  config.data.class_names = names
   return config

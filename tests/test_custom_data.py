@@ -100,3 +100,21 @@ def test_coco_json(tmp_path):
   np.testing.assert_array_equal(records[0].difficult, [False, True])
   example = sources.RecordsSource(records, 'ann.json').example(tf.constant(0, tf.int64))
   assert example['image'].shape == (50, 100, 3) and example['image_id'] == 42
+
+
+def test_a_voc_folder_without_class_names_has_its_tasks(load_config, voc_root):
+  """The Task names a VOC folder's classes (data.name's label map) for its readers;
+  a bare config without them is refused by name rather than guessed."""
+  from ssd_jax import labels
+  from ssd_jax.task import Task
+  c = voc_config(load_config, voc_root)
+  c.data.class_names, c.model.num_classes = None, None
+  task = Task.of(c)
+  assert task.class_names == labels.LABEL_MAPS['voc'] and len(task.class_names) == 20
+  assert task.config.data.class_names == task.class_names and task.num_classes == 21
+  assert c.data.class_names is None  # the caller's config is left as it was
+  with pytest.raises(ValueError, match="voc_folder' with no data.class_names.*Task.of"):
+    input_pipeline.open_source(c, 'trainval')
+  first = input_pipeline.open_source(task.config, 'trainval').example(tf.constant(0, tf.int64))
+  names = labels.LABEL_MAPS['voc']  # a.jpg holds a dog, then a cat
+  assert first['labels'].numpy().tolist() == [names.index('dog') + 1, names.index('cat') + 1]

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ssd_jax import config_lib, labels, pixels, sharding
+from ssd_jax import config_lib, pixels, sharding
 from ssd_jax.data import augment, custom_data, sources, tfds_data
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -62,7 +62,10 @@ def _custom_records(config, spec: str) -> list:
                        f'(paths relative to data.root).')
     return custom_data.read_coco_json(os.path.join(d.root, annotations),
                                       os.path.join(d.root, image_dir), d.class_names or None)
-  return custom_data.read_voc_folder(d.root, spec, labels.class_names(config), config.seed,
+  if not d.class_names:
+    raise ValueError("data.format='voc_folder' with no data.class_names: build the config's "
+                     "task (ssd_jax.task.Task.of), which takes data.name's, or set them.")
+  return custom_data.read_voc_folder(d.root, spec, d.class_names, config.seed,
                                      d.val_fraction, d.split_file)
 
 
