@@ -84,9 +84,10 @@ def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None,
   config = task.config
   variables = builders.inference_variables(variables)
   mesh = mesh or sharding.make_mesh()
-  sharding.check_mesh_batch(config.train.batch_size, mesh)
+  host_batch = sharding.check_mesh_batch(config.train.batch_size, mesh)
   anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
-  data, steps = input_pipeline.eval_dataset(config, source=source)  # errors before compiling
+  data, steps = input_pipeline.host_eval_dataset(  # errors before compiling
+      config, source or input_pipeline.eval_source(config), jax.process_index(), host_batch)
   step = jit_eval_step(task, mesh)
   mine = sharding.host_rows(config.train.batch_size)
   for batch in data.take(steps).as_numpy_iterator():
@@ -94,9 +95,7 @@ def detect_split(task, variables, evaluator: metrics.Evaluator, mesh=None,
     dets = jax.tree.map(lambda x: x[mine], jax.device_get(step(variables, images, anchors)))
     _add_batch(dets, batch, evaluator)
   if jax.process_count() > 1:  # every host then holds every image (its own merge is a no-op)
-    for truths, detections in sharding.gather_objects((evaluator.truths,
-                                                        evaluator.detections)):
-      evaluator.merge(truths, detections)
+    evaluator.merge(sharding.gather_objects((evaluator.truths, evaluator.detections)))
 
 
 def run_evaluator(task, variables, mesh=None,

@@ -196,10 +196,11 @@ class Evaluator:
   def add(self, image_id, truth: dict, detections: dict) -> None:
     self.truths[image_id], self.detections[image_id] = truth, detections
 
-  def merge(self, truths: dict, detections: dict) -> None:
-    """Adds another evaluator's collections (e.g. another host's)."""
-    self.truths.update(truths)
-    self.detections.update(detections)
+  def merge(self, collections: Sequence[tuple[dict, dict]]) -> None:
+    """Adds other evaluators' (truths, detections), e.g. every host's."""
+    for truths, detections in collections:
+      self.truths.update(truths)
+      self.detections.update(detections)
 
   def result(self) -> dict:
     raise NotImplementedError

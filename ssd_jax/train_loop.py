@@ -179,10 +179,11 @@ def _run(task: Task, workdir: str, stack: contextlib.ExitStack, with_eval: bool,
   if config.train.distributed:
     cluster.initialize(config)
   mesh = sharding.make_mesh()
-  sharding.check_mesh_batch(config.train.batch_size, mesh)
+  host_batch = sharding.check_mesh_batch(config.train.batch_size, mesh)  # checked once, here
   anchors = jax.device_put(task.default_boxes, sharding.replicated(mesh))
   state, mngr, start, source, eval_source, lock = _start(task, workdir, mesh, stack, with_eval)
-  data = input_pipeline.train_batches(config, start_step=start, source=source)
+  data = input_pipeline.host_train_batches(config, source, jax.process_index(), host_batch,
+                                           start)
   if jax.process_index() == 0:  # the run starts: the workdir now describes it
     workdirs.save_config(config, workdir)
   step_fn = train_step.jit_train_step(task, mesh)

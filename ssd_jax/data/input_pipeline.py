@@ -170,17 +170,24 @@ def train_dataset(config, process_index: Optional[int] = None,
                   source: Optional[sources.Source] = None) -> tf.data.Dataset:
   """Endless batches of this host's share of the training order (module docstring),
   from step `start_step` on; no record before it is read. `source`: the
-  train_source(config) when already opened."""
+  train_source(config) when already opened. The batch is checked to divide over
+  the hosts (sharding.check_batch); see host_train_dataset."""
   index, count = _processes(process_index, process_count)
   batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
-  source = source or train_source(config)
-  positions = host_positions(start_step * batch, batch, config.train.batch_size, index)
+  return host_train_dataset(config, source or train_source(config), index, batch, start_step)
+
+
+def host_train_dataset(config, source: sources.Source, host: int, host_batch: int,
+                       start_step: int = 0) -> tf.data.Dataset:
+  """train_dataset of host `host` whose share of train.batch_size is `host_batch`,
+  as the caller checked it (sharding.check_mesh_batch), from the opened `source`."""
+  positions = host_positions(start_step * host_batch, host_batch, config.train.batch_size, host)
   ds = positions.map(lambda g: train_example(source, g, config),
                      num_parallel_calls=PARALLEL_CALLS)
   shapes = {k: spec.shape for k, spec in ds.element_spec.items()}
   p = config.data.pixel_buffer
   shapes['pixels'] = [p, p, 3]  # each crop at the top left of its buffer, zeros beyond
-  return _without_autotuning(ds.padded_batch(batch, shapes, drop_remainder=True)
+  return _without_autotuning(ds.padded_batch(host_batch, shapes, drop_remainder=True)
                              .prefetch(AUTOTUNE))
 
 
@@ -194,6 +201,13 @@ def train_batches(config, start_step: int = 0,
   """
   ds = train_dataset(config, start_step=start_step, source=source)  # errors now, not later
   return _checked_batches(ds, config)
+
+
+def host_train_batches(config, source: sources.Source, host: int, host_batch: int,
+                       start_step: int = 0) -> Iterator[dict]:
+  """train_batches from host_train_dataset (the batch checked by the caller)."""
+  return _checked_batches(host_train_dataset(config, source, host, host_batch, start_step),
+                          config)
 
 
 def finished_images(batch: dict, config) -> np.ndarray:
@@ -239,7 +253,8 @@ def eval_dataset(config, process_index: Optional[int] = None,
                  process_count: Optional[int] = None,
                  source: Optional[sources.Source] = None) -> tuple[tf.data.Dataset, int]:
   """This host's share of the eval split, in order, padded so all hosts run the same steps.
-  `source`: the eval_source(config) when already opened.
+  `source`: the eval_source(config) when already opened. The batch is checked
+  to divide over the hosts (sharding.check_batch); see host_eval_dataset.
 
   Returns:
     (dataset of batches, number of batches), the same number on every host;
@@ -247,12 +262,20 @@ def eval_dataset(config, process_index: Optional[int] = None,
   """
   index, count = _processes(process_index, process_count)
   batch = sharding.check_batch(config.train.batch_size, num_hosts=count)
-  source = source or eval_source(config)
+  return host_eval_dataset(config, source or eval_source(config), index, batch)
+
+
+def host_eval_dataset(config, source: sources.Source, host: int,
+                      host_batch: int) -> tuple[tf.data.Dataset, int]:
+  """eval_dataset of host `host` whose share of train.batch_size is `host_batch`,
+  as the caller checked it (sharding.check_mesh_batch), from the opened `source`."""
   steps = math.ceil(len(source) / config.train.batch_size)
-  positions = host_positions(0, batch, config.train.batch_size, index).take(steps * batch)
+  positions = host_positions(0, host_batch, config.train.batch_size, host).take(
+      steps * host_batch)
   ds = positions.map(lambda g: eval_example(source, g, config),
                      num_parallel_calls=PARALLEL_CALLS)
-  return _without_autotuning(ds.padded_batch(batch, drop_remainder=True).prefetch(AUTOTUNE)), steps
+  return (_without_autotuning(ds.padded_batch(host_batch, drop_remainder=True)
+                              .prefetch(AUTOTUNE)), steps)
 
 
 def decoded_eval_examples(config, count: Optional[int] = None,
