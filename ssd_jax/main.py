@@ -85,9 +85,10 @@ def main(argv):
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  import tensorflow as tf  # keep TensorFlow (data only) off the accelerators
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
+  if _MODE.value != 'predict':  # the data pipelines' TensorFlow (prediction uses none)
+    import tensorflow as tf  # kept off the accelerators: they are JAX's
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
   from ssd_jax import workflows
   workdir, mode = _WORKDIR.value, _MODE.value
   if _PRETRAINED.value and (mode != 'predict' or workdir):

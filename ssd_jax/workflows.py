@@ -1,6 +1,8 @@
 """What each `--mode` of main.py does, as functions that return what they made.
 
-Tests and notebooks call these; main.py prints their results.
+Tests and notebooks call these; main.py prints their results. Training and
+evaluation import TensorFlow (their data pipelines) when called; prediction
+never does, so `--mode=predict` also runs where only JAX is installed.
 """
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ from typing import Optional
 import jax
 from absl import logging
 
-from ssd_jax import artifacts, checkpoints, detector, drawing, evaluate, images, metrics
+from ssd_jax import artifacts, checkpoints, detector, drawing, images, metrics
 from ssd_jax.task import Task
 from ssd_jax.paths import path as run_path
-from ssd_jax import train_loop
 
 # In the workdir: the train/val split made of a voc_folder without ImageSets.
 SPLIT_FILE = 'data_split.json'
@@ -38,6 +39,7 @@ def run_training(config, workdir: str, with_eval: bool = False) -> dict:
     evaluation 'result' (see metrics.Evaluator), its 'eval_dir' and the folder
     of drawn detections ('pictures').
   """
+  from ssd_jax import evaluate, train_loop  # TensorFlow: the data pipelines
   task = Task.of(record_split_in(config, workdir))
   logging.info('config:\n%s', task.config)
   pictures = str(run_path(workdir) / 'detections')
@@ -59,6 +61,7 @@ def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
   """
   if os.path.isfile(os.path.join(workdir, artifacts.INFO_FILE)):
     return run_artifact_evaluation(config, workdir)
+  from ssd_jax import evaluate  # TensorFlow: the data pipeline
   task = Task.of(record_split_in(config, workdir))
   variables, step = checkpoints.restore_variables(task, workdir, step)
   logging.info('evaluating step %d of %s', step, workdir)
@@ -70,6 +73,7 @@ def run_artifact_evaluation(config, folder: str) -> dict:
   """--mode=eval on an export folder: its artifact, one image at a time, on the
   whole eval split (evaluate.evaluate_detectors); the report goes to folder/eval.
   'step' is the checkpoint step the artifact was exported from."""
+  from ssd_jax import evaluate  # TensorFlow: the data pipeline
   det = detector.Detector.from_exported(folder)
   (result,) = evaluate.evaluate_detectors(Task.of(config), [det])
   step, out_dir = det.info.get('step'), os.path.join(folder, 'eval')

@@ -153,6 +153,26 @@ def test_detector_runs_without_tensorflow(trained, tmp_path):
   np.testing.assert_allclose(theirs['boxes'], mine['boxes'], atol=1e-4)
 
 
+def test_predict_command_runs_without_tensorflow(trained, tmp_path):
+  """--mode=predict imports neither TensorFlow nor TFDS (as on a machine with only
+  JAX): its detections.json holds this process's Detector's detections."""
+  _, workdir, _ = trained
+  pixels = np.random.default_rng(6).integers(0, 256, (70, 110, 3), np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'in.png')
+  main = pathlib.Path(__file__).resolve().parent.parent / 'ssd_jax' / 'main.py'
+  run = subprocess.run([sys.executable, '-m', 'ssd_jax.testing.without_tensorflow', str(main),
+                        '--mode=predict', f'--workdir={workdir}', f'--input={tmp_path}/in.png',
+                        f'--output={tmp_path}/out'], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0 and 'tensorflow imported: False' in run.stdout, run.stderr[-3000:]
+  theirs = json.loads((tmp_path / 'out' / 'detections.json').read_text())
+  mine = detector.Detector.from_checkpoint(str(workdir)).detect([pixels])[0]
+  assert len(theirs) == len(mine['scores']) > 0
+  # (the file's scores have 5 decimals, its pixel boxes 2)
+  np.testing.assert_allclose([d['score'] for d in theirs], mine['scores'], atol=6e-6)
+  x0, y0 = mine['boxes'][:, 0], mine['boxes'][:, 1]
+  np.testing.assert_allclose([d['bbox'][:2] for d in theirs], np.stack([x0, y0], 1), atol=6e-3)
+
+
 def test_export_scores_its_artifact_and_eval_mode_scores_it_again(trained, tmp_path):
   """The export's accuracy line: the artifact and the checkpoint on the whole eval
   split (12 images); --mode=eval on the artifact folder gives the same figure, and
