@@ -364,12 +364,10 @@ def representative_images(task, folder: Optional[str] = None,
     chosen = [paths[i] for i in _spaced(len(paths), count)]
     read = lambda: (images.read_image(p) for p in chosen)
   else:
-    import tensorflow as tf
     from ssd_jax.data import input_pipeline
     source = input_pipeline.train_source(task.config)
-    index = tf.data.Dataset.from_tensor_slices(np.asarray(_spaced(len(source), count), np.int64))
-    read = lambda: (ex['image'] for ex in index.map(source.example).as_numpy_iterator()
-                    if ex['ok'])
+    examples = input_pipeline.decoded_examples(source, _spaced(len(source), count))
+    read = lambda: (ex['image'] for ex in examples.as_numpy_iterator() if ex['ok'])
 
   def generate():
     for image in read():

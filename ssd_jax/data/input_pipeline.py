@@ -292,4 +292,11 @@ def decoded_eval_examples(config, count: Optional[int] = None,
   `source`: the eval_source(config) when already opened."""
   source = source or open_source(config, config.data.eval_split)
   count = len(source) if count is None else min(count, len(source))
-  return _without_autotuning(tf.data.Dataset.range(count).map(_traced(source.example)))
+  return decoded_examples(source, range(count))
+
+
+def decoded_examples(source: sources.Source, indices) -> tf.data.Dataset:
+  """The examples of `source` at `indices` (ints), in that order, decoded but not
+  resized (see sources.py)."""
+  index = tf.data.Dataset.from_tensor_slices(np.asarray(list(indices), np.int64))
+  return _without_autotuning(index.map(_traced(source.example)))
