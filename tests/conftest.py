@@ -40,6 +40,16 @@ except ImportError:
 from ssd_jax import config_lib  # noqa: E402
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+# The modules whose tests run longest (several processes, a notebook, a training
+# run), collected first: xdist hands them out first, and the two workers finish
+# on short tests together instead of one waiting on the other's last long test.
+LONGEST_FIRST = ('test_multihost.py', 'test_quickstart.py', 'test_notebook.py',
+                 'test_documented_commands.py', 'test_pretrained.py', 'test_resnet.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: modules stay whole
 
 
 @pytest.fixture
