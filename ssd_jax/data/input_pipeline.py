@@ -64,7 +64,8 @@ def _custom_records(config, spec: str) -> list:
                                       os.path.join(d.root, image_dir), d.class_names or None)
   if not d.class_names:
     raise ValueError("data.format='voc_folder' with no data.class_names: build the config's "
-                     "task (ssd_jax.task.Task.of), which takes data.name's, or set them.")
+                     "task (ssd_jax.task.Task.of), which takes data.name's label map, or set "
+                     "them (--config.data.class_names='(\"cat\",\"dog\")').")
   return custom_data.read_voc_folder(d.root, spec, d.class_names, config.seed,
                                      d.val_fraction, d.split_file)
 
