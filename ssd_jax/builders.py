@@ -8,7 +8,7 @@ holds what they return.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -96,32 +96,56 @@ def _roles_of(module: nn.Module) -> dict:
   return getattr(module, 'PARAM_ROLES', {})
 
 
-def param_roles(config: config_dict.ConfigDict, model: Optional[nn.Module] = None) -> dict:
-  """A tree like the parameters holding each one's role: 'weight', 'bias' or
-  'norm' (ssd.ROLES), from the module that owns it, never from its name alone.
+class ModelShapes(NamedTuple):
+  """What one trace of a model's initialisation tells (trace_model).
 
-  model: the config's model, if already built.
-  Raises ValueError naming a parameter whose module declares no role for it.
+  variables: jax.ShapeDtypeStruct of each variable ({'params'}, and
+    'batch_stats' where the model has BatchNorm).
+  roles: a tree like the parameters holding each one's role (ssd.ROLES).
+  feature_sizes: the side of each source map, in model.sources order.
   """
-  owners = {}
+  variables: dict
+  roles: dict
+  feature_sizes: tuple[int, ...]
+
+
+def trace_model(config: config_dict.ConfigDict, model: Optional[nn.Module] = None) -> ModelShapes:
+  """The config's model initialised under jax.eval_shape (no compute), once:
+  its variables' shapes, each parameter's role (from the module that owns it,
+  never from its name alone) and its backbone's source map sizes.
+
+  model: the config's model (an ssd.SSD), if already built.
+  Raises ValueError naming a parameter whose module declares no role for it,
+  or a source map that is not square.
+  """
+  owners, maps = {}, []
 
   def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
     if context.method_name == '__call__':
       owners[context.module.path] = _roles_of(context.module)
-    return next_fun(*args, **kwargs)
+      if context.module.path == ('backbone',):
+        maps.append(out)
+    return out
 
   size = config.model.image_size
   with nn.intercept_methods(record):
-    params = jax.eval_shape((model or build_model(config)).init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))['params']
+    variables = dict(jax.eval_shape((model or build_model(config)).init, jax.random.key(0),
+                                    jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)))
   roles = {}
-  for path in flax.traverse_util.flatten_dict(params):
+  for path in flax.traverse_util.flatten_dict(variables['params']):
     role = owners.get(path[:-1], {}).get(path[-1])
     if role is None:
       raise ValueError(f'parameter {"/".join(path)} has no role (weight, bias or norm); give '
                        f'its module a PARAM_ROLES attribute.')
     roles[path] = role
-  return flax.traverse_util.unflatten_dict(roles)
+  return ModelShapes(variables, flax.traverse_util.unflatten_dict(roles),
+                     _square_sides(config.model.sources, maps[0]))
+
+
+def param_roles(config: config_dict.ConfigDict, model: Optional[nn.Module] = None) -> dict:
+  """Each parameter's role: trace_model's `roles`."""
+  return trace_model(config, model).roles
 
 
 def inference_variables(tree) -> dict:
@@ -150,10 +174,15 @@ def source_feature_sizes(config: config_dict.ConfigDict) -> tuple[int, ...]:
   backbone, size = _build_backbone(config), config.model.image_size
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   outputs, _ = jax.eval_shape(backbone.init_with_output, jax.random.key(0), images)
-  for name, out in zip(config.model.sources, outputs):
+  return _square_sides(config.model.sources, outputs)
+
+
+def _square_sides(sources: Sequence[str], maps) -> tuple[int, ...]:
+  """The side of each f[B, h, w, c] source map; ValueError where h != w."""
+  for name, out in zip(sources, maps):
     if out.shape[1] != out.shape[2]:
       raise ValueError(f'source {name} is not square: {out.shape}.')
-  return tuple(int(out.shape[1]) for out in outputs)
+  return tuple(int(out.shape[1]) for out in maps)
 
 
 def build_default_boxes(config: config_dict.ConfigDict,

@@ -77,23 +77,29 @@ class Task:
   # Traced when first asked, not in `of`: tracing starts JAX's backend, which
   # must wait for jax.distributed.initialize on several hosts.
   @functools.cached_property
+  def shapes(self) -> builders.ModelShapes:
+    """One trace of the model's initialisation (builders.trace_model), no compute:
+    the abstract variables, the parameter roles and the feature sizes below."""
+    return builders.trace_model(self.config, self.model)
+
+  @property
   def feature_sizes(self) -> tuple[int, ...]:
-    return builders.source_feature_sizes(self.config)
+    return self.shapes.feature_sizes
 
   @functools.cached_property
   def default_boxes(self) -> np.ndarray:
     return builders.build_default_boxes(self.config, self.feature_sizes)
 
-  @functools.cached_property
+  @property
   def roles(self) -> dict:
-    """Each parameter's role (builders.param_roles), a tree like the parameters."""
-    return builders.param_roles(self.config, self.model)
+    """Each parameter's role ('weight', 'bias' or 'norm'), a tree like the parameters."""
+    return self.shapes.roles
 
-  @functools.cached_property
+  @property
   def abstract_variables(self) -> dict:
     """jax.ShapeDtypeStruct of each variable ({'params'}, and 'batch_stats' where
     the model has BatchNorm), no compute."""
-    return jax.eval_shape(self.init_variables, jax.random.key(0))
+    return self.shapes.variables
 
   @functools.cached_property
   def schedule(self):
