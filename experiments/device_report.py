@@ -102,7 +102,7 @@ def ours_inference(config, batch: int, repeats: int) -> tuple[float, float]:
   size = task.image_size
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3)),
                        jnp.uint8)
-  variables = builders.inference_variables(task.init_variables(jax.random.key(0)))
+  variables = builders.inference_variables(jax.jit(task.init_variables)(jax.random.key(0)))
   run = jax.jit(functools.partial(postprocess.network_detections, model=task.model,
                                   config=task.config, anchors=jnp.asarray(task.default_boxes)))
   compiled = run.lower(variables, images).compile()

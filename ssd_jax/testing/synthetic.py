@@ -88,9 +88,12 @@ def squares_config(config, root, num_steps):
 
 
 def init_params(config, rng) -> dict:
-  """The parameters of builders.init_variables (no BatchNorm statistics)."""
+  """The parameters of builders.init_variables (no BatchNorm statistics), jitted:
+  run op by op, the initialisation dispatches and compiles each of its hundreds
+  of operations on its own."""
+  import jax
   from ssd_jax import builders
-  return builders.init_variables(config, rng)['params']
+  return jax.jit(lambda key: builders.init_variables(config, key)['params'])(rng)
 
 
 def random_variables(config, seed: int = 0) -> dict:
