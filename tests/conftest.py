@@ -64,6 +64,14 @@ def full_optimisation(monkeypatch):
         'xla_llvm_disable_expensive_passes': False})
 
 
+@pytest.fixture
+def cpu_path(monkeypatch):
+  """layers' CPU pooling gradient whatever the device count, as a one-device process
+  uses it (eight devices here turn it off); only for tests that run no collective."""
+  from ssd_jax import layers
+  monkeypatch.setattr(layers, 'cpu_gradients_apply', lambda: layers.USE_CPU_GRADIENTS)
+
+
 @pytest.fixture(scope='session')
 def load_config():
   """Returns a function: config name (e.g. 'voc300') -> a fresh ConfigDict."""

@@ -15,12 +15,6 @@ def test_several_devices_keep_xlas_gradients():
   assert not layers.cpu_gradients_apply()
 
 
-@pytest.fixture
-def cpu_path(monkeypatch):
-  """The CPU pooling gradient on whatever the device count (no collectives run here)."""
-  monkeypatch.setattr(layers, 'cpu_gradients_apply', lambda: layers.USE_CPU_GRADIENTS)
-
-
 def _grads(conv, x, w):
   """Gradients of a non-linear function of the convolution's output."""
   return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), (0, 1))(x, w)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import box_utils, builders, detector, layers, sharding, train_step
+from ssd_jax import box_utils, builders, detector, sharding, train_step
 from ssd_jax.data import shapes_dataset
 from ssd_jax.task import Task
 
@@ -61,15 +61,13 @@ def recall_by_size(found, examples, min_score: float) -> list[float]:
 @pytest.mark.xdist_group('hosts')  # the heaviest test: never beside several JAX processes
 def test_a_briefly_trained_quickstart_model_finds_large_and_small_shapes(load_config,
                                                                         full_optimisation,
-                                                                        monkeypatch):
+                                                                        cpu_path):
   """The quickstart's model, trained from scratch on the dataset's generator
   (no augmentation, one device) for a quarter of its steps, recalls large
   shapes as well as small ones on unseen images (with SSD300's layout scaled
   down, as before, it found 73% of the small and none of the large)."""
-  # The program the quickstart runs on its one CPU device: with layers' pooling
-  # gradient, which the eight devices of this process would turn off (its steps
-  # then take 0.54 CPU-seconds instead of 0.38; no collective runs on one device).
-  monkeypatch.setattr(layers, 'cpu_gradients_apply', lambda: layers.USE_CPU_GRADIENTS)
+  # cpu_path: the program the quickstart runs on its one CPU device (its steps
+  # take 0.38 CPU-seconds here instead of 0.54 with XLA's pooling gradient).
   config, steps = load_config('shapes'), 300
   config.optim.boundaries = (steps,)
   size, batch = config.model.image_size, config.train.batch_size

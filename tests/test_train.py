@@ -119,7 +119,7 @@ def test_tiny_model_drives_its_loss_down(load_config, full_optimisation):
   config = tiny_config(load_config)
   config.optim.learning_rate = 0.01
   config.optim.grad_clip_norm = 10.0
-  mesh, task = sharding.make_mesh(jax.devices()[:1]), Task.of(config)  # 8: test above
+  mesh, task = sharding.make_mesh(jax.devices()[:1]), Task.of(config)  # 8 devices: the test above
   state = train_step.create_state(task, mesh, jax.random.key(0))
   anchors = jnp.asarray(task.default_boxes)
   step = train_step.jit_train_step(task, mesh)
