@@ -1,5 +1,6 @@
 """Shared test setup: quiet TensorFlow, 8 simulated CPU devices, a compilation
 cache, config loading."""
+import gc
 import os
 import pathlib
 
@@ -45,6 +46,13 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 # on short tests together instead of one waiting on the other's last long test.
 LONGEST_FIRST = ('test_multihost.py', 'test_quickstart.py', 'test_notebook.py',
                  'test_documented_commands.py', 'test_pretrained.py', 'test_resnet.py')
+
+
+def pytest_collection_finish(session):
+  """The objects of every module the tests import (TensorFlow, JAX, torch), moved
+  out of the sight of Python's cyclic garbage collector, whose full collections
+  would walk them all again, hundreds of times in a worker's run."""
+  gc.freeze()
 
 
 def pytest_collection_modifyitems(items):
