@@ -154,17 +154,21 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack, with_eva
     workdirs.check_resumable(config, workdir)
     source = input_pipeline.train_source(config)
     eval_source = input_pipeline.eval_source(config) if with_eval else None
-  state = train_step.create_state(task, mesh, jax.random.key(config.seed))
   mngr = checkpoints.manager(workdir, config)
   stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
-  start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
+  start, state = 0, None
+  if mngr.all_steps():  # restored into the state's shapes: no initial state computed
+    start, state = checkpoints.restore_newest_readable(
+        mngr, train_step.abstract_state(task, mesh), workdir)
   if cluster.is_multihost():
     cluster.barrier('every host saw the workdir')
     if jax.process_index() == 0:
       (paths.path(workdir) / marker).unlink()
   if start:
     logging.info('resumed from step %d in %s', start, workdir)
-  elif config.model.init_checkpoint or config.model.init_from:
+    return state, mngr, start, source, eval_source, lock
+  state = train_step.create_state(task, mesh, jax.random.key(config.seed))
+  if config.model.init_checkpoint or config.model.init_from:
     state = checkpoints.initialise_from(
         state, config.model.init_checkpoint or pretrained.converted(config.model.init_from), mesh)
   elif task.family.imagenet and config.model.width == 1.0:

@@ -23,7 +23,7 @@ root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for name in ('voc300', 'coco_ssdlite320'):
   task = Task.of(config_lib.load(os.path.join(root, 'configs', f'{name}.py')))
   config, mesh = task.config, sharding.make_mesh()
-  state = jax.eval_shape(lambda: train_step.create_state(task, mesh, jax.random.key(0)))
+  state = train_step.abstract_state(task, mesh)
   anchors = jax.ShapeDtypeStruct(task.default_boxes.shape, jnp.float32)
   step = train_step.jit_train_step(task, mesh).trace(
       state, train_step.batch_spec(config, 8), anchors)
