@@ -151,15 +151,16 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack, with_eva
   with cluster.agreement('checking the workdir and the data'):
     if jax.process_index() != 0:
       _check_shared_workdir(workdir, marker)
-    workdirs.check_resumable(config, workdir)
+    resuming = workdirs.check_resumable(config, workdir)
     source = input_pipeline.train_source(config)
     eval_source = input_pipeline.eval_source(config) if with_eval else None
+  # Resuming, the checkpoint is restored into the state's shapes: no initial state
+  # is computed, then overwritten, and the state is held once while it loads.
+  state = (train_step.abstract_state(task, mesh) if resuming
+           else train_step.create_state(task, mesh, jax.random.key(config.seed)))
   mngr = checkpoints.manager(workdir, config)
   stack.callback(mngr.close)  # waits for saves in flight, also when a run stops early
-  start, state = 0, None
-  if mngr.all_steps():  # restored into the state's shapes: no initial state computed
-    start, state = checkpoints.restore_newest_readable(
-        mngr, train_step.abstract_state(task, mesh), workdir)
+  start, state = checkpoints.restore_newest_readable(mngr, state, workdir)
   if cluster.is_multihost():
     cluster.barrier('every host saw the workdir')
     if jax.process_index() == 0:
@@ -167,7 +168,10 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack, with_eva
   if start:
     logging.info('resumed from step %d in %s', start, workdir)
     return state, mngr, start, source, eval_source, lock
-  state = train_step.create_state(task, mesh, jax.random.key(config.seed))
+  if resuming:
+    raise checkpoints.NoReadableCheckpointError(
+        f'{workdir}/checkpoints holds step folders but no checkpoint among them; start a '
+        f'new --workdir, or restore the checkpoint files.')
   if config.model.init_checkpoint or config.model.init_from:
     state = checkpoints.initialise_from(
         state, config.model.init_checkpoint or pretrained.converted(config.model.init_from), mesh)

@@ -34,8 +34,9 @@ class TrainState(train_state.TrainState):
   ema_params: Any = None
 
 
-def _init(task: Task):
-  """rng -> the initial TrainState of a task, with the task's optimiser."""
+def create_state(task: Task, mesh: Mesh, rng: jax.Array) -> TrainState:
+  """The initial state of a task (ssd_jax.task.Task), created directly replicated
+  on the mesh, with the task's optimiser."""
   tx = task.optimizer  # made here, not while `init` is traced (it would keep tracers)
 
   def init(rng):
@@ -44,21 +45,17 @@ def _init(task: Task):
     return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx,
                              batch_stats=variables.get('batch_stats'),
                              ema_params=params if task.config.optim.ema_decay else None)
-  return init
 
-
-def create_state(task: Task, mesh: Mesh, rng: jax.Array) -> TrainState:
-  """The initial state of a task (ssd_jax.task.Task), created directly replicated
-  on the mesh, with the task's optimiser."""
   # Plain jax.jit: it runs once, so the CPU options (xla_cpu.py) would buy nothing.
-  return jax.jit(_init(task), out_shardings=sharding.replicated(mesh))(rng)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
 
 
 def abstract_state(task: Task, mesh: Mesh) -> TrainState:
   """What create_state returns, as jax.ShapeDtypeStruct leaves replicated on the
   mesh, traced but never computed: the target a checkpoint is restored into."""
+  _ = task.optimizer  # built (and cached) now: made while traced, it would keep tracers
   replicated = sharding.replicated(mesh)
-  shapes = jax.eval_shape(_init(task), jax.random.key(0))
+  shapes = jax.eval_shape(lambda: create_state(task, mesh, jax.random.key(0)))
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                       shapes)
 

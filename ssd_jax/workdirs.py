@@ -249,13 +249,14 @@ def _flat(config: config_dict.ConfigDict) -> dict:
   return flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
 
 
-def check_resumable(config, workdir: str) -> None:
-  """Refuses, before anything is read or written, to resume the checkpoints in
-  `workdir` with a config whose model differs from their config.json."""
+def check_resumable(config, workdir: str) -> bool:
+  """Whether `workdir` holds checkpoints to resume (step folders and config.json);
+  refuses, before anything is read or written, to resume them with a config
+  whose model differs from their config.json."""
   path, saved_steps = paths.path(workdir) / CONFIG_FILE, paths.path(workdir) / 'checkpoints'
   if not (path.is_file() and saved_steps.is_dir()
           and any(p.name.isdigit() for p in saved_steps.iterdir())):
-    return
+    return False
   saved, now = _flat(config_lib.validate(read_config(str(path)))), _flat(config)
   keys = [k for k in sorted(set(saved) | set(now))
           if (k.split('.')[0] in RESUME_SECTIONS or k in RESUME_FIELDS) and k not in RESUME_FREE]
@@ -266,3 +267,4 @@ def check_resumable(config, workdir: str) -> None:
         f'{workdir} holds checkpoints of another model; resuming would not fit them. '
         f'Differences: {"; ".join(differ)}. Use the values of {path} (it holds the config '
         f'the checkpoints were made with) or train in a new --workdir. Nothing was changed.')
+  return True
