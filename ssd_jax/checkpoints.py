@@ -136,8 +136,7 @@ def _inference_target(task, replicated) -> dict:
   target = dict(variables)
   if task.config.optim.ema_decay:
     target['ema_params'] = variables['params']
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                      target)
+  return sharding.placed(target, replicated)
 
 
 def restore_checkpoint_variables(task, path: str, step: Optional[int] = None,

@@ -30,6 +30,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def placed(shapes, where: NamedSharding):
+  """A tree of arrays or jax.ShapeDtypeStruct -> jax.ShapeDtypeStruct of the same
+  shapes and dtypes placed by `where` (a target to restore a checkpoint into)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), shapes)
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Axis 0 split over the mesh's data axis (batches)."""
   return NamedSharding(mesh, P(DATA_AXIS))

@@ -155,7 +155,9 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack, with_eva
     source = input_pipeline.train_source(config)
     eval_source = input_pipeline.eval_source(config) if with_eval else None
   # Resuming, the checkpoint is restored into the state's shapes: no initial state
-  # is computed, then overwritten, and the state is held once while it loads.
+  # is computed, then overwritten, and the state is held once while it loads (step
+  # folders always give a step, or restore_newest_readable raises: an abstract
+  # state never reaches training).
   state = (train_step.abstract_state(task, mesh) if resuming
            else train_step.create_state(task, mesh, jax.random.key(config.seed)))
   mngr = checkpoints.manager(workdir, config)
@@ -168,10 +170,6 @@ def _start(task: Task, workdir: str, mesh, stack: contextlib.ExitStack, with_eva
   if start:
     logging.info('resumed from step %d in %s', start, workdir)
     return state, mngr, start, source, eval_source, lock
-  if resuming:
-    raise checkpoints.NoReadableCheckpointError(
-        f'{workdir}/checkpoints holds step folders but no checkpoint among them; start a '
-        f'new --workdir, or restore the checkpoint files.')
   if config.model.init_checkpoint or config.model.init_from:
     state = checkpoints.initialise_from(
         state, config.model.init_checkpoint or pretrained.converted(config.model.init_from), mesh)

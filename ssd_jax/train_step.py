@@ -54,10 +54,8 @@ def abstract_state(task: Task, mesh: Mesh) -> TrainState:
   """What create_state returns, as jax.ShapeDtypeStruct leaves replicated on the
   mesh, traced but never computed: the target a checkpoint is restored into."""
   _ = task.optimizer  # built (and cached) now: made while traced, it would keep tracers
-  replicated = sharding.replicated(mesh)
   shapes = jax.eval_shape(lambda: create_state(task, mesh, jax.random.key(0)))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                      shapes)
+  return sharding.placed(shapes, sharding.replicated(mesh))
 
 
 def forward(state: TrainState, params, images) -> tuple:
