@@ -14,6 +14,8 @@ the model has them, 'batch_stats' (BatchNorm) and 'ema_params' (optim.ema_decay)
 """
 from __future__ import annotations
 
+import logging as py_logging
+import sys
 import time
 from typing import Optional
 
@@ -82,9 +84,54 @@ def restore(mngr: ocp.CheckpointManager, target, step: Optional[int] = None):
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def _is_closed_loop_report(unraisable) -> bool:
+  """Whether an unraisable exception is asyncio's 'Event loop is closed' from a
+  callback posted to the loop (call_soon_threadsafe) from another thread."""
+  tb, frames = unraisable.exc_traceback, []
+  while tb is not None:
+    frames.append(tb.tb_frame.f_code.co_name)
+    tb = tb.tb_next
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed'
+          and 'call_soon_threadsafe' in frames)
+
+
+def _is_unretrieved_read_error(record: py_logging.LogRecord) -> bool:
+  """Whether asyncio logs a tensorstore read's exception that nothing awaited."""
+  error = record.exc_info[1] if record.exc_info else None
+  return (str(record.msg).startswith(('Future exception was never retrieved',
+                                      'Task exception was never retrieved'))
+          and 'tensorstore' in str(error))
+
+
+def _quiet_closed_loop_reports() -> None:
+  """Stops Python printing the reports a failed orbax restore leaves behind.
+
+  orbax-checkpoint (0.12) reads a checkpoint's arrays concurrently in an event
+  loop that it closes as soon as one read fails; the reads still in flight then
+  finish into the closed loop, from tensorstore's threads: Python prints each as
+  'Exception ignored ... RuntimeError: Event loop is closed', and asyncio logs the
+  other failed reads as 'Future exception was never retrieved'. The failure itself
+  is reported by _readable_steps; every other unraisable exception still reaches
+  the hook installed before, and asyncio's other messages its log.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'ssd_jax_quiet', False):
+    return
+
+  def hook(unraisable) -> None:
+    if not _is_closed_loop_report(unraisable):
+      previous(unraisable)
+
+  hook.ssd_jax_quiet = True
+  sys.unraisablehook = hook
+  py_logging.getLogger('asyncio').addFilter(lambda r: not _is_unretrieved_read_error(r))
+
+
 def _readable_steps(mngr: ocp.CheckpointManager, load, on_unreadable=None):
   """(step, load(step)) of the newest step `load` can read; newer unreadable
   steps are logged and passed to on_unreadable(step). (None, None) if no step."""
+  _quiet_closed_loop_reports()  # before reading: the reports can precede the exception
   failures = []
   for step in sorted(mngr.all_steps(), reverse=True):
     try:

@@ -1,6 +1,7 @@
 """Bad inputs and faults, one test each: the message names the file, field or step,
 and nothing good is lost (other images used, old checkpoints and config intact,
 every prediction written)."""
+import asyncio
 import json
 import logging as py_logging
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -221,6 +223,70 @@ def test_no_readable_checkpoint_is_a_clear_error(trained, tmp_path, load_config)
     damage(workdir / 'checkpoints' / step, 'truncated data')
   with pytest.raises(RuntimeError, match=r'no readable checkpoint in .*step 4: .*step 2: '):
     checkpoints.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
+
+
+FAILED_RESTORE = """
+import gc, os, sys, time
+import numpy as np
+from ssd_jax import checkpoints
+folder = sys.argv[1]
+rng = np.random.default_rng(0)
+tree = {f'w{i}': rng.random((64, 64, 3, 3) if i % 2 else (1000,), np.float32) for i in range(60)}
+with checkpoints.ocp.CheckpointManager(os.path.join(folder, 'checkpoints')) as mngr:
+  checkpoints.save(mngr, 1, tree)
+for d, _, names in os.walk(os.path.join(folder, 'checkpoints', '1')):
+  for n in names:
+    if os.path.basename(d) == 'd':
+      os.truncate(os.path.join(d, n), os.path.getsize(os.path.join(d, n)) // 3)
+with checkpoints.ocp.CheckpointManager(os.path.join(folder, 'checkpoints')) as mngr:
+  try:
+    checkpoints.restore_newest_readable(mngr, tree, folder)
+  except checkpoints.NoReadableCheckpointError as e:
+    print('refused:', str(e)[:40])
+for _ in range(20):
+  gc.collect()
+  time.sleep(0.01)
+"""
+
+
+def test_a_failed_restore_prints_nothing_after_its_error(tmp_path):
+  """orbax closes its event loop when one read fails while others are in flight; their
+  late completions must not print 'Exception ignored ... Event loop is closed'."""
+  done = subprocess.run([sys.executable, '-c', FAILED_RESTORE, str(tmp_path)],
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert 'refused: no readable checkpoint' in done.stdout
+  for noise in ('Exception ignored', 'Event loop is closed', 'never retrieved'):
+    assert noise not in done.stderr
+
+
+def test_only_closed_loop_reports_are_silenced(monkeypatch):
+  reports = []
+  monkeypatch.setattr(sys, 'unraisablehook', reports.append)
+  checkpoints._quiet_closed_loop_reports()
+  closed = asyncio.new_event_loop()
+  closed.close()
+  try:
+    closed.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    late, other = e, RuntimeError('Event loop is closed')  # the same words, raised elsewhere
+  unrelated = ValueError('x')
+  for exc in (late, other, unrelated):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
+                                             exc_traceback=exc.__traceback__, object=None))
+  assert [r.exc_value for r in reports] == [other, unrelated]
+  logged = []
+  handler = py_logging.Handler()
+  handler.emit = logged.append
+  asyncio_log = py_logging.getLogger('asyncio')
+  asyncio_log.addHandler(handler)
+  try:
+    for error in (ValueError('Error reading ... [tensorstore_spec=...]'), ValueError('y')):
+      asyncio_log.error('Future exception was never retrieved\nfuture: <Future>',
+                        exc_info=(ValueError, error, None))
+  finally:
+    asyncio_log.removeHandler(handler)
+  assert [str(r.exc_info[1]) for r in logged] == ['y']
 
 
 # --- 7-11. custom datasets ---------------------------------------------------------------
