@@ -69,13 +69,16 @@ class SavedModelRuntime(Runtime):
 
 class TfliteRuntime(Runtime):
   """`--format=tflite`: its `serving_default` signature in TFLite's interpreter,
-  on every core."""
+  on every core up to tflite.THREAD_SAFE_COLUMNS threads (more would lose a class)."""
 
   FILE, FORMAT = 'detector.tflite', 'tflite'
 
   def load(self, file: str, config) -> None:
     import tensorflow as tf
-    self._interpreter = tf.lite.Interpreter(model_path=file, num_threads=os.cpu_count())
+
+    from ssd_jax import tflite
+    threads = min(os.cpu_count() or 1, tflite.THREAD_SAFE_COLUMNS)
+    self._interpreter = tf.lite.Interpreter(model_path=file, num_threads=threads)
     self._serve = self._interpreter.get_signature_runner('serving_default')
 
   def __call__(self, images: np.ndarray) -> dict:

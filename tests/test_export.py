@@ -10,6 +10,7 @@ import json
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import numpy as np
@@ -167,6 +168,10 @@ def test_tflite_keeps_every_class_with_any_thread_count(load_config, photos, tmp
     for ours, photo in zip(reference, photos[:2]):
       theirs = first(serve(images=photo[None]))
       assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == [], threads
+  with mock.patch('os.cpu_count', return_value=33):  # 33 threads would skip class 3
+    loaded = detector.Detector.from_exported(str(out)).detect(photos[:2])
+  for ours, theirs in zip(reference, loaded, strict=True):
+    assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == []
 
 
 def tied_probabilities(batch: int = 1):
