@@ -14,7 +14,7 @@ import copy
 import jax.numpy as jnp
 from ml_collections import config_dict
 
-from ssd_jax import anchors, labels, models, pixels
+from ssd_jax import anchors, labels, losses, matching, models, pixels
 from ssd_jax.models import ssd
 
 MEAN_RGB = pixels.MEAN_RGB  # the schema's default data.mean_rgb
@@ -68,8 +68,12 @@ def base_config(backbone: str = 'vgg16') -> config_dict.ConfigDict:
 
   c.backbone = config_dict.ConfigDict(dict(models.backbone(backbone).settings))
 
-  c.matching = config_dict.ConfigDict(dict(iou_threshold=0.5))
-  c.loss = config_dict.ConfigDict(dict(neg_pos_ratio=3.0, loc_weight=1.0))
+  # matching.RULES: 'bipartite' pairing, then IoU >= threshold (the authors');
+  # 'forced_best': each object's best box, then IoU > threshold (NVIDIA's).
+  c.matching = config_dict.ConfigDict(dict(iou_threshold=0.5, rule='bipartite'))
+  # normalize (losses.NORMALIZE): divide by the batch's matched boxes ('batch',
+  # the authors') or each image by its own and average ('image', NVIDIA's).
+  c.loss = config_dict.ConfigDict(dict(neg_pos_ratio=3.0, loc_weight=1.0, normalize='batch'))
 
   c.data = config_dict.ConfigDict(dict(
       # 'tfds': splits are 'name/config:split' (e.g. 'voc/2007:test');
@@ -218,6 +222,8 @@ CHOICES = {
     ('optim', 'name'): OPTIMIZERS,
     ('optim', 'schedule'): SCHEDULES,
     ('anchors', 'clip'): anchors.CLIP_MODES,
+    ('matching', 'rule'): matching.RULES,
+    ('loss', 'normalize'): losses.NORMALIZE,
 }
 
 

@@ -1,7 +1,10 @@
 """The MultiBox loss: smooth L1 on positives, cross-entropy with hard negatives.
 
 L = (L_conf + alpha * L_loc) / N, N = matched default boxes in the whole batch
-(the authors' normalisation); L = 0 when N = 0. Everything in float32.
+(the authors' normalisation, normalize='batch'); L = 0 when N = 0. With
+normalize='image' (NVIDIA's SSD300-ResNet50, ssd/model.py Loss), each image's
+sum is divided by its own matched boxes and L is the mean over the batch's
+images, an image without matches counting 0. Everything in float32.
 """
 from __future__ import annotations
 
@@ -64,8 +67,11 @@ def hard_negatives(background_loss, positive, neg_pos_ratio: float):
   return (above | (tied & (jnp.cumsum(tied, axis=1) <= room))) & (num_neg > 0)
 
 
+NORMALIZE = ('batch', 'image')
+
+
 def multibox_loss(loc_pred, logits, loc_targets, cls_targets, neg_pos_ratio: float = 3.0,
-                  loc_weight: float = 1.0):
+                  loc_weight: float = 1.0, normalize: str = 'batch'):
   """The SSD training loss.
 
   Args:
@@ -75,9 +81,10 @@ def multibox_loss(loc_pred, logits, loc_targets, cls_targets, neg_pos_ratio: flo
     cls_targets: i32[B, A] from matching.match, 0 background.
     neg_pos_ratio: hard negatives per positive, per image.
     loc_weight: alpha.
+    normalize: 'batch' or 'image' (see the module doc).
 
   Returns:
-    (loss scalar, dict with 'loc' and 'conf' (each already divided by N) and
+    (loss scalar, dict with 'loc' and 'conf' (each already normalised) and
     'num_pos' (N)), all float32.
   """
   loc_pred = loc_pred.astype(jnp.float32)
@@ -89,9 +96,15 @@ def multibox_loss(loc_pred, logits, loc_targets, cls_targets, neg_pos_ratio: flo
   background_loss = jax.lax.stop_gradient(log_z - logits[..., 0])
   negative = hard_negatives(background_loss, positive, neg_pos_ratio)
 
+  loc_terms = jnp.where(positive[..., None], smooth_l1(loc_pred - loc_targets), 0.0)
+  conf_terms = jnp.where(positive | negative, cross_entropy, 0.0)
   num_pos = jnp.sum(positive).astype(jnp.float32)
-  denominator = jnp.maximum(num_pos, 1.0)
-  loc = jnp.sum(jnp.where(positive[..., None], smooth_l1(loc_pred - loc_targets), 0.0))
-  conf = jnp.sum(jnp.where(positive | negative, cross_entropy, 0.0))
-  loc, conf = loc / denominator, conf / denominator
+  if normalize == 'batch':
+    denominator = jnp.maximum(num_pos, 1.0)
+    loc, conf = jnp.sum(loc_terms) / denominator, jnp.sum(conf_terms) / denominator
+  else:
+    per_image = jnp.sum(positive, axis=1).astype(jnp.float32)  # [B]
+    weight = jnp.where(per_image > 0, 1.0 / jnp.maximum(per_image, 1.0), 0.0)
+    loc = jnp.mean(jnp.sum(loc_terms, axis=(1, 2)) * weight)
+    conf = jnp.mean(jnp.sum(conf_terms, axis=1) * weight)
   return conf + loc_weight * loc, {'loc': loc, 'conf': conf, 'num_pos': num_pos}

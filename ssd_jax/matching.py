@@ -12,11 +12,20 @@ Two stages, as in the paper and its authors' code:
      index). The authors' code compares with >= (bbox_util.cpp, MatchBBox).
 Padded ground truth (invalid) never matches. Everything else is background.
 
+`rule='forced_best'` is NVIDIA's SSD300-ResNet50 rule (DeepLearningExamples,
+ssd/utils.py, Encoder.encode) instead: stage 1 gives every valid ground truth
+its own best default box (argmax of its IoU row, ties to the lower index; when
+two ground truths share a best box, the later one takes it, as their indexed
+assignment does), and stage 2 compares with > threshold. An object whose best
+IoU is 0 (a degenerate box) forces nothing here, where theirs would force box 0.
+
 Stage 1 is a `lax.while_loop` that runs once per matched ground truth (the
 number of boxes in the image, not the padded size), each step one argmax over
 a [G, G] table of candidates.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +61,19 @@ def _bipartite(iou):
   return paired
 
 
+RULES = ('bipartite', 'forced_best')
+
+
+def _forced_best(iou):
+  """f32[G, A] (invalid rows < 0) -> i32[A]: the last ground truth whose best
+  default box each box is, or -1."""
+  num_gt, num_anchors = iou.shape
+  owner = jnp.where(jnp.max(iou, axis=1) > 0, jnp.arange(num_gt, dtype=jnp.int32), -1)
+  return jnp.full((num_anchors,), -1, jnp.int32).at[jnp.argmax(iou, axis=1)].max(owner)
+
+
 def match_one(gt_boxes, gt_labels, anchors, iou_threshold: float = 0.5,
-              variances=box_utils.DEFAULT_VARIANCES, iou=None):
+              variances=box_utils.DEFAULT_VARIANCES, iou=None, rule: str = 'bipartite'):
   """Training targets for one image.
 
   Args:
@@ -63,6 +83,7 @@ def match_one(gt_boxes, gt_labels, anchors, iou_threshold: float = 0.5,
     iou_threshold: stage 2 threshold.
     variances: box coding variances.
     iou: optional f32[G, A] IoU of `gt_boxes` with the anchors, if already known.
+    rule: 'bipartite' (the authors') or 'forced_best' (NVIDIA's); see the module doc.
 
   Returns:
     loc_targets: f32[A, 4] encoded offsets (zeros where background).
@@ -76,12 +97,13 @@ def match_one(gt_boxes, gt_labels, anchors, iou_threshold: float = 0.5,
     iou = box_utils.pairwise_iou(gt_boxes, anchors_xyxy)  # [G, A]
   iou = jnp.where(valid[:, None], iou, -1.0)
 
-  paired = _bipartite(iou)
+  paired = _bipartite(iou) if rule == 'bipartite' else _forced_best(iou)
   best_gt = jnp.argmax(iou, axis=0)  # [A]
   best_iou = jnp.max(iou, axis=0)
   is_paired = paired >= 0
   matched_gt = jnp.where(is_paired, paired, best_gt)
-  positive = is_paired | (best_iou >= iou_threshold)
+  over = best_iou >= iou_threshold if rule == 'bipartite' else best_iou > iou_threshold
+  positive = is_paired | over
 
   cls_targets = jnp.where(positive, gt_labels[matched_gt], 0).astype(jnp.int32)
   # Background rows encode the anchor against itself: finite, no log(0).
@@ -92,7 +114,8 @@ def match_one(gt_boxes, gt_labels, anchors, iou_threshold: float = 0.5,
 
 
 def match(gt_boxes, gt_labels, anchors, iou_threshold: float = 0.5,
-          variances=box_utils.DEFAULT_VARIANCES):
+          variances=box_utils.DEFAULT_VARIANCES, rule: str = 'bipartite'):
   """`match_one` over a batch: f32[B, G, 4], i32[B, G] -> f32[B, A, 4], i32[B, A]."""
-  return jax.vmap(match_one, in_axes=(0, 0, None, None, None))(
-      gt_boxes, gt_labels, anchors, iou_threshold, tuple(variances))
+  one = functools.partial(match_one, iou_threshold=iou_threshold,
+                          variances=tuple(variances), rule=rule)
+  return jax.vmap(one, in_axes=(0, 0, None))(gt_boxes, gt_labels, anchors)

@@ -87,9 +87,10 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, task) -> tupl
   def loss_fn(params):
     (loc, logits), batch_stats = forward(state, params, images)
     loc_t, cls_t = matching.match(batch['boxes'], batch['labels'], anchors,
-                                  config.matching.iou_threshold, config.anchors.variances)
+                                  config.matching.iou_threshold, config.anchors.variances,
+                                  config.matching.rule)
     loss, parts = losses.multibox_loss(loc, logits, loc_t, cls_t, config.loss.neg_pos_ratio,
-                                       config.loss.loc_weight)
+                                       config.loss.loc_weight, config.loss.normalize)
     return loss, (parts, batch_stats)
 
   (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

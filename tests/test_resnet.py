@@ -16,12 +16,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from ssd_jax import builders, checkpoints, config_lib, convert, labels, workdirs  # noqa: E402
+from ssd_jax import (  # noqa: E402
+    builders, checkpoints, config_lib, convert, labels, losses, matching, workdirs)
 from ssd_jax.models import heads, resnet, torch_weights  # noqa: E402
 from ssd_jax.testing import commands, detections, synthetic  # noqa: E402
 from ssd_jax.task import Task  # noqa: E402
 from ssd_jax.testing.torch_reference import (  # noqa: E402
-    NvidiaSSD300, numpy_state_dict, nvidia_decode, nvidia_default_boxes, randomise_batch_norms)
+    NvidiaLoss, NvidiaSSD300, numpy_state_dict, nvidia_decode, nvidia_default_boxes, nvidia_encode,
+    randomise_batch_norms)
 
 LEVELS = ((38, 4), (19, 6), (10, 6), (5, 6), (3, 4), (1, 4))  # (map side, boxes per location)
 
@@ -68,6 +70,56 @@ def test_default_boxes_are_theirs():
   assert ours.shape == (8732, 4)
   np.testing.assert_allclose(ours_in_their_order(ours[None])[0].T,
                              nvidia_default_boxes().numpy(), atol=1e-6)
+
+
+def objects(seed: int, batch: int = 3, num: int = 6, classes: int = 81):
+  """Padded ground truth f32[B, G, 4] normalised xyxy, i32[B, G]: objects 0 and 1
+  of each image share one box (and so a best default box) but not a class; image 0
+  has two padding rows, the last image no objects."""
+  rng = np.random.default_rng(seed)
+  centres, sizes = rng.uniform(0.15, 0.85, (batch, num, 2)), rng.uniform(0.05, 0.6, (batch, num, 2))
+  boxes = np.clip(np.concatenate([centres - sizes / 2, centres + sizes / 2], -1), 0, 1)
+  boxes[:, 1] = boxes[:, 0]
+  classes_ = rng.integers(1, classes - 1, (batch, num))
+  classes_[:, 1] = classes_[:, 0] + 1
+  classes_[0, 4:], classes_[-1] = 0, 0
+  return boxes.astype(np.float32), classes_.astype(np.int32)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_the_recipes_matching_and_loss_are_theirs(seed):
+  """nvidia_ssd300's matching.rule and loss.normalize against their Encoder.encode
+  and Loss: the same classes and box targets per default box, and the same loss."""
+  config = config_lib.validate(resnet.nvidia_ssd300())
+  anchors = np.asarray(builders.build_default_boxes(config))  # f32[A, 4] cxcywh
+  boxes, classes = objects(seed)
+  loc_t, cls_t = matching.match(jnp.asarray(boxes), jnp.asarray(classes), anchors,
+                                config.matching.iou_threshold, config.anchors.variances,
+                                config.matching.rule)
+  gloc, glabel = [], []
+  for b, c in zip(boxes, classes):
+    if (c > 0).any():
+      targets = nvidia_encode(torch.tensor(b[c > 0]), torch.tensor(c[c > 0]).long(),
+                              torch.tensor(anchors))
+    else:  # their data has no image without objects
+      targets = torch.tensor(anchors), torch.zeros(len(anchors), dtype=torch.long)
+    gloc.append(targets[0])
+    glabel.append(targets[1])
+  gloc, glabel = torch.stack(gloc), torch.stack(glabel)
+  np.testing.assert_array_equal(np.asarray(cls_t), glabel.numpy())
+  d = torch.tensor(anchors)
+  their_offsets = torch.cat([10 * (gloc[..., :2] - d[:, :2]) / d[:, 2:],
+                             5 * torch.log(gloc[..., 2:] / d[:, 2:])], -1)
+  np.testing.assert_allclose(np.asarray(loc_t), their_offsets.numpy(), atol=2e-5)
+
+  rng = np.random.default_rng(seed + 10)
+  loc_pred = rng.normal(0, 1, loc_t.shape).astype(np.float32)
+  logits = rng.normal(0, 2, (*cls_t.shape, config.model.num_classes)).astype(np.float32)
+  ours, _ = losses.multibox_loss(loc_pred, logits, loc_t, cls_t, config.loss.neg_pos_ratio,
+                                 config.loss.loc_weight, config.loss.normalize)
+  theirs = NvidiaLoss(d)(torch.tensor(loc_pred).transpose(1, 2), torch.tensor(logits).transpose(1, 2),
+                         gloc.transpose(1, 2), glabel)
+  np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
 
 
 def test_converted_weights_give_their_maps_and_head_outputs(nvidia):

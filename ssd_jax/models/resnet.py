@@ -265,8 +265,9 @@ def nvidia_ssd300():
 
   Evaluation as their evaluate.py: softmax, score > 0.05, the best 200 per
   class, NMS at 0.5 on boxes not clipped to the image, 200 per image.
-  Training: NVIDIA_* above, 3:1 hard negatives; where ssd_jax's matching,
-  loss normalisation and colour jitter differ from theirs: docs/models.md.
+  Training: NVIDIA_* above, their matching (each object's best default box,
+  then IoU > 0.5) and loss (3:1 hard negatives, each image divided by its own
+  matches); where ssd_jax's colour jitter differs from theirs: docs/models.md.
   """
   from ssd_jax import recipes
   c = recipes.preset('ssd300_resnet50', 'coco')
@@ -277,6 +278,7 @@ def nvidia_ssd300():
                       momentum=0.9, weight_decay=5e-4, weight_decay_roles=('weight',),
                       bias_lr_mult=1.0, warmup_steps=300,
                       boundaries=tuple(round(e * steps_per_epoch) for e in NVIDIA_MILESTONES)))
+  c.matching.rule, c.loss.normalize = 'forced_best', 'image'
   c.train.update(dict(batch_size=NVIDIA_BATCH,
                       num_steps=round(NVIDIA_EPOCHS * steps_per_epoch)))
   # Their DALI pipeline: an IoU crop (thresholds 0, 0.1 ... 0.9 or no crop, one

@@ -162,6 +162,28 @@ def nvidia_decode(locs, confs, dboxes, criteria=0.5, max_output=200, max_num=200
   return (torch.stack(out_boxes)[best], torch.tensor(out_labels)[best], out_scores[best])
 
 
+def nvidia_encode(boxes, labels, dboxes, criteria=0.5):
+  """NVIDIA's Encoder.encode (ssd/utils.py) for one image: ground truth boxes
+  f[G, 4] normalised ltrb with labels i[G], default boxes f[A, 4] cxcywh ->
+  (each default box's target f[A, 4] cxcywh: its object's box, or itself when
+  background; labels i[A], 0 background). Each object forces its best default
+  box (a later object overwriting an earlier one), then IoU > criteria."""
+  half = dboxes[:, 2:] / 2
+  dboxes_ltrb = torch.cat([dboxes[:, :2] - half, dboxes[:, :2] + half], 1)
+  ious = torch.stack([_iou(box, dboxes_ltrb) for box in boxes])  # [G, A]
+  best_iou, best_object = ious.max(dim=0)
+  _, best_box = ious.max(dim=1)
+  best_iou[best_box] = 2.0
+  for g in range(len(boxes)):  # in order: the later object keeps a shared box
+    best_object[best_box[g]] = g
+  positive = best_iou > criteria
+  labels_out = torch.zeros(len(dboxes), dtype=torch.long)
+  labels_out[positive] = labels[best_object[positive]]
+  out = dboxes_ltrb.clone()
+  out[positive] = boxes[best_object[positive]]
+  return torch.cat([(out[:, :2] + out[:, 2:]) / 2, out[:, 2:] - out[:, :2]], 1), labels_out
+
+
 class NvidiaLoss(torch.nn.Module):
   """NVIDIA's Loss (ssd/model.py) on encoded targets: smooth L1 on positives
   (targets scaled by 1/0.1 and 1/0.2 against the default boxes), cross-entropy
