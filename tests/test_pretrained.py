@@ -128,22 +128,14 @@ def test_weights_without_a_published_checksum_are_checked_for_length_and_named(
   assert f'its publisher gives no checksum; its SHA-256 is {digest}' in capsys.readouterr().err
 
 
-def test_predict_by_name_and_fine_tune_from_a_name_on_the_command_line(mirror, tmp_path):
-  """--mode=predict --pretrained=NAME, then voc_ssdlite320 with
-  --config.model.init_from=NAME (every layer but the class heads) with the
-  server stopped: the cached conversion is reused."""
+def test_fine_tune_from_a_name_then_predict_by_name_on_the_command_line(mirror, tmp_path):
+  """voc_ssdlite320 with --config.model.init_from=NAME (every layer but the class
+  heads) on an empty cache downloads and converts the weights; with the server
+  stopped, --mode=predict --pretrained=NAME reuses them and gives torchvision's
+  detections."""
   server, model = mirror
   folder = commands.scratch(tmp_path / 'user')
-  (folder / 'photos').mkdir()
-  from PIL import Image
-  Image.fromarray(synthetic.sample_photos()[2]).save(folder / 'photos' / 'a.png')
   env = commands.ONE_DEVICE
-  commands.run(commands.find('--pretrained=ssdlite320_mobilenet_v3_large_coco'), folder, env=env)
-  found = json.loads((folder / 'predictions' / 'detections.json').read_text())
-  ours = detections.from_coco_results(found, 'a.png')
-  theirs = torchvision_detections(model, synthetic.sample_photos()[2])
-  assert not detections.unmatched(ours, theirs, score_tol=1e-4, box_tol=0.1)
-  server.stop()
   synthetic.squares_voc_folder(folder / 'squares', 4)
   commands.run(
       commands.find('--config.model.init_from=ssdlite320_mobilenet_v3_large_coco'), folder,
@@ -152,6 +144,17 @@ def test_predict_by_name_and_fine_tune_from_a_name_on_the_command_line(mirror, t
        '--config.data.eval_split=trainval', '--config.data.class_names=("red","green")',
        '--config.train.num_steps=1', '--config.train.batch_size=2',
        '--config.train.checkpoint_every=1'], env)
+  assert [p.name for p in (tmp_path / 'cache' / 'downloads').iterdir()] == [
+      pretrained.PUBLISHED[NAME].file]
+  server.stop()  # a second use needs no server
+  (folder / 'photos').mkdir()
+  from PIL import Image
+  Image.fromarray(synthetic.sample_photos()[2]).save(folder / 'photos' / 'a.png')
+  commands.run(commands.find('--pretrained=ssdlite320_mobilenet_v3_large_coco'), folder, env=env)
+  found = json.loads((folder / 'predictions' / 'detections.json').read_text())
+  ours = detections.from_coco_results(found, 'a.png')
+  theirs = torchvision_detections(model, synthetic.sample_photos()[2])
+  assert not detections.unmatched(ours, theirs, score_tol=1e-4, box_tol=0.1)
   from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'voc_ssdlite')
   variables, _ = checkpoints.restore_variables(Task.of(workdirs.find_config(workdir)), workdir)
