@@ -102,11 +102,14 @@ def op_columns(num_foreground: int) -> list[int]:
 
 
 def postprocess_attributes(config, num_foreground: int) -> dict:
-  """The op's attributes from the config's eval settings and box coding."""
+  """The op's attributes from the config's eval settings and box coding. The op
+  keeps scores >= its threshold and ssd_jax scores > eval.score_threshold: its
+  threshold is the next float32 above ssd_jax's."""
   e, (v_centre, v_size) = config.eval, config.anchors.variances
+  above = float(np.nextafter(np.float32(e.score_threshold), np.float32(np.inf)))
   return {'max_detections': int(e.max_detections), 'max_classes_per_detection': 1,
           'detections_per_class': int(e.max_detections), 'use_regular_nms': True,
-          'nms_score_threshold': float(e.score_threshold), 'nms_iou_threshold': float(e.nms_iou),
+          'nms_score_threshold': above, 'nms_iou_threshold': float(e.nms_iou),
           'y_scale': 1 / v_centre, 'x_scale': 1 / v_centre, 'h_scale': 1 / v_size,
           'w_scale': 1 / v_size, 'num_classes': int(num_foreground)}
 

@@ -174,6 +174,25 @@ def test_tflite_keeps_every_class_with_any_thread_count(load_config, photos, tmp
     assert detections.unmatched(ours, theirs, SCORE_TOL, BOX_TOL) == []
 
 
+def test_tflite_keeps_scores_above_the_threshold_not_at_it(load_config, tmp_path):
+  """The op keeps scores >= its threshold, ssd_jax scores > eval.score_threshold:
+  one class, every logit 0 (probability 0.5, the threshold) but one box's."""
+  config = synthetic.tiny_config(load_config('voc300'))
+  config.data.class_names, config.model.num_classes = ('a',), None
+  config.eval.score_threshold = 0.5
+  task = Task.of(config_lib.validate(config))
+  attributes = tflite.save_postprocess(task, str(tmp_path / 'post'), fixed_size=False)
+  interpreter = tf.lite.Interpreter(
+      model_content=tflite.convert_postprocess(str(tmp_path / 'post'), attributes))
+  logits = np.zeros((1, len(task.default_boxes), 2), np.float32)
+  logits[0, 7, 1] = 1.0  # probability 0.73
+  out = interpreter.get_signature_runner('serving_default')(
+      images=np.zeros((1, 32, 32, 3), np.uint8),
+      box_deltas=np.zeros((*logits.shape[:2], 4), np.float32), logits=logits)
+  assert out['num_detections'].tolist() == [1]
+  assert float(out['scores'][0, 0]) == pytest.approx(1 / (1 + np.exp(-1.0)))
+
+
 def tied_probabilities(batch: int = 1):
   """f32[B, A=60, C=4] class probabilities taking 3 values (full-int8 outputs take
   a few hundred): every class's 7th best is tied with many others."""
