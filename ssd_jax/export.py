@@ -122,6 +122,9 @@ def check_options(fmt: str, batch: int, dtype: str, quantize: str) -> None:
     raise ValueError(f'--quantize={quantize!r} is not one of {", ".join(QUANTIZE)}.')
   if quantize != 'none' and fmt != 'tflite':
     raise ValueError(f'--quantize={quantize} applies to --format=tflite only.')
+  if fmt in ('jax', 'onnx') and batch != 1:
+    raise ValueError(f'--batch={batch}: the {fmt} artifact takes any batch size; --batch '
+                     f'fixes the batch of --format=saved_model only (drop it).')
   if fmt == 'tflite' and batch != 1:
     raise ValueError(f'--batch={batch}: a TFLite detector takes one image (its detection '
                      f'post-process op reads a batch of one); use --batch=1, or '
@@ -186,6 +189,11 @@ def prepare(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'f
   check_options(fmt, batch, dtype, quantize)
   if representative is not None and quantize != 'full_int8':
     raise ValueError('--representative calibrates --quantize=full_int8 only.')
+  if representative_images != tflite.REPRESENTATIVE_IMAGES and quantize != 'full_int8':
+    raise ValueError('--representative_images calibrates --quantize=full_int8 only.')
+  if eval_images is not None and not evaluate:
+    raise ValueError(f'--eval_images={eval_images} sets how many images score the artifact, '
+                     f'which --noevaluate skips; drop one of the two.')
   output = check_output(output)
   task, params, step = load(workdir, dtype)
   calibration = None
@@ -241,7 +249,7 @@ def accuracy(output: str, task, params, count: int, source=None) -> dict:
       task, [detector.Detector.from_exported(output), detector.Detector(task, params)], count,
       source)
   metric, value = evaluate.headline(artifact)
-  return {'metric': metric, 'images': count, 'artifact': value,
+  return {'metric': metric, 'images': artifact['num_images'], 'artifact': value,
           'checkpoint': evaluate.headline(checkpoint)[1]}
 
 
@@ -262,14 +270,24 @@ def export(workdir: str, fmt: str, output: str, batch: int = 1, dtype: str = 'fl
   return p.output
 
 
+class ScoringError(RuntimeError):
+  """The artifact was written but scoring it failed."""
+
+
 def finish(p: Prepared, workdir: str, fmt: str, batch: int, quantize: str) -> Optional[dict]:
   """Writes what `prepare` readied, then scores it when asked (p.eval_images);
-  returns export.json's `accuracy` or None."""
+  returns export.json's `accuracy` or None. ScoringError if the scoring fails
+  (the artifact stays, and says how to score it again)."""
   info = write(p.output, p.task, p.params, fmt, batch, quantize,
                {'workdir': os.path.abspath(workdir), 'step': int(p.step)}, p.representative)
   if not p.eval_images:
     return None
-  info['accuracy'] = accuracy(p.output, p.task, p.params, p.eval_images, p.eval_source)
+  try:
+    info['accuracy'] = accuracy(p.output, p.task, p.params, p.eval_images, p.eval_source)
+  except (OSError, ValueError, RuntimeError) as e:
+    raise ScoringError(f'wrote {p.output}, but scoring it on the eval split failed: {e}. Score '
+                       f'it again with: python -m ssd_jax.main --mode=eval '
+                       f'--workdir={p.output}') from e
   write_info(p.output, info, p.task.config)
   return info['accuracy']
 
@@ -316,7 +334,10 @@ def main(argv):
                 f.representative_images, f.evaluate, f.eval_images)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     fail(str(e))
-  a = finish(p, f.workdir, f.format, f.batch, f.quantize)
+  try:
+    a = finish(p, f.workdir, f.format, f.batch, f.quantize)
+  except ScoringError as e:
+    fail(str(e))
   print(f'wrote {p.output}', flush=True)
   if a:
     print(f'{a["metric"]} on {a["images"]} eval images: artifact {a["artifact"]:.4f}, '

@@ -359,24 +359,45 @@ def representative_images(task, folder: Optional[str] = None,
   """A generator function of f32[1, S, S, 3] pixels (whole values 0..255, as a
   uint8 input holds) of `count` images evenly spaced over the config's
   training splits, or over the images in `folder`; resized as
-  Detector.preprocess resizes."""
+  Detector.preprocess resizes. The images are read now (held as uint8): an
+  unreadable one is skipped with a warning naming it, and ValueError or
+  FileNotFoundError, naming the flag to fix, is raised when none can be read."""
+  if count < 1:
+    raise ValueError(f'--representative_images={count}: give a count >= 1.')
   size = task.image_size
   if folder is not None:
-    from ssd_jax import images, workflows
-    paths = workflows.find_images(folder, '--representative')
-    chosen = [paths[i] for i in _spaced(len(paths), count)]
-    read = lambda: (images.read_image(p) for p in chosen)
+    pixels = _folder_pixels(folder, count, size)
   else:
     from ssd_jax.data import input_pipeline
-    source = input_pipeline.train_source(task.config)
+    try:
+      source = input_pipeline.train_source(task.config)
+    except (OSError, ValueError) as e:
+      kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+      raise kind(f'{e} (full_int8 calibrates on the training data unless given '
+                 f'--representative=FOLDER of images like the ones to detect on)') from e
     examples = input_pipeline.decoded_examples(source, _spaced(len(source), count))
-    read = lambda: (ex['image'] for ex in examples.as_numpy_iterator() if ex['ok'])
+    pixels = [detector.resize_to_uint8(ex['image'][None], size)
+              for ex in examples.as_numpy_iterator() if ex['ok']]
+  if not pixels:
+    raise ValueError('no readable image to calibrate full_int8 quantisation with; give '
+                     '--representative=FOLDER of images like the ones to detect on.')
+  return lambda: (p.astype(np.float32) for p in pixels)
 
-  def generate():
-    for image in read():
-      yield detector.resize_to_uint8(image[None], size).astype(np.float32)
 
-  return generate
+def _folder_pixels(folder: str, count: int, size: int) -> list[np.ndarray]:
+  """u8[1, S, S, 3] of `count` images evenly spaced over those in `folder`,
+  skipping (and naming) the unreadable ones."""
+  from absl import logging
+
+  from ssd_jax import images, workflows
+  paths = workflows.find_images(folder, '--representative')
+  pixels = []
+  for path in (paths[i] for i in _spaced(len(paths), count)):
+    try:
+      pixels.append(detector.resize_to_uint8(images.read_image(path)[None], size))
+    except ValueError as e:
+      logging.warning('--representative: %s Calibrating without it.', e)
+  return pixels
 
 
 def _spaced(total: int, count: int) -> list[int]:

@@ -244,3 +244,19 @@ def test_a_run_and_an_export_open_the_eval_split_once(trained, tmp_path, monkeyp
   export.export(str(workdir), 'jax', str(tmp_path / 'jax'), evaluate=True, eval_images=2)
   assert json.loads((tmp_path / 'jax' / 'export.json').read_text())['accuracy']['images'] == 2
   assert opened == ['trainval']
+
+
+def test_an_export_whose_scoring_fails_keeps_the_artifact_and_says_how_to_score_it(
+    trained, tmp_path, monkeypatch):
+  _, workdir, _ = trained
+
+  def broken(*args, **kwargs):
+    raise OSError('the eval images went away')
+
+  monkeypatch.setattr(evaluate, 'evaluate_detectors', broken)
+  out = tmp_path / 'jax'
+  with pytest.raises(export.ScoringError, match=(
+      f'wrote {out}, but scoring it on the eval split failed: the eval images went away. '
+      f'Score it again with: python -m ssd_jax.main --mode=eval --workdir={out}')):
+    export.export(str(workdir), 'jax', str(out), evaluate=True, eval_images=2)
+  assert (out / export.JAX_FILE).is_file() and (out / 'export.json').is_file()

@@ -7,6 +7,7 @@ BatchNorm statistics, depthwise convolutions) with random variables. Unnormalise
 matching on class, box and score is a real comparison.
 """
 import json
+import logging as py_logging
 import pathlib
 import subprocess
 import sys
@@ -455,8 +456,37 @@ def test_bad_arguments_are_refused_before_anything_is_written(workdir, tmp_path,
   with pytest.raises(FileNotFoundError, match='holds no images'):  # an empty calibration folder
     export.prepare(workdir, 'tflite', str(tmp_path / 'o'), quantize='full_int8',
                    representative=str(tmp_path / 'empty'))
+  with pytest.raises(FileNotFoundError, match='voc/2007 was not found.*unless given '
+                     '--representative=FOLDER'):  # default calibration: the training data
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), quantize='full_int8')
+  (tmp_path / 'bad').mkdir()
+  (tmp_path / 'bad' / 'cut.jpg').write_bytes(b'\xff\xd8\xff')
+  with pytest.raises(ValueError, match='no readable image to calibrate'):
+    export.prepare(workdir, 'tflite', str(tmp_path / 'o'), quantize='full_int8',
+                   representative=str(tmp_path / 'bad'))
+  for kwargs, message in (
+      (dict(quantize='full_int8', representative_images=0), '--representative_images=0: give'),
+      (dict(representative_images=8), '--representative_images calibrates --quantize=full_int8'),
+      (dict(eval_images=5), '--eval_images=5 sets how many .* --noevaluate skips')):
+    with pytest.raises(ValueError, match=message):
+      export.prepare(workdir, 'tflite', str(tmp_path / 'o'), **kwargs)
+  for fmt in ('jax', 'onnx'):
+    with pytest.raises(ValueError, match=f'--batch=2: the {fmt} artifact takes any batch size'):
+      export.prepare(workdir, fmt, str(tmp_path / 'o'), batch=2)
   assert not (tmp_path / 'o').exists()
   assert [p.name for p in (tmp_path / 'full').iterdir()] == ['keep.txt']
+
+
+def test_unreadable_representative_images_are_named_and_skipped(workdir, tmp_path, caplog):
+  for name, photo in zip(('a.png', 'c.png'), synthetic.sample_photos()):
+    Image.fromarray(photo).save(tmp_path / name)
+  (tmp_path / 'b.jpg').write_bytes(b'\xff\xd8\xff')  # a cut JPEG
+  task, _, _ = export.load(workdir)
+  with caplog.at_level(py_logging.WARNING):
+    pixels = list(tflite.representative_images(task, str(tmp_path), 8)())
+  size = task.image_size
+  assert len(pixels) == 2 and all(p.shape == (1, size, size, 3) for p in pixels)
+  assert 'b.jpg' in caplog.text and 'Calibrating without it' in caplog.text
 
 
 def test_a_representative_folder_that_is_not_there_is_named_as_that_flag(workdir, tmp_path):
