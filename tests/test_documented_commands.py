@@ -162,9 +162,12 @@ def test_each_exported_artifact_loads_and_gives_the_detectors_detections(user, e
     assert not detections.unmatched(ours, theirs, score_tol=1e-3, box_tol=0.5), fmt
   ours = detector.Detector.from_exported(str(exported / 'tflite_int8')).detect([photo])[0]
   assert len(ours['scores']) and set(ours['classes'].tolist()) <= {1, 2, 3, 4}
-  for fmt in ('saved_model', 'tflite', 'tflite_int8', 'onnx', 'jax'):  # each scored at export
-    accuracy = json.loads((exported / fmt / 'export.json').read_text())['accuracy']
-    assert accuracy['metric'] == 'mAP' and 0 <= accuracy['artifact'] <= 1
+  accuracy = {fmt: json.loads((exported / fmt / 'export.json').read_text())['accuracy']
+              for fmt in ('saved_model', 'tflite', 'tflite_int8', 'onnx', 'jax')}
+  for fmt, a in accuracy.items():  # each scored at export, on the whole (shrunk) test split
+    assert a['metric'] == 'mAP' and a['images'] == 16 and 0 <= a['artifact'] <= 1
+    if fmt in ('saved_model', 'onnx', 'jax'):  # ssd_jax's own post-processing rules
+      assert a['artifact'] == pytest.approx(a['checkpoint'], abs=1e-6), fmt
 
 
 @pytest.mark.xdist_group('quickstart_commands')
