@@ -43,8 +43,9 @@ Formats (each --output folder also gets config.json and export.json, whose
                --representative_images images of the training data, or of
                --representative=FOLDER), input u8[1, S, S, 3] at the network's
                size S (export.json: `input_size`; resize first, as
-               Detector.preprocess does); operations that stay float are listed
-               in export.json's `float_ops`.
+               Detector.preprocess does); network operations that stay float are
+               listed in export.json's `float_ops`, the post-process's (all
+               float) in `postprocess_float_ops`.
   onnx         detector.onnx (opset 17): ONNX Resize, the network (through TFLite's
                lowering and tf2onnx) and the post-processing in ONNX's own
                operators, NonMaxSuppression included, to ssd_jax's rules (see
@@ -223,6 +224,9 @@ def write(output: str, task, params, fmt: str, batch: int = 1, quantize: str = '
     if quantize == 'full_int8':
       info['input_size'] = config.model.image_size  # uint8 [1, S, S, 3]
       info['float_ops'] = tflite.float_ops(network)
+      # After the network, in float: the softmax, the top_k per class, the
+      # box-coding reordering and the op's own input and output handling.
+      info['postprocess_float_ops'] = {tflite.POSTPROCESS_OP: 1, **tflite.float_ops(flatbuffer)}
   elif fmt == 'onnx':
     from ssd_jax import onnx_export
     with open(os.path.join(output, ONNX_FILE), 'wb') as f:

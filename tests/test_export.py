@@ -335,6 +335,8 @@ def test_full_int8_tflite_is_int8_but_the_postprocess(workdir, photos, reference
   assert image['dtype'] == np.uint8 and list(image['shape']) == [1, size, size, 3]
   assert tflite.ops(flatbuffer)[tflite.POSTPROCESS_OP] == 1
   assert not NETWORK_OPS & set(tflite.float_ops(flatbuffer))
+  post = info['postprocess_float_ops']
+  assert post == {tflite.POSTPROCESS_OP: 1, **tflite.float_ops(flatbuffer)} and 'SOFTMAX' in post
   # hard-swish written as ADD + MUL, which XNNPACK runs in int8 (no HARD_SWISH op)
   assert 'HARD_SWISH' not in tflite.ops(flatbuffer)
   needs_trained_weights(workdir)
