@@ -1,7 +1,7 @@
 """A trained detector -> one self-contained artifact for serving or devices.
 
   python -m ssd_jax.export --workdir=/tmp/voc300 --format=saved_model --output=/tmp/voc300_export/saved_model
-  python -m ssd_jax.export --workdir=/tmp/voc300 --format=tflite --quantize=full_int8 --output=/tmp/voc300_export/tflite_int8
+  python -m ssd_jax.export --workdir=/tmp/voc300 --format=tflite --quantize=full_int8 --output=/tmp/voc300_export/tflite_full_int8
   python -m ssd_jax.export --workdir=/tmp/voc300 --format=onnx --output=/tmp/voc300_export/onnx
   python -m ssd_jax.export --workdir=/tmp/voc300 --format=jax --output=/tmp/voc300_export/jax
 

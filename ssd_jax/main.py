@@ -2,7 +2,7 @@
 
   python -m ssd_jax.main --config=configs/voc300.py --workdir=/tmp/voc300
   python -m ssd_jax.main --mode=eval --workdir=/tmp/voc300
-  python -m ssd_jax.main --mode=predict --workdir=/tmp/voc300 --input=photos/
+  python -m ssd_jax.main --mode=predict --workdir=/tmp/voc300 --input='photos/*.jpg' --output=/tmp/voc300_predictions
 
 Modes:
   train           train (resuming from the workdir's latest checkpoint)

@@ -41,7 +41,7 @@ SHAPES_SMALL = ['--config.data.train_splits=("ssd_shapes/small:train",)',
 VOC300_TINY = ['--config.model.width=0.125', '--config.train.num_steps=2',
                '--config.train.batch_size=1', '--config.train.checkpoint_every=2',
                '--config.train.log_every=1', '--config.eval.num_rendered=1']
-# README commands no test runs, and why.
+# Documented commands no test runs, and why.
 NOT_RUN = {
     'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test]" && .venv/bin/python -m '
     'pytest -n auto tests': 'the test command itself: .ci/run runs it verbatim (checked below)',
@@ -50,6 +50,22 @@ NOT_RUN = {
         'in the quickstart test)',
     'pip install -e ".[convert]"': 'an install; the test command installs the same packages '
                                    '(".[test]" includes "convert")',
+    # docs/*.md
+    "tfds.builder('voc/2012', file_format='array_record')": 'downloads PASCAL VOC 2012 (as '
+                                                            'voc/2007 above)',
+    '--config.data.root=/path/to/': 'a placeholder for the user\'s folder; the same formats '
+                                    'are read by the own-data command below and by '
+                                    'tests/test_custom_layouts.py',
+    '--mode=train_and_eval --config=configs/voc300.py --workdir=/tmp/voc300': (
+        'trains on PASCAL VOC, which tests cannot download; the quickstart runs '
+        '--mode=train_and_eval, and voc300 trains on a small folder below'),
+    'gcloud compute tpus tpu-vm ssh': 'needs a Cloud TPU; several hosts are tested as processes '
+                                      'on 127.0.0.1 (run_two_hosts below, test_multihost.py)',
+    'srun --nodes=4': 'needs a Slurm cluster (as above)',
+    'JAX_COORDINATOR_ADDRESS=10.0.0.1:8476': 'the two-host command of the docs on VOC; run '
+                                             'on 127.0.0.1 and the shapes data below',
+    'tensorboard --logdir': "TensorBoard's own command; the metric files it reads are "
+                            'checked in test_loop.py',
 }
 
 
@@ -160,10 +176,10 @@ def test_each_exported_artifact_loads_and_gives_the_detectors_detections(user, e
   for fmt, ours in found.items():
     theirs = by_op_rules if fmt == 'tflite' else expected
     assert not detections.unmatched(ours, theirs, score_tol=1e-3, box_tol=0.5), fmt
-  ours = detector.Detector.from_exported(str(exported / 'tflite_int8')).detect([photo])[0]
+  ours = detector.Detector.from_exported(str(exported / 'tflite_full_int8')).detect([photo])[0]
   assert len(ours['scores']) and set(ours['classes'].tolist()) <= {1, 2, 3, 4}
   accuracy = {fmt: json.loads((exported / fmt / 'export.json').read_text())['accuracy']
-              for fmt in ('saved_model', 'tflite', 'tflite_int8', 'onnx', 'jax')}
+              for fmt in ('saved_model', 'tflite', 'tflite_full_int8', 'onnx', 'jax')}
   for fmt, a in accuracy.items():  # each scored at export, on the whole (shrunk) test split
     assert a['metric'] == 'mAP' and a['images'] == 16 and 0 <= a['artifact'] <= 1
     if fmt in ('saved_model', 'onnx', 'jax'):  # ssd_jax's own post-processing rules
@@ -215,7 +231,7 @@ def test_voc300_train_eval_predict_export_and_summary_commands(tmp_path):
   assert 'evaluation at step 2' in evaluated and re.search(r'^red ', evaluated, re.M)
   commands.run(commands.find('--mode=predict --workdir=/tmp/voc300', 'ssd_jax/main.py'), folder,
                env=ONE_DEVICE)
-  assert len(json.loads((folder / 'voc300' / 'predictions' / 'detections.json').read_text()))
+  assert len(json.loads((folder / 'voc300_predictions' / 'detections.json').read_text()))
   for command in (commands.find('--format=saved_model', 'ssd_jax/export.py'),
                   commands.find('--format=tflite --quantize=full_int8', 'ssd_jax/export.py'),
                   commands.find('--format=onnx', 'ssd_jax/export.py'),
@@ -223,7 +239,7 @@ def test_voc300_train_eval_predict_export_and_summary_commands(tmp_path):
     commands.run(command, folder, env=ONE_DEVICE)
   exported = json.loads((folder / 'voc300_export' / 'jax' / 'export.json').read_text())
   assert exported['class_names'] == ['red', 'green']
-  assert (folder / 'voc300_export' / 'tflite_int8' / 'detector.tflite').is_file()
+  assert (folder / 'voc300_export' / 'tflite_full_int8' / 'detector.tflite').is_file()
   onnx_info = json.loads((folder / 'voc300_export' / 'onnx' / 'export.json').read_text())
   assert onnx_info['accuracy']['artifact'] == pytest.approx(  # ONNX keeps ssd_jax's rules
       onnx_info['accuracy']['checkpoint'], abs=1e-3)
@@ -437,8 +453,9 @@ def test_two_hosts_both_name_a_failed_preparation(tmp_path):
 
 # --- nothing documented goes untested --------------------------------------------------
 
-DOC_SOURCES = ['README.md', 'ssd_jax/main.py', 'ssd_jax/convert.py', 'ssd_jax/export.py',
-               'ssd_jax/summary.py', *CONFIG_FILES]
+DOC_SOURCES = ['README.md', *sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'docs').glob('*.md')),
+               'ssd_jax/main.py', 'ssd_jax/convert.py', 'ssd_jax/export.py', 'ssd_jax/summary.py',
+               *CONFIG_FILES]
 NOT_RUN.update({
     '--mode=eval --workdir=/tmp/tv_ssd300': 'evaluates on COCO val2017, which tests cannot '
                                             'download (predict on the same workdir runs)',

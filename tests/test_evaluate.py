@@ -13,7 +13,7 @@ from PIL import Image
 from ssd_jax import checkpoints, detector, evaluate, export, images, sharding, train_loop
 from ssd_jax import workdirs, workflows
 from ssd_jax.data import input_pipeline
-from ssd_jax.testing import detections, synthetic
+from ssd_jax.testing import commands, detections, synthetic
 from ssd_jax.task import Task
 
 
@@ -175,27 +175,25 @@ def test_predict_command_runs_without_tensorflow(trained, tmp_path):
 
 
 def test_export_scores_its_artifact_and_eval_mode_scores_it_again(trained, tmp_path):
-  """The export's accuracy line: the artifact and the checkpoint on the whole eval
-  split (12 images); --mode=eval on the artifact folder gives the same figure, and
-  the checkpoint's equals the batched evaluation's."""
+  """docs/export.md's float TFLite export and its --mode=eval of the artifact, on a
+  squares run as /tmp/voc300: the export's accuracy line gives the artifact and the
+  checkpoint on the whole eval split (12 images); --mode=eval on the artifact folder
+  gives the same figure, and the checkpoint's equals the batched evaluation's."""
   config, workdir, _ = trained
-  out = tmp_path / 'tflite'
-  root = pathlib.Path(__file__).resolve().parent.parent
-  run = subprocess.run([sys.executable, '-m', 'ssd_jax.export', f'--workdir={workdir}',
-                        '--format=tflite', f'--output={out}'], capture_output=True, text=True,
-                       cwd=root, timeout=600, check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
+  folder = commands.scratch(tmp_path)
+  (folder / 'voc300').symlink_to(workdir)
+  printed = commands.run(commands.find('--format=tflite --output=/tmp/voc300_export/tflite',
+                                       'docs/export.md'), folder)
+  out = folder / 'voc300_export' / 'tflite'
   accuracy = json.loads((out / 'export.json').read_text())['accuracy']
   assert accuracy['images'] == 12 and accuracy['metric'] == 'mAP'
   assert (f'mAP on 12 eval images: artifact {accuracy["artifact"]:.4f}, checkpoint '
-          f'{accuracy["checkpoint"]:.4f}') in run.stdout
+          f'{accuracy["checkpoint"]:.4f}') in printed
   batched = workflows.run_evaluation(workdirs.find_config(str(workdir)), str(workdir))['result']
   assert accuracy['checkpoint'] == pytest.approx(batched['scalars']['mAP'], abs=2e-3)
-  again = subprocess.run([sys.executable, '-m', 'ssd_jax.main', '--mode=eval',
-                          f'--workdir={out}'], capture_output=True, text=True, cwd=root,
-                         timeout=600, check=False)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert f'mAP    {accuracy["artifact"]:.4f}  (12 images)' in again.stdout
+  again = commands.run(commands.find('--mode=eval --workdir=/tmp/voc300_export/tflite',
+                                     'docs/export.md'), folder)
+  assert f'mAP    {accuracy["artifact"]:.4f}  (12 images)' in again
   metrics = json.loads((out / 'eval' / 'metrics.json').read_text())
   assert metrics['scalars']['mAP'] == accuracy['artifact']
 

@@ -63,8 +63,11 @@ def docstring_commands(path: str) -> list[str]:
 
 
 def documented(source: str = 'README.md') -> list[str]:
-  """The commands of README.md's ```bash blocks, or of a module's docstring."""
-  return commands(README.read_text()) if source == 'README.md' else docstring_commands(source)
+  """The commands of a markdown file's ```bash blocks (README.md, docs/*.md), or
+  of a module's docstring (`source` relative to the repository)."""
+  if source.endswith('.md'):
+    return commands((ROOT / source).read_text())
+  return docstring_commands(source)
 
 
 def find(piece: str, source: str = 'README.md') -> str:
