@@ -68,3 +68,30 @@ def test_what_main_prints_at_start_agrees_with_the_recipe(tmp_path):
     if name == 'voc300':
       section, key = field.split('.')
       assert tuples(printed[section][key]) == tuples(value), field
+
+
+def ssd_jax_imports(module: str) -> set[str]:
+  """The ssd_jax modules `module` (dotted) imports, read from its source."""
+  path = ROOT / (module.replace('.', '/') + '.py')
+  if not path.is_file():
+    path = ROOT / module.replace('.', '/') / '__init__.py'
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.startswith('ssd_jax.')}
+    elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('ssd_jax'):
+      package = (ROOT / node.module.replace('.', '/')).is_dir()
+      found |= ({f'{node.module}.{a.name}' for a in node.names} if package else {node.module})
+  return {m for m in found if (ROOT / (m.replace('.', '/') + '.py')).is_file()
+          or (ROOT / m.replace('.', '/')).is_dir()}
+
+
+def test_the_schema_imports_no_model():
+  seen, todo = set(), ['ssd_jax.schema']
+  while todo:
+    module = todo.pop()
+    if module not in seen:
+      seen.add(module)
+      todo.extend(ssd_jax_imports(module))
+  assert 'ssd_jax.pixels' in seen and not [m for m in seen if m.startswith('ssd_jax.models')]
+  assert 'ssd_jax.models' in ssd_jax_imports('ssd_jax.config_lib')  # where the families come in
