@@ -143,11 +143,6 @@ def trace_model(config: config_dict.ConfigDict, model: Optional[nn.Module] = Non
                      _square_sides(config.model.sources, maps[0]))
 
 
-def param_roles(config: config_dict.ConfigDict, model: Optional[nn.Module] = None) -> dict:
-  """Each parameter's role: trace_model's `roles`."""
-  return trace_model(config, model).roles
-
-
 def inference_variables(tree) -> dict:
   """The variables inference applies: {'params': ...} plus 'batch_stats' where the
   model has BatchNorm; the parameters' moving average (optim.ema_decay) in place

@@ -226,14 +226,6 @@ def restore_variables(task, path: str, step: Optional[int] = None,
   return builders.inference_variables(tree), step
 
 
-def restore_params(task, path: str, step: Optional[int] = None,
-                   mesh: Optional[Mesh] = None) -> tuple[dict, int]:
-  """(the trained parameters, step), not their moving average (see
-  restore_checkpoint_variables for the arguments)."""
-  tree, step = restore_checkpoint_variables(task, path, step, mesh)
-  return tree['params'], step
-
-
 # --- matching parameters, to fine-tune -----------------------------------------
 
 def load_matching_variables(path: str, variables: dict) -> tuple[dict, dict]:
@@ -288,11 +280,3 @@ def initialise_from(state, path: str, mesh: Mesh):
   variables = jax.device_put(variables, sharding.replicated(mesh))
   return state.replace(params=variables['params'], batch_stats=variables.get('batch_stats'),
                        ema_params=None if state.ema_params is None else variables['params'])
-
-
-def load_matching_params(path: str, params) -> tuple[dict, dict]:
-  """load_matching_variables for parameters alone: (params, report), paths in
-  the report without the 'params/' prefix."""
-  variables, report = load_matching_variables(path, {'params': params})
-  strip = {k: [p.split('/', 1)[1] for p in v] for k, v in report.items()}
-  return variables['params'], strip

@@ -11,6 +11,8 @@ effect gradually rather than rescaling the whole velocity at once.
 """
 from __future__ import annotations
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -62,14 +64,14 @@ def learning_rate_schedule(optim_cfg, num_steps: int | None = None,
 def roles_by_name(params):
   """Roles read from leaf names, for a bare parameter tree of convolutions and
   L2Norm only (kernel, scale: weight; bias: bias). Models with normalisation
-  layers give their roles instead (builders.param_roles): a BatchNorm scale is
+  layers give their roles instead (Task.roles): a BatchNorm scale is
   named like the L2Norm scale but is not a weight."""
   names = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
   flat = flax.traverse_util.flatten_dict(params)
   unknown = [k for k in flat if k[-1] not in names]
   if unknown:
     raise ValueError(f'no role for parameters {["/".join(k) for k in unknown]}; pass the '
-                     f'model\'s roles (builders.param_roles).')
+                     f'model\'s roles (Task.roles).')
   return flax.traverse_util.unflatten_dict({k: names[k[-1]] for k in flat})
 
 
@@ -121,11 +123,13 @@ def create_optimizer(optim_cfg, roles=None, schedule: optax.Schedule | None = No
   parts = []
   if optim_cfg.grad_clip_norm is not None:
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
+  decayed = tuple(optim_cfg.weight_decay_roles)
   parts.append(optax.add_decayed_weights(
-      optim_cfg.weight_decay, mask=_mask(roles, tuple(optim_cfg.weight_decay_roles))))
+      optim_cfg.weight_decay, mask=functools.partial(decay_mask, roles=roles, decayed=decayed)))
   schedule = schedule or learning_rate_schedule(optim_cfg)
   if optim_cfg.name in ('sgd', 'sgd_torch') and optim_cfg.bias_lr_mult != 1:
-    parts.append(optax.masked(optax.scale(optim_cfg.bias_lr_mult), _mask(roles, ('bias',))))
+    parts.append(optax.masked(optax.scale(optim_cfg.bias_lr_mult),
+                              functools.partial(bias_mask, roles=roles)))
   if optim_cfg.name == 'sgd':
     parts += [optax.scale_by_learning_rate(schedule), optax.trace(decay=optim_cfg.momentum)]
   elif optim_cfg.name == 'sgd_torch':

@@ -70,12 +70,6 @@ def write_summaries(writer, step: int, metrics: dict, images_per_second: float) 
   writer.flush()
 
 
-def run(config, workdir: str, with_eval: bool = False) -> train_step.TrainState:
-  """Trains to config.train.num_steps, resuming from the workdir's latest
-  checkpoint; returns the final state (see `train`)."""
-  return train(Task.of(config), workdir, with_eval)[0]
-
-
 def train(task: Task, workdir: str, with_eval: bool = False,
           pictures: Optional[str] = None) -> tuple:
   """Trains a task to its train.num_steps, resuming from the workdir's latest checkpoint.

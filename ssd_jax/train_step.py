@@ -18,7 +18,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from ssd_jax import builders, losses, matching, optim, pixels, sharding, xla_cpu
+from ssd_jax import builders, losses, matching, optim, sharding, xla_cpu
 from ssd_jax.task import Task
 
 
@@ -102,18 +102,6 @@ def train_step(state: TrainState, batch: dict, anchors: jax.Array, task) -> tupl
                  param_norm=optax.tree.norm(new_state.params),
                  learning_rate=task.schedule(state.step))
   return new_state, metrics
-
-
-def batch_spec(config, batch_size: int) -> dict:
-  """The training batch the input pipeline yields (data/input_pipeline.py), as
-  jax.ShapeDtypeStruct: the decoded crops and what finishes them (pixels.py),
-  boxes and labels. For lowering and compiling ahead of time."""
-  b, p, m = batch_size, config.data.pixel_buffer, config.data.max_boxes
-  shapes = {'pixels': ((b, p, p, 3), jnp.uint8), 'pixels_size': ((b, 2), jnp.int32),
-            'place': ((b, 4), jnp.int32), 'method': ((b,), jnp.int32),
-            'colour': ((b, len(pixels.COLOUR_FIELDS)), jnp.float32), 'flip': ((b,), jnp.bool_),
-            'boxes': ((b, m, 4), jnp.float32), 'labels': ((b, m), jnp.int32)}
-  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
 
 
 def jit_train_step(task, mesh: Mesh):

@@ -17,6 +17,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from ssd_jax import builders, config_lib, detector, sharding, train_step  # noqa: E402
+from ssd_jax.testing import step_inputs  # noqa: E402
 from ssd_jax.task import Task  # noqa: E402
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ for name in ('voc300', 'coco_ssdlite320'):
   state = train_step.abstract_state(task, mesh)
   anchors = jax.ShapeDtypeStruct(task.default_boxes.shape, jnp.float32)
   step = train_step.jit_train_step(task, mesh).trace(
-      state, train_step.batch_spec(config, 8), anchors)
+      state, step_inputs.batch_spec(config, 8), anchors)
   det = detector.Detector(task, None)
   size = config.model.image_size
   variables = jax.eval_shape(lambda: builders.inference_variables(

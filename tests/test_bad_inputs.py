@@ -20,7 +20,7 @@ from PIL import Image
 
 from ssd_jax import checkpoints, detector, images, train_loop, workdirs, workflows
 from ssd_jax.data import custom_data, input_pipeline
-from ssd_jax.testing import synthetic
+from ssd_jax.testing import runs, synthetic
 from ssd_jax.task import Task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def squares(tmp_path_factory):
 def trained(tmp_path_factory, squares, load_config):
   """A squares workdir with checkpoints at steps 2 and 4 (copy it before changing it)."""
   workdir = tmp_path_factory.mktemp('trained')
-  train_loop.run(squares_config(load_config, squares, 4), str(workdir))
+  runs.train(squares_config(load_config, squares, 4), str(workdir))
   return workdir
 
 
@@ -95,9 +95,9 @@ def test_resuming_with_another_model_changes_nothing(trained, tmp_path, load_con
   c = squares_config(load_config, squares, 6)
   c.model.width = 0.25
   with pytest.raises(ValueError, match=r'model.width: 0.125 in config.json, 0.25 now'):
-    train_loop.run(c, str(workdir))
+    runs.train(c, str(workdir))
   assert snapshot(workdir) == before  # config.json, checkpoints, no lock left behind
-  params, step = checkpoints.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
+  params, step = runs.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
   assert step == 4
 
 
@@ -105,7 +105,7 @@ def test_a_start_that_fails_on_its_data_writes_nothing(tmp_path, load_config, sq
   c = squares_config(load_config, squares, 2)
   c.data.root = str(tmp_path / 'no_such_folder')
   with pytest.raises(FileNotFoundError, match='ImageSets/Main/trainval.txt'):
-    train_loop.run(c, str(tmp_path / 'run'))
+    runs.train(c, str(tmp_path / 'run'))
   assert os.listdir(tmp_path / 'run') == []  # no config.json, checkpoints/, events or lock
 
 
@@ -173,11 +173,11 @@ def test_a_second_run_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, load_
   assert holder.stdout.readline().strip() == 'locked'
   c = squares_config(load_config, squares, 1)
   with pytest.raises(workdirs.WorkdirInUseError, match=f'in use by process {holder.pid}'):
-    train_loop.run(c, str(tmp_path))
+    runs.train(c, str(tmp_path))
   assert os.listdir(tmp_path) == ['lock']  # nothing written but the holder's lock
   holder.send_signal(signal.SIGKILL)  # dies holding it: the kernel releases the flock
   holder.wait()
-  assert int(train_loop.run(c, str(tmp_path)).step) == 1
+  assert int(runs.train(c, str(tmp_path)).step) == 1
   assert not (tmp_path / 'lock').exists()
 
 
@@ -205,10 +205,10 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_newest_readable(
   kept = snapshot(step_4)
   if how == 'truncated data':  # evaluation falls back read-only (without _METADATA the
     with caplog.at_level(py_logging.WARNING):  # parameters alone still read fine)
-      _, step = checkpoints.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
+      _, step = runs.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
     assert step == 2 and 'checkpoint step 4' in caplog.text and step_4.exists()
   with caplog.at_level(py_logging.WARNING):
-    state = train_loop.run(squares_config(load_config, squares, 6), str(workdir))
+    state = runs.train(squares_config(load_config, squares, 6), str(workdir))
   assert int(state.step) == 6
   assert 'checkpoint step 4' in caplog.text and 'unreadable' in caplog.text
   moved = list((workdir / checkpoints.UNREADABLE).iterdir())
@@ -222,7 +222,7 @@ def test_no_readable_checkpoint_is_a_clear_error(trained, tmp_path, load_config)
   for step in ('2', '4'):
     damage(workdir / 'checkpoints' / step, 'truncated data')
   with pytest.raises(RuntimeError, match=r'no readable checkpoint in .*step 4: .*step 2: '):
-    checkpoints.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
+    runs.restore_params(Task.of(workdirs.find_config(str(workdir))), str(workdir))
 
 
 FAILED_RESTORE = """

@@ -17,10 +17,10 @@ import jax.numpy as jnp  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-from ssd_jax import box_utils, builders, checkpoints, config_lib, convert, detector, labels  # noqa: E402
+from ssd_jax import box_utils, builders, config_lib, convert, detector, labels  # noqa: E402
 from ssd_jax import recipes, workflows  # noqa: E402
 from ssd_jax.models import vgg16  # noqa: E402
-from ssd_jax.testing import detections  # noqa: E402
+from ssd_jax.testing import detections, runs  # noqa: E402
 from ssd_jax.task import Task  # noqa: E402
 
 def torch_base(convs, conv6, conv7, x):
@@ -62,7 +62,7 @@ def restore_backbone(output):
   params, load_matching_params' report)."""
   init = Task.of(convert.formats()['vgg16'].base()).abstract_variables['params']
   init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
-  params, report = checkpoints.load_matching_params(str(output), init)
+  params, report = runs.load_matching_params(str(output), init)
   return params['backbone'], report
 
 

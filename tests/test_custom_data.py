@@ -9,6 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ssd_jax.data import custom_data, input_pipeline, sources
+from ssd_jax.testing import step_inputs
 from ssd_jax.testing.synthetic import write_voc_folder
 
 
@@ -71,7 +72,7 @@ def test_voc_folder_through_the_pipeline(load_config, voc_root):
   c = voc_config(load_config, voc_root)
   c.train.batch_size, c.data.max_boxes = 2, 4
   batch = next(iter(input_pipeline.train_dataset(c, 0, 1)))
-  assert input_pipeline.finished_images(batch, c).shape == (2, 300, 300, 3)
+  assert step_inputs.finished_images(batch, c).shape == (2, 300, 300, 3)
   assert batch['labels'].shape == (2, 4)
   ds, steps = input_pipeline.eval_dataset(c, 0, 1)
   ids = [i for b in ds.as_numpy_iterator() for i, m in zip(b['image_id'], b['mask']) if m]

@@ -11,7 +11,7 @@ from PIL import Image
 from ssd_jax import config_lib, workdirs, workflows
 from ssd_jax.data import custom_data, input_pipeline
 from ssd_jax.task import Task
-from ssd_jax.testing import synthetic
+from ssd_jax.testing import step_inputs, synthetic
 
 CLASSES = ('cat', 'dog')
 
@@ -228,7 +228,7 @@ def test_yolo_class_names_and_num_classes_come_from_the_yaml(load_config, tmp_pa
   assert c.data.class_names == ('cat', 'dog') and c.model.num_classes == 3
   c.train.batch_size, c.data.max_boxes = 2, 4
   batch = next(iter(input_pipeline.train_dataset(c, 0, 1)))
-  assert input_pipeline.finished_images(batch, c).shape == (2, 300, 300, 3)
+  assert step_inputs.finished_images(batch, c).shape == (2, 300, 300, 3)
   ds, steps = input_pipeline.eval_dataset(c, 0, 1)
   labels = [b['labels'][b['mask']] for b in ds.as_numpy_iterator()]
   assert steps == 1 and np.concatenate(labels).tolist() == [[2]]  # v.txt: one dog

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import checkpoints, detector, evaluate, export, images, sharding, train_loop
+from ssd_jax import detector, evaluate, export, images, sharding, train_loop
 from ssd_jax import workdirs, workflows
 from ssd_jax.data import input_pipeline
-from ssd_jax.testing import commands, detections, synthetic
+from ssd_jax.testing import commands, detections, runs, synthetic
 from ssd_jax.task import Task
 
 
@@ -53,7 +53,7 @@ def test_eval_from_the_checkpoint_reproduces_the_end_of_training_metrics(trained
 def test_detector_api_matches_the_evaluation_path(trained):
   config, workdir, _ = trained
   det = detector.Detector.from_checkpoint(str(workdir / 'checkpoints'))  # config.json found
-  params, _ = checkpoints.restore_params(Task.of(config), str(workdir))
+  params, _ = runs.restore_params(Task.of(config), str(workdir))
   evaluator = evaluate.make_evaluator(Task.of(config))
   evaluate.detect_split(Task.of(config), params, evaluator)
   found = evaluator.detections
@@ -87,9 +87,9 @@ def test_predict_writes_coco_results_and_pictures_and_skips_bad_files(trained, t
 def test_clear_errors(trained, tmp_path, load_config):
   config, workdir, _ = trained
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    checkpoints.restore_params(Task.of(config), str(tmp_path))
+    runs.restore_params(Task.of(config), str(tmp_path))
   with pytest.raises(FileNotFoundError, match='no checkpoint for step 99'):
-    checkpoints.restore_params(Task.of(config), str(workdir), step=99)
+    runs.restore_params(Task.of(config), str(workdir), step=99)
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='holds no images'):
     workflows.find_images(str(tmp_path / 'empty'))
@@ -109,8 +109,8 @@ def test_fine_tuning_on_new_classes_restores_all_but_the_class_heads(trained, tm
   c.data.class_names, c.model.num_classes = synthetic.SQUARE_CLASSES + ('blue',), 4
   c.model.init_checkpoint = str(workdir)
   fresh = flax.traverse_util.flatten_dict(jax.device_get(
-      train_loop.run(c, str(tmp_path / 'fine_tune')).params))
-  saved, _ = checkpoints.restore_params(Task.of(config), str(workdir))
+      runs.train(c, str(tmp_path / 'fine_tune')).params))
+  saved, _ = runs.restore_params(Task.of(config), str(workdir))
   saved = flax.traverse_util.flatten_dict(jax.device_get(saved))
   assert fresh.keys() == saved.keys()
   for key, value in fresh.items():
@@ -120,7 +120,7 @@ def test_fine_tuning_on_new_classes_restores_all_but_the_class_heads(trained, tm
       np.testing.assert_array_equal(value, saved[key], err_msg='/'.join(key))
   c.model.width = 0.25  # no kernel matches
   with pytest.raises(ValueError, match='shares no convolution kernel'):
-    train_loop.run(c, str(tmp_path / 'mismatch'))
+    runs.train(c, str(tmp_path / 'mismatch'))
 
 
 TF_BLOCKED_DETECT = '''

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from ssd_jax import config_lib, pixels
 from ssd_jax.data import input_pipeline, sources
-from ssd_jax.testing import tfds_mock
+from ssd_jax.testing import step_inputs, tfds_mock
 
 NUM_IMAGES = 7
 
@@ -28,7 +28,7 @@ def test_mock_train_and_eval_batches_have_declared_shapes(load_config, name):
     eval_batch = next(iter(eval_ds))
   p = c.data.pixel_buffer  # 512 (VOC's images are at most 500 a side), COCO's 640
   assert batch['pixels'].shape == (4, p, p, 3) and batch['pixels'].dtype == tf.uint8
-  assert input_pipeline.finished_images(batch, c).shape == (4, 300, 300, 3)
+  assert step_inputs.finished_images(batch, c).shape == (4, 300, 300, 3)
   for buffer, (h, w) in zip(batch['pixels'].numpy(), batch['pixels_size'].numpy()):
     assert buffer[:h, :w].any() and not buffer[h:].any() and not buffer[:, w:].any()
   assert batch['boxes'].shape == (4, 20, 4) and batch['boxes'].dtype == tf.float32

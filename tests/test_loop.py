@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ssd_jax import checkpoints, sharding, train_loop, train_step
-from ssd_jax.testing import synthetic
+from ssd_jax.testing import runs, synthetic
 from ssd_jax.task import Task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -31,9 +31,9 @@ def squares_config(load_config, root, num_steps):
 
 
 def test_resumed_run_reaches_the_uninterrupted_parameters(load_config, squares_root, tmp_path):
-  straight = train_loop.run(squares_config(load_config, squares_root, 4), str(tmp_path / 'a'))
-  train_loop.run(squares_config(load_config, squares_root, 2), str(tmp_path / 'b'))  # "killed" at 2
-  resumed = train_loop.run(squares_config(load_config, squares_root, 4), str(tmp_path / 'b'))
+  straight = runs.train(squares_config(load_config, squares_root, 4), str(tmp_path / 'a'))
+  runs.train(squares_config(load_config, squares_root, 2), str(tmp_path / 'b'))  # "killed" at 2
+  resumed = runs.train(squares_config(load_config, squares_root, 4), str(tmp_path / 'b'))
   assert int(resumed.step) == int(straight.step) == 4
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                jax.device_get(resumed.params), jax.device_get(straight.params))
@@ -44,7 +44,7 @@ def test_non_finite_loss_stops_before_a_checkpoint(load_config, squares_root, tm
   c = squares_config(load_config, squares_root, 6)
   c.optim.learning_rate, c.optim.grad_clip_norm = 1e12, None
   with pytest.raises(FloatingPointError, match='non-finite training metrics at step') as stop:
-    train_loop.run(c, str(tmp_path))
+    runs.train(c, str(tmp_path))
   assert 'None' not in str(stop.value)
   assert 'no checkpoint had been saved yet' in str(stop.value) or 'is kept' in str(stop.value)
   mngr = checkpoints.manager(str(tmp_path), c)
@@ -58,7 +58,7 @@ def test_unwritable_workdir_is_a_clear_error(load_config, squares_root, tmp_path
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
   with pytest.raises(PermissionError, match='cannot be written'):
-    train_loop.run(squares_config(load_config, squares_root, 1), str(blocker / 'run'))
+    runs.train(squares_config(load_config, squares_root, 1), str(blocker / 'run'))
 
 
 def test_missing_checkpoint_is_a_clear_error(load_config, tmp_path):
@@ -136,7 +136,7 @@ def test_sigterm_saves_and_stops(load_config, squares_root, tmp_path):
   previous = signal.getsignal(signal.SIGTERM)
   threading.Thread(target=preempt_once_training_runs, daemon=True).start()
   with pytest.raises(train_loop.Preempted, match='run the same command to resume') as stop:
-    train_loop.run(config, str(events))
+    runs.train(config, str(events))
   assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
   assert 1 <= stop.value.step < 10_000
   assert checkpoints.manager(str(events), config).latest_step() == stop.value.step

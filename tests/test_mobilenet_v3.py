@@ -23,6 +23,16 @@ from ssd_jax.testing.torch_reference import (  # noqa: E402
     numpy_state_dict, randomise_batch_norms)
 
 BATCH = 2
+BOXES_PER_LOCATION = (6,) * 6  # torchvision's SSDLite320: two aspect ratios
+FEATURE_SIZES = (20, 10, 5, 3, 2, 1)
+
+
+def source_channels() -> tuple[int, ...]:
+  """Channels of the six source maps, from the block table: (C4 expansion, last
+  conv, the extra blocks')."""
+  blocks = mobilenet_v3.block_configs(1.0, True)
+  return (blocks[mobilenet_v3.C4_BLOCK - 1].expanded,
+          mobilenet_v3.LAST_CONV_EXPANSION * blocks[-1].out, *mobilenet_v3.SSDLITE_EXTRA_CHANNELS)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -69,7 +79,7 @@ def ssdlite_forward(dtype):
   """A jitted (variables, images) -> (6 maps, (offsets, logits)) of our modules."""
   kw = dict(dtype=dtype, param_dtype=dtype)
   backbone = mobilenet_v3.MobileNetV3LargeFeatures(**kw)
-  head = heads.SSDLiteHead(91, mobilenet_v3.SSDLITE_BOXES_PER_LOCATION, **kw)
+  head = heads.SSDLiteHead(91, BOXES_PER_LOCATION, **kw)
 
   @jax.jit
   def forward(variables, images):
@@ -163,14 +173,14 @@ def test_train_mode_updates_batch_stats_like_torch(torch_ssdlite, images):
 
 def test_map_sizes_box_count_and_parameter_count(torch_ssdlite):
   backbone = mobilenet_v3.MobileNetV3LargeFeatures()
-  head = heads.SSDLiteHead(91, mobilenet_v3.SSDLITE_BOXES_PER_LOCATION)
+  head = heads.SSDLiteHead(91, BOXES_PER_LOCATION)
   images = jax.ShapeDtypeStruct((1, 320, 320, 3), jnp.float32)
   key = jax.random.key(0)
   bb_vars = jax.eval_shape(backbone.init, key, images)
   maps = jax.eval_shape(backbone.apply, bb_vars, images)
   assert [m.shape[1:] for m in maps] == [(s, s, c) for s, c in zip(
-      mobilenet_v3.SSDLITE_FEATURE_SIZES, mobilenet_v3.source_channels())]
-  assert mobilenet_v3.source_channels() == (672, 480, 512, 256, 256, 128)
+      FEATURE_SIZES, source_channels())]
+  assert source_channels() == (672, 480, 512, 256, 256, 128)
   head_vars = jax.eval_shape(head.init, key, maps)
   locs, logits = jax.eval_shape(head.apply, head_vars, maps)
   assert locs.shape == (1, 3234, 4) and logits.shape == (1, 3234, 91)

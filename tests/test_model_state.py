@@ -15,7 +15,7 @@ from ssd_jax import builders, checkpoints, config_lib, models, optim, sharding
 from ssd_jax import workdirs
 from ssd_jax.models import ssd
 from ssd_jax import train_step
-from ssd_jax.testing import synthetic
+from ssd_jax.testing import runs, synthetic
 from ssd_jax.testing.synthetic import synthetic_batch
 from ssd_jax.task import Task
 
@@ -110,7 +110,7 @@ def test_checkpoints_save_and_restore_the_state_beyond_parameters(tiny_bn, tmp_p
   assert step == 1 and set(variables) == {'params', 'batch_stats'}
   same(variables['params'], state.ema_params)
   same(variables['batch_stats'], state.batch_stats)
-  params, _ = checkpoints.restore_params(Task.of(config), str(tmp_path))
+  params, _ = runs.restore_params(Task.of(config), str(tmp_path))
   same(params, state.params)
   # Partial restore (fine-tuning on other classes): all but the class head.
   other = config_lib.validate(_with_classes(tiny_bn, ('a', 'b', 'c')))
@@ -147,13 +147,13 @@ def test_an_old_train_state_still_evaluates(load_config, tmp_path):
 
 
 def test_roles_come_from_the_owning_module(tiny_bn):
-  roles = flax.traverse_util.flatten_dict(builders.param_roles(config_lib.validate(tiny_bn)),
+  roles = flax.traverse_util.flatten_dict(builders.trace_model(config_lib.validate(tiny_bn)).roles,
                                           sep='/')
   assert roles['backbone/bn/scale'] == roles['backbone/bn/bias'] == 'norm'
   assert roles['backbone/a/kernel'] == roles['head/a_loc/kernel'] == 'weight'
   assert roles['backbone/a/bias'] == roles['head/b_conf/bias'] == 'bias'
-  vgg = flax.traverse_util.flatten_dict(builders.param_roles(
-      config_lib.validate(config_lib.load('configs/voc300.py'))), sep='/')
+  vgg = flax.traverse_util.flatten_dict(builders.trace_model(
+      config_lib.validate(config_lib.load('configs/voc300.py'))).roles, sep='/')
   assert vgg['backbone/conv4_3_norm/scale'] == 'weight'  # the recipe decays it
   assert {vgg[k] for k in vgg if k.endswith('kernel')} == {'weight'}
 
@@ -167,7 +167,7 @@ def test_a_parameter_without_a_role_is_refused(tiny_bn, monkeypatch):
   odd = ssd.BackbonePart(settings=TINY.settings, layers=TINY.layers, build=lambda *a: Odd())
   monkeypatch.setitem(models.families(), 'tiny_bn', ssd.Family('tiny_bn', odd, {}))
   with pytest.raises(ValueError, match='parameter backbone/alpha has no role'):
-    builders.param_roles(config_lib.validate(tiny_bn))
+    builders.trace_model(config_lib.validate(tiny_bn)).roles
 
 
 @pytest.mark.parametrize('decayed,bn_moves', [(('weight',), False),
@@ -178,7 +178,7 @@ def test_weight_decay_by_role(tiny_bn, decayed, bn_moves):
   config = config_lib.validate(tiny_bn)
   params = synthetic.init_params(config, jax.random.key(0))
   params['backbone']['bn']['scale'] = jnp.full((3,), 2.0)
-  tx = optim.create_optimizer(config.optim, builders.param_roles(config))
+  tx = optim.create_optimizer(config.optim, builders.trace_model(config).roles)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   lr = float(optim.learning_rate_schedule(config.optim)(0))
   want = -lr * config.optim.weight_decay * 2.0 if bn_moves else 0.0

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from ssd_jax import checkpoints, config_lib
-from ssd_jax.testing import commands, synthetic
+from ssd_jax import config_lib
+from ssd_jax.testing import commands, runs, synthetic
 from ssd_jax.task import Task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def saved_steps(workdir) -> list[int]:
 
 def params_at(config_file: str, workdir, step: int) -> dict:
   config = config_lib.validate(config_lib.load(config_file))
-  params, _ = checkpoints.restore_params(Task.of(config), str(workdir), step)
+  params, _ = runs.restore_params(Task.of(config), str(workdir), step)
   return jax.tree.map(np.asarray, jax.device_get(params))
 
 

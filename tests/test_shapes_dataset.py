@@ -5,6 +5,7 @@ import pytest
 
 from ssd_jax import labels
 from ssd_jax.data import input_pipeline, shapes_dataset
+from ssd_jax.testing import step_inputs
 
 CONFIG = shapes_dataset.ShapesConfig(name='test')
 
@@ -62,7 +63,7 @@ def shapes_config(tmp_path_factory, load_config):
 def test_the_pipeline_reads_the_generated_dataset(shapes_config):
   batch = next(input_pipeline.train_dataset(shapes_config).as_numpy_iterator())
   s, m = shapes_config.model.image_size, shapes_config.data.max_boxes
-  assert input_pipeline.finished_images(batch, shapes_config).shape == (8, s, s, 3)
+  assert step_inputs.finished_images(batch, shapes_config).shape == (8, s, s, 3)
   assert batch['boxes'].shape == (8, m, 4)
   assert batch['labels'].max() <= len(labels.SHAPES_NAMES) and batch['labels'].max() >= 1
   ds, steps = input_pipeline.eval_dataset(shapes_config)

@@ -218,13 +218,6 @@ def host_train_batches(config, source: sources.Source, host: int, host_batch: in
                           config)
 
 
-def finished_images(batch: dict, config) -> np.ndarray:
-  """u8 [b, S, S, 3]: the images the train step makes of a training batch
-  (pixels.finish, here on the default device), to look at what training sees."""
-  images = pixels.finish_compiled(batch, config.model.image_size, config.data.mean_rgb)
-  return np.asarray(images).astype(np.uint8)
-
-
 def _checked_batches(ds: tf.data.Dataset, config) -> Iterator[dict]:
   warned = set()
   for batch in ds.as_numpy_iterator():

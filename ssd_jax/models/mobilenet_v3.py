@@ -75,8 +75,6 @@ SSDLITE_EXTRA_CHANNELS = (512, 256, 256, 128)
 # (no steps), box sizes clipped to [0, 1].
 SSDLITE_MIN_RATIO, SSDLITE_MAX_RATIO = 0.2, 0.95
 SSDLITE_ASPECT_RATIOS = ((2, 3),) * 6
-SSDLITE_BOXES_PER_LOCATION = (6,) * 6
-SSDLITE_FEATURE_SIZES = (20, 10, 5, 3, 2, 1)
 SSDLITE_NUM_CLASSES = 91  # torchvision's COCO category ids, 0 background
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.97  # torch momentum 0.03
@@ -129,14 +127,6 @@ def block_configs(width_mult: float = 1.0, reduced_tail: bool = True) -> tuple[B
     configs.append(BlockConfig(inputs, k, expanded, out, squeeze, act, stride))
     inputs = out
   return tuple(configs)
-
-
-def source_channels(width_mult: float = 1.0, reduced_tail: bool = True,
-                    extra_channels: Sequence[int] = SSDLITE_EXTRA_CHANNELS) -> tuple[int, ...]:
-  """Channels of the six source maps: (C4 expansion, last conv, *extra_channels)."""
-  blocks = block_configs(width_mult, reduced_tail)
-  return (blocks[C4_BLOCK - 1].expanded, LAST_CONV_EXPANSION * blocks[-1].out,
-          *extra_channels)
 
 
 class SqueezeExcitation(nn.Module):

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 
-# What each parameter is for, by the module that owns it (builders.param_roles):
+# What each parameter is for, by the module that owns it (builders.trace_model, Task.roles):
 # 'weight' multiplies features (convolution and dense kernels, the L2Norm scale),
 # 'bias' is added to them, 'norm' is a normalisation layer's own scale or offset.
 ROLES = ('weight', 'bias', 'norm')

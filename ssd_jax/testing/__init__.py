@@ -1,1 +1,1 @@
-"""Plain NumPy references and synthetic data shared by the tests and the benchmarks."""
+"""Code only the tests and the benchmarks use: references, synthetic data, shortcuts."""
