@@ -17,7 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from ssd_jax import (  # noqa: E402
-    builders, checkpoints, config_lib, convert, labels, losses, matching, workdirs)
+    builders, checkpoints, config_lib, convert, labels, losses, matching, optim, workdirs)
 from ssd_jax.models import heads, resnet, torch_weights  # noqa: E402
 from ssd_jax.testing import commands, detections, synthetic  # noqa: E402
 from ssd_jax.task import Task  # noqa: E402
@@ -120,6 +120,15 @@ def test_the_recipes_matching_and_loss_are_theirs(seed):
   theirs = NvidiaLoss(d)(torch.tensor(loc_pred).transpose(1, 2), torch.tensor(logits).transpose(1, 2),
                          gloc.transpose(1, 2), glabel)
   np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+
+
+def test_the_recipes_warmup_is_theirs():
+  """Their main.py's warmup: step i (from 0) at i / 300 of the rate, then the rate."""
+  config = config_lib.validate(resnet.nvidia_ssd300())
+  schedule = optim.learning_rate_schedule(config.optim, batch_size=resnet.NVIDIA_BATCH)
+  steps = np.array([0, 1, 150, 299, 300, 1000])
+  np.testing.assert_allclose([float(schedule(s)) for s in steps],
+                             2.6e-3 * np.minimum(steps / 300, 1.0), rtol=1e-6)
 
 
 def test_converted_weights_give_their_maps_and_head_outputs(nvidia):

@@ -254,7 +254,8 @@ def resnet50_variables(sd: torch_weights.StateDict) -> dict:
 # NVIDIA's recipe (main.py, README) on COCO 2017: SGD momentum 0.9, lr 2.6e-3
 # per 32 images (scaled linearly with the global batch), weight decay 5e-4 on
 # weights only (their "tencent trick": none on biases and BatchNorm), 65
-# epochs, the rate x0.1 after epochs 43 and 54, a 300-iteration linear warmup;
+# epochs, the rate x0.1 after epochs 43 and 54, a 300-iteration linear warmup
+# from 0 (step i at i / 300 of the rate);
 # an epoch is the 117,266 train images with objects.
 NVIDIA_EPOCHS, NVIDIA_MILESTONES, NVIDIA_BATCH = 65, (43, 54), 32
 COCO_TRAIN_IMAGES = 117_266
@@ -276,7 +277,7 @@ def nvidia_ssd300():
   steps_per_epoch = COCO_TRAIN_IMAGES / NVIDIA_BATCH
   c.optim.update(dict(name='sgd_torch', learning_rate=2.6e-3, lr_batch_size=NVIDIA_BATCH,
                       momentum=0.9, weight_decay=5e-4, weight_decay_roles=('weight',),
-                      bias_lr_mult=1.0, warmup_steps=300,
+                      bias_lr_mult=1.0, warmup_steps=300, warmup_start_factor=0.0,
                       boundaries=tuple(round(e * steps_per_epoch) for e in NVIDIA_MILESTONES)))
   c.matching.rule, c.loss.normalize = 'forced_best', 'image'
   c.train.update(dict(batch_size=NVIDIA_BATCH,
