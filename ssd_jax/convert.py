@@ -36,13 +36,18 @@ import json
 import os
 from typing import Optional, Sequence
 
-import flax
-import orbax.checkpoint as ocp
-from absl import app, flags
+from ssd_jax import startup
 
-from ssd_jax import builders, models, workdirs
-from ssd_jax.models import torch_weights
-from ssd_jax.task import Task
+if __name__ == '__main__':
+  startup.begin()  # for the imports below and torch's in main
+
+import flax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from ssd_jax import builders, models, workdirs  # noqa: E402
+from ssd_jax.models import torch_weights  # noqa: E402
+from ssd_jax.task import Task  # noqa: E402
 
 
 
@@ -167,6 +172,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  try:
+    import torch  # noqa: F401  (reads the .pth files)
+  except ImportError:
+    pass  # read_state_dict says what to install
+  startup.done()
   out = convert(f.format, f.input, f.output, f.channel_order)
   use = ('--mode=eval/predict --workdir=' if formats()[f.format].config
          else '--config.model.init_checkpoint=')

@@ -64,11 +64,16 @@ import os
 import sys
 from typing import Any, Callable, NamedTuple, Optional
 
-import jax
-from absl import app, flags
+from ssd_jax import startup
 
-from ssd_jax import artifacts, checkpoints, detector, lowering, tflite, workdirs
-from ssd_jax.task import Task
+if __name__ == '__main__':
+  startup.begin()  # for the imports below and TensorFlow's in main
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from ssd_jax import artifacts, checkpoints, detector, lowering, tflite, workdirs  # noqa: E402
+from ssd_jax.task import Task  # noqa: E402
 
 FORMATS = ('saved_model', 'tflite', 'onnx', 'jax')
 DTYPES = ('float32', 'bfloat16')
@@ -338,6 +343,9 @@ def main(argv):
                 f.representative_images, f.evaluate, f.eval_images)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     fail(str(e))
+  if f.format != 'jax':  # the converters (the eval split's tf.data already imported it)
+    import tensorflow  # noqa: F401
+  startup.done()
   try:
     a = finish(p, f.workdir, f.format, f.batch, f.quantize)
   except ScoringError as e:

@@ -25,12 +25,13 @@ see expected_errors, is printed alone, with its traceback under --verbose); 2 a
 bad command line; 75 (EX_TEMPFAIL) preempted by SIGTERM after saving a
 checkpoint: run the same command again to resume.
 """
-import gc
 import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from ssd_jax import startup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, summaries, results.')
@@ -71,16 +72,6 @@ def _print_evaluation(out: dict) -> None:
         f'precision-recall plots: {out["eval_dir"]}', flush=True)
 
 
-def _after_imports() -> None:
-  """Turns Python's cyclic garbage collector back on, off since the command
-  started, with every object the imports made moved out of its sight
-  (gc.freeze): TensorFlow, JAX and Flax leave about 440,000, which each of its
-  full collections would walk again (1.2 of a short training run's 18
-  CPU-seconds, 0.15 with them frozen)."""
-  gc.freeze()
-  gc.enable()
-
-
 def main(argv):
   """Runs the mode; an expected error (see expected_errors) exits 1 with its message."""
   try:
@@ -101,7 +92,7 @@ def _main(argv):
     tf.config.set_visible_devices([], 'GPU')
     tf.config.set_visible_devices([], 'TPU')
   from ssd_jax import workflows
-  _after_imports()
+  startup.done()
   workdir, mode = _WORKDIR.value, _MODE.value
   if _PRETRAINED.value and (mode != 'predict' or workdir):
     raise app.UsageError('--pretrained=NAME is for --mode=predict, without --workdir; to '
@@ -192,5 +183,5 @@ def parse_flags(argv):
 
 
 if __name__ == '__main__':
-  gc.disable()  # while the command imports: see _after_imports
+  startup.begin()  # the workflows' imports come in _main
   app.run(main, flags_parser=parse_flags)

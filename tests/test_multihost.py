@@ -250,8 +250,9 @@ def test_a_host_that_raises_during_training_stops_every_host(config_file, tmp_pa
 
 
 def test_four_hosts_one_killed_the_others_stop_then_all_resume(config_file, tmp_path):
-  workdir = tmp_path / 'run'
-  hosts = Hosts(4, config_file, workdir, mode='train_and_eval')
+  workdir, steps = tmp_path / 'run', 8  # resumed after step 4: four more steps are enough
+  hosts = Hosts(4, config_file, workdir, f'--config.train.num_steps={steps}',
+                mode='train_and_eval')
   wait_for(lambda: 4 in saved_steps(workdir), hosts=hosts)
   start = time.monotonic()
   hosts.signal(2, signal.SIGKILL)
@@ -267,12 +268,13 @@ def test_four_hosts_one_killed_the_others_stop_then_all_resume(config_file, tmp_
                for out in survivors), hosts.tail()
   print(f'kill -9 of host 2 of 4: exit codes {codes}, every host stopped after {seconds:.1f} s')
   assert seconds < HEARTBEAT_S + 30
-  again = Hosts(4, config_file, workdir, mode='train_and_eval')
+  again = Hosts(4, config_file, workdir, f'--config.train.num_steps={steps}',
+                mode='train_and_eval')
   assert again.wait() == [0, 0, 0, 0], again.tail()
   assert 'resumed from step ' in again.output(0) + again.output(1)
-  result = json.loads((workdir / f'eval_{STEPS}' / 'metrics.json').read_text())
+  result = json.loads((workdir / f'eval_{steps}' / 'metrics.json').read_text())
   assert result['num_images'] == 16  # four shares, each image once
-  assert saved_steps(workdir)[-1] == STEPS
+  assert saved_steps(workdir)[-1] == steps
 
 
 def test_an_unknown_cluster_is_a_clear_error(config_file, tmp_path):
