@@ -21,6 +21,11 @@ dicts, read with torch.load(weights_only=True).
     numbers them, and the ten unused ids follow.
   mobilenet_v3_large: torchvision's ImageNet MobileNetV3-Large, to fine-tune
     SSDLite from with --config.backbone.reduced_tail=False.
+  nvidia_ssd300: NVIDIA's SSD300-ResNet50 checkpoint (DeepLearningExamples;
+    the state dict under 'model'), a detector with their recipe
+    (configs/coco300_resnet50.py).
+  resnet50: torchvision's ImageNet ResNet-50 (its stem and layer1..layer3), the
+    base that recipe trains from.
 
 The output folder holds `checkpoints/0` ({'params': ...} and, for BatchNorm
 models, 'batch_stats') and `conversion.json`

@@ -9,7 +9,9 @@ Modes:
   train_and_eval  train, evaluate every eval.every_steps and at the end, then draw
                   detections on eval.num_rendered eval images into DIR/detections
   eval            evaluate the latest (or --step) checkpoint: a per-class table,
-                  DIR/eval_<step>/metrics.json and pr_curves.png
+                  DIR/eval_<step>/metrics.json and pr_curves.png; DIR may also be
+                  a folder python -m ssd_jax.export wrote (its artifact is
+                  evaluated, the report going to DIR/eval)
   predict         detect on --input (an image, a folder or a glob): COCO results
                   JSON and drawn images in --output (default DIR/predictions); with
                   --pretrained=NAME instead of --workdir, published weights

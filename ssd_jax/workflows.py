@@ -60,6 +60,9 @@ def run_evaluation(config, workdir: str, step: Optional[int] = None) -> dict:
     {'result': see metrics.Evaluator, 'step': int, 'eval_dir': where it was written}.
   """
   if os.path.isfile(os.path.join(workdir, artifacts.INFO_FILE)):
+    if step is not None:
+      raise ValueError(f'--step={step}: {workdir} is an exported artifact, which holds one '
+                       f'step; drop --step, or evaluate the training workdir it came from.')
     return run_artifact_evaluation(config, workdir)
   from ssd_jax import evaluate  # TensorFlow: the data pipeline
   task = Task.of(record_split_in(config, workdir))

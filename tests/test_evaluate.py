@@ -196,6 +196,8 @@ def test_export_scores_its_artifact_and_eval_mode_scores_it_again(trained, tmp_p
   assert f'mAP    {accuracy["artifact"]:.4f}  (12 images)' in again
   metrics = json.loads((out / 'eval' / 'metrics.json').read_text())
   assert metrics['scalars']['mAP'] == accuracy['artifact']
+  with pytest.raises(ValueError, match=r'--step=2: \S+ is an exported artifact, which holds one'):
+    workflows.run_evaluation(workdirs.find_config(str(out)), str(out), step=2)
 
 
 def test_render_draws_the_evaluation_detections_on_the_eval_images(trained, tmp_path):
