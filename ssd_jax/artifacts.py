@@ -67,17 +67,21 @@ class SavedModelRuntime(Runtime):
     return {k: v.numpy()[:1] for k, v in self._serve(images=tf.constant(batch)).items()}
 
 
+# TFLite's detection post-process op run on N >= 2 threads skips its class column
+# N; the export puts zero columns at 2..TFLITE_MAX_THREADS (tflite.op_columns),
+# so a runtime of more threads would lose a class.
+TFLITE_MAX_THREADS = 32
+
+
 class TfliteRuntime(Runtime):
   """`--format=tflite`: its `serving_default` signature in TFLite's interpreter,
-  on every core up to tflite.THREAD_SAFE_COLUMNS threads (more would lose a class)."""
+  on every core, up to TFLITE_MAX_THREADS threads."""
 
   FILE, FORMAT = 'detector.tflite', 'tflite'
 
   def load(self, file: str, config) -> None:
     import tensorflow as tf
-
-    from ssd_jax import tflite
-    threads = min(os.cpu_count() or 1, tflite.THREAD_SAFE_COLUMNS)
+    threads = min(os.cpu_count() or 1, TFLITE_MAX_THREADS)
     self._interpreter = tf.lite.Interpreter(model_path=file, num_threads=threads)
     self._serve = self._interpreter.get_signature_runner('serving_default')
 

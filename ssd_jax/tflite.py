@@ -43,13 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import box_utils, builders, detector, layers, lowering, postprocess
+from ssd_jax import artifacts, box_utils, builders, detector, layers, lowering, postprocess
 
 POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
 QUANTIZE = ('none', 'int8', 'full_int8')
 NETWORK_OUTPUTS = ('box_deltas', 'logits')  # join() matches them by name
 REPRESENTATIVE_IMAGES = 200
-THREAD_SAFE_COLUMNS = 32  # see op_columns
+THREAD_SAFE_COLUMNS = artifacts.TFLITE_MAX_THREADS  # see op_columns
 
 
 def with_op_rules(config):
