@@ -173,12 +173,9 @@ def eval_split(task, eval_images: Optional[int]) -> tuple:
   from ssd_jax.data import input_pipeline
   if eval_images is not None and eval_images < 1:
     raise ValueError(f'--eval_images={eval_images}: give a count >= 1, or --noevaluate.')
-  try:
-    source = input_pipeline.eval_source(task.config)  # missing, unreadable or empty: refused
-  except (OSError, ValueError) as e:
-    kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
-    raise kind(f'{e} (the export scores the artifact on that split; pass --noevaluate '
-               f'to skip it)') from e
+  source = input_pipeline.opened(  # missing, unreadable or empty: refused
+      input_pipeline.eval_source, task.config,
+      'the export scores the artifact on that split; pass --noevaluate to skip it')
   return source, len(source) if eval_images is None else min(eval_images, len(source))
 
 

@@ -369,12 +369,9 @@ def representative_images(task, folder: Optional[str] = None,
     pixels = _folder_pixels(folder, count, size)
   else:
     from ssd_jax.data import input_pipeline
-    try:
-      source = input_pipeline.train_source(task.config)
-    except (OSError, ValueError) as e:
-      kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
-      raise kind(f'{e} (full_int8 calibrates on the training data unless given '
-                 f'--representative=FOLDER of images like the ones to detect on)') from e
+    source = input_pipeline.opened(
+        input_pipeline.train_source, task.config, 'full_int8 calibrates on the training data '
+        'unless given --representative=FOLDER of images like the ones to detect on')
     examples = input_pipeline.decoded_examples(source, _spaced(len(source), count))
     pixels = [detector.resize_to_uint8(ex['image'][None], size)
               for ex in examples.as_numpy_iterator() if ex['ok']]

@@ -250,6 +250,18 @@ def eval_source(config) -> sources.Source:
   return source
 
 
+def opened(open_split, config, why: str) -> sources.Source:
+  """open_split(config) (train_source or eval_source); an error opening it is
+  raised again as FileNotFoundError (a missing dataset) or ValueError, its
+  message followed by `why`: what the caller reads the split for, and how to do
+  without it."""
+  try:
+    return open_split(config)
+  except (OSError, ValueError) as e:
+    kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+    raise kind(f'{e} ({why})') from e
+
+
 def eval_dataset(config, process_index: Optional[int] = None,
                  process_count: Optional[int] = None,
                  source: Optional[sources.Source] = None) -> tuple[tf.data.Dataset, int]:
