@@ -329,6 +329,7 @@ def fail(message: str) -> None:
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]}')
+  startup.quiet_libraries(startup.verbosity_given())
   f = flags.FLAGS
   for name in ('workdir', 'format', 'output'):
     if not f[name].value:

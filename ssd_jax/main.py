@@ -45,7 +45,8 @@ _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder.')
 _PRETRAINED = flags.DEFINE_string(
     'pretrained', None, 'predict: published weights by name instead of --workdir (see '
     'ssd_jax.pretrained), downloaded and converted once into $SSD_JAX_CACHE.')
-_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the traceback of an expected error too.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, "Show the traceback of an expected error and "
+                              "the libraries' info lines (Orbax's, TFDS's) too.")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PREEMPTED = os.EX_TEMPFAIL  # 75: try again (resume) later
@@ -76,6 +77,7 @@ def _print_evaluation(out: dict) -> None:
 
 def main(argv):
   """Runs the mode; an expected error (see expected_errors) exits 1 with its message."""
+  startup.quiet_libraries(_VERBOSE.value or startup.verbosity_given())
   try:
     _main(argv)
   except expected_errors() as e:

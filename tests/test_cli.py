@@ -1,6 +1,7 @@
 """The command line as a user meets it: an expected error is one clear line (its
 traceback only under --verbose), optional fields can be unset with None, and
 drawn labels stay readable and inside the picture."""
+import logging
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ssd_jax import config_lib, drawing
+from ssd_jax import config_lib, drawing, startup, workflows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +45,26 @@ def test_none_unsets_an_optional_field_and_is_refused_for_others(tmp_path):
   refused = run_main(*args, '--config.optim.learning_rate=None')
   assert refused.returncode == 2
   assert 'optim.learning_rate is not optional (default 0.001); give it a value' in refused.stderr
+
+
+def test_library_info_lines_are_left_out_unless_asked_for():
+  from absl import logging as absl_logging
+  from orbax.checkpoint import checkpoint_manager
+  record = lambda module, level: logging.LogRecord(  # noqa: E731
+      'absl', level, module.__file__, 1, 'message', (), None)
+  keep = startup.ssd_jax_info_only
+  assert keep(record(workflows, logging.INFO))
+  assert not keep(record(checkpoint_manager, logging.INFO))
+  assert keep(record(checkpoint_manager, logging.WARNING))
+  handler = absl_logging.get_absl_handler()
+  before = list(handler.filters)
+  try:
+    startup.quiet_libraries(show=True)  # --verbose or --verbosity
+    assert handler.filters == before
+    startup.quiet_libraries(show=False)
+    assert handler.filters == before + [keep]
+  finally:
+    handler.filters = before
 
 
 def test_unset_fields_in_process(load_config):

@@ -74,6 +74,17 @@ def mean_ap(output: str) -> str:
   return re.search(r'^mAP .*$', output, re.M).group(0)
 
 
+OWN_FILES = {p.name for p in pathlib.Path(detector.__file__).parent.rglob('*.py')}
+
+
+def library_info_lines(output: str) -> list[str]:
+  """The files outside ssd_jax that wrote info lines through Python's absl logging
+  (I<MMDD> <HH:MM:SS.micros> <thread> <file>:<line>] ...; TensorFlow's C++ lines,
+  I0000 00:00:<seconds>, are beyond its reach)."""
+  found = re.findall(r'^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ (\S+?):\d+\] .*$', output, re.M)
+  return [name for name in found if name not in OWN_FILES]
+
+
 def write_photos(folder: pathlib.Path, names=('street', 'cat')) -> list[np.ndarray]:
   """scikit-image photos as folder/<name>.jpg, at most 320 px wide; their pixels as read."""
   folder.mkdir(parents=True, exist_ok=True)
@@ -117,6 +128,12 @@ def test_quickstart_then_eval_without_config_gives_the_same_map(user, quickstart
 
 
 @pytest.mark.xdist_group('quickstart_commands')
+def test_the_console_shows_ssd_jax_info_lines_and_not_the_libraries(user, quickstart):
+  assert re.search(r'^I\d{4} .* workflows.py:\d+\] config:$', quickstart, re.M)
+  assert not library_info_lines(quickstart), library_info_lines(quickstart)[:5]
+
+
+@pytest.mark.xdist_group('quickstart_commands')
 def test_predict_without_config_writes_the_detectors_detections(user, quickstart):
   folder, env = user
   printed = commands.run(commands.find('--mode=predict --workdir=/tmp/ssd_shapes'), folder,
@@ -142,7 +159,8 @@ def exported(user, quickstart):
                   commands.find('--workdir=/tmp/ssd_shapes --format=tflite --quantize=full_int8'),
                   commands.find('--workdir=/tmp/ssd_shapes --format=onnx'),
                   commands.find('--workdir=/tmp/ssd_shapes --format=jax')):
-    assert 'wrote ' in commands.run(command, folder, env=env)
+    printed = commands.run(command, folder, env=env)
+    assert 'wrote ' in printed and not library_info_lines(printed)
   return folder / 'ssd_shapes_export'
 
 
