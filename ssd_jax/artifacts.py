@@ -11,6 +11,7 @@ onnxruntime for onnx; the jax runtime needs neither.
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -73,6 +74,16 @@ class SavedModelRuntime(Runtime):
 TFLITE_MAX_THREADS = 32
 
 
+def tflite_interpreter(**kwargs):
+  """tf.lite.Interpreter(**kwargs), without its warning that LiteRT's package
+  (ai_edge_litert, not a dependency) replaces it: TensorFlow 2.21 still ships and
+  runs it, and the models run in either."""
+  import tensorflow as tf
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='.*tf.lite.Interpreter is deprecated')
+    return tf.lite.Interpreter(**kwargs)
+
+
 class TfliteRuntime(Runtime):
   """`--format=tflite`: its `serving_default` signature in TFLite's interpreter,
   on every core, up to TFLITE_MAX_THREADS threads."""
@@ -80,9 +91,8 @@ class TfliteRuntime(Runtime):
   FILE, FORMAT = 'detector.tflite', 'tflite'
 
   def load(self, file: str, config) -> None:
-    import tensorflow as tf
     threads = min(os.cpu_count() or 1, TFLITE_MAX_THREADS)
-    self._interpreter = tf.lite.Interpreter(model_path=file, num_threads=threads)
+    self._interpreter = tflite_interpreter(model_path=file, num_threads=threads)
     self._serve = self._interpreter.get_signature_runner('serving_default')
 
   def __call__(self, images: np.ndarray) -> dict:

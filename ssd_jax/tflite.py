@@ -411,7 +411,7 @@ def _op_details(flatbuffer: bytes) -> tuple[list, dict]:
   """(the operations, {tensor index: dtype}) of the flatbuffer's first subgraph,
   as written (no delegate folds them)."""
   import tensorflow as tf
-  interpreter = tf.lite.Interpreter(
+  interpreter = artifacts.tflite_interpreter(
       model_content=flatbuffer,
       experimental_op_resolver_type=tf.lite.experimental.OpResolverType
       .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
