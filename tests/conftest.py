@@ -3,6 +3,7 @@ cache, config loading."""
 import gc
 import os
 import pathlib
+import tempfile
 
 from ssd_jax.testing.commands import QUICK_COMPILE
 
@@ -53,6 +54,15 @@ def pytest_collection_finish(session):
   out of the sight of Python's cyclic garbage collector, whose full collections
   would walk them all again, hundreds of times in a worker's run."""
   gc.freeze()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _temp_folder_inside_pytests(tmp_path_factory):
+  """Temporary files of each worker and of the processes its tests start go under
+  pytest's own folder, which pytest prunes: TFDS leaves an empty tmp*tfds folder
+  behind in the temporary folder whenever it opens a dataset that is not prepared."""
+  os.environ['TMPDIR'] = str(tmp_path_factory.mktemp('tmp'))
+  tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
 def pytest_collection_modifyitems(items):
