@@ -74,13 +74,18 @@ class SavedModelRuntime(Runtime):
 TFLITE_MAX_THREADS = 32
 
 
+# TensorFlow's warning that LiteRT's package (ai_edge_litert, not a dependency)
+# replaces tf.lite.Interpreter: TensorFlow 2.21 still ships and runs it, and the
+# models run in either. ssd_jax's interpreters, TFLite's full-int8 calibration and
+# tf2onnx's reading of TFLite models each make one.
+TFLITE_DEPRECATION = '.*tf.lite.Interpreter is deprecated'
+
+
 def tflite_interpreter(**kwargs):
-  """tf.lite.Interpreter(**kwargs), without its warning that LiteRT's package
-  (ai_edge_litert, not a dependency) replaces it: TensorFlow 2.21 still ships and
-  runs it, and the models run in either."""
+  """tf.lite.Interpreter(**kwargs), without TFLITE_DEPRECATION's warning."""
   import tensorflow as tf
   with warnings.catch_warnings():
-    warnings.filterwarnings('ignore', message='.*tf.lite.Interpreter is deprecated')
+    warnings.filterwarnings('ignore', message=TFLITE_DEPRECATION)
     return tf.lite.Interpreter(**kwargs)
 
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 from ssd_jax import startup
@@ -330,6 +331,7 @@ def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]}')
   startup.quiet_libraries(startup.verbosity_given())
+  warnings.filterwarnings('ignore', message=artifacts.TFLITE_DEPRECATION)
   f = flags.FLAGS
   for name in ('workdir', 'format', 'output'):
     if not f[name].value:

@@ -161,6 +161,7 @@ def exported(user, quickstart):
                   commands.find('--workdir=/tmp/ssd_shapes --format=jax')):
     printed = commands.run(command, folder, env=env)
     assert 'wrote ' in printed and not library_info_lines(printed)
+    assert 'tf.lite.Interpreter is deprecated' not in printed  # a warning the user can't act on
   return folder / 'ssd_shapes_export'
 
 
