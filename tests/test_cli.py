@@ -28,6 +28,7 @@ def test_missing_data_is_one_clear_line_and_verbose_shows_the_traceback(tmp_path
   errors = [line for line in quiet.stderr.splitlines() if ': error: ' in line]
   assert len(errors) == 1 and 'TFDS dataset voc/2007 was not found in' in errors[0]
   assert 'download_and_prepare()' in errors[0]  # the fix is on the same line
+  assert 'has no dataset_info.json' not in quiet.stderr  # TFDS's notes on the folders it tried
   verbose = run_main(*args, '--verbose')
   assert verbose.returncode == 1
   assert 'Traceback (most recent call last)' in verbose.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging as std_logging
 import os
 from typing import Optional
 
@@ -127,6 +128,25 @@ def _check_split(name: str, split: str, data_dir: Optional[str], builder) -> Non
                        f'{unknown[0]!r}; its splits are {sorted(builder.info.splits)}.')
 
 
+def _not_a_variant_note(record: std_logging.LogRecord) -> bool:
+  """False for TFDS's warning 'Variant folder F has no dataset_info.json'."""
+  return not str(record.msg).startswith('Variant folder %s has no')
+
+
+@contextlib.contextmanager
+def _variant_notes_left_out():
+  """Looking for a dataset that is not prepared, TFDS warns that each folder it
+  tried has no dataset_info.json (three lines for one missing dataset, naming a
+  folder that may not exist); ssd_jax's error then says it in one line, with the
+  fix, so these are left out while it looks."""
+  logger = std_logging.getLogger('absl')
+  logger.addFilter(_not_a_variant_note)
+  try:
+    yield
+  finally:
+    logger.removeFilter(_not_a_variant_note)
+
+
 def open_data_source(name: str, split: str, data_dir: Optional[str]):
   """(tfds.data_source of name:split as raw bytes, the builder's features).
 
@@ -137,6 +157,12 @@ def open_data_source(name: str, split: str, data_dir: Optional[str]):
     ValueError: it is stored as TFRecord, which cannot be read by index.
   """
   prepare_built_in(name, data_dir)
+  with _variant_notes_left_out():
+    return _open_prepared(name, split, data_dir)
+
+
+def _open_prepared(name: str, split: str, data_dir: Optional[str]):
+  """open_data_source of a dataset that needs no generating."""
   builder = None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
