@@ -31,6 +31,13 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 # change with the cache's path and the process id. Off, a cache copied to another
 # clone, and every host of a multi-process test, hit the same entries.
 os.environ.setdefault('JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES', 'none')
+# JAX writes that cache from process 0 only; in multi-process tests the other
+# hosts' keys are their own, so they compiled again on every run.
+# ssd_jax/testing/every_host_caches/sitecustomize.py lets them write too.
+_EVERY_HOST_CACHES = pathlib.Path(__file__).resolve().parent.parent / 'ssd_jax' / 'testing' / \
+    'every_host_caches'
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    filter(None, [str(_EVERY_HOST_CACHES), os.environ.get('PYTHONPATH')]))
 
 import pytest  # noqa: E402
 

@@ -279,6 +279,15 @@ def test_four_hosts_one_killed_the_others_stop_then_all_resume(config_file, tmp_
   assert saved_steps(workdir)[-1] == steps
 
 
+def test_every_host_the_tests_start_writes_the_compilation_cache():
+  """The tests' processes load ssd_jax/testing/every_host_caches (conftest.py); if
+  JAX renames what it patches, this fails instead of hosts 1..N compiling again."""
+  run = subprocess.run([sys.executable, '-c', 'from jax._src import compiler; '
+                        'print(getattr(compiler._cache_write, "every_host", False))'],
+                       capture_output=True, text=True, timeout=120)
+  assert run.stdout.strip() == 'True', run.stderr[-2000:]
+
+
 def test_an_unknown_cluster_is_a_clear_error(config_file, tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_COORDINATOR', 'SLURM',
                                                                    'OMPI', 'JAX_NUM', 'JAX_PROC'))}
