@@ -7,10 +7,13 @@ differs by process), so without this every host but the first compiled its
 steps again on every run of the suite: about 7 CPU-seconds a host, a dozen
 hosts a run. Here, once `jax._src.compiler` is imported, its cache write also
 stores the executables of processes other than 0. Nothing is imported early;
-if JAX's internals differ, nothing is changed.
+if JAX's internals differ, nothing is changed. A sitecustomize further along
+sys.path (a distribution's own) still runs.
 """
 import importlib.abc
 import importlib.machinery
+import importlib.util
+import os
 import sys
 
 TARGET = 'jax._src.compiler'
@@ -57,4 +60,16 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     return spec
 
 
+def _run_the_next_sitecustomize() -> None:
+  """Runs the first other sitecustomize.py on sys.path, which this one hides."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  for entry in sys.path:
+    candidate = os.path.join(os.path.abspath(entry or '.'), 'sitecustomize.py')
+    if os.path.dirname(candidate) != here and os.path.isfile(candidate):
+      spec = importlib.util.spec_from_file_location('_hidden_sitecustomize', candidate)
+      spec.loader.exec_module(importlib.util.module_from_spec(spec))
+      return
+
+
 sys.meta_path.insert(0, _AfterImport())
+_run_the_next_sitecustomize()
