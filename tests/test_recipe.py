@@ -59,8 +59,8 @@ def test_what_main_prints_at_start_agrees_with_the_recipe(tmp_path):
   assert run.returncode == 1 and 'was not found' in run.stderr
   logged = run.stderr.split('config:\n', 1)[1]
   lines = []
-  for line in logged.splitlines():  # the YAML, up to the next log line
-    if re.match(r'^[IWEF]\d{4} ', line):
+  for line in logged.splitlines():  # the YAML, up to the next log line or the error
+    if re.match(r'^[IWEF]\d{4} ', line) or line.startswith('main.py: error: '):
       break
     lines.append(line)
   printed = yaml.unsafe_load('\n'.join(lines))
