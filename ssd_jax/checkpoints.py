@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging as py_logging
 import sys
 import time
+import warnings
 from typing import Optional
 
 import flax
@@ -111,10 +112,14 @@ def _quiet_closed_loop_reports() -> None:
   loop that it closes as soon as one read fails; the reads still in flight then
   finish into the closed loop, from tensorstore's threads: Python prints each as
   'Exception ignored ... RuntimeError: Event loop is closed', and asyncio logs the
-  other failed reads as 'Future exception was never retrieved'. The failure itself
-  is reported by _readable_steps; every other unraisable exception still reaches
-  the hook installed before, and asyncio's other messages its log.
+  other failed reads as 'Future exception was never retrieved'; a metadata read it
+  never started warns, when collected, that it was never awaited. The failure
+  itself is reported by _readable_steps; every other unraisable exception still
+  reaches the hook installed before, asyncio's other messages its log, and other
+  warnings the console.
   """
+  warnings.filterwarnings('ignore', category=RuntimeWarning,  # each time: tests reset them
+                          message=r"coroutine 'Store\._get_array_metadatas' was never awaited")
   previous = sys.unraisablehook
   if getattr(previous, 'ssd_jax_quiet', False):
     return

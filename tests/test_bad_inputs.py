@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 
 import jax
 import numpy as np
@@ -256,14 +257,19 @@ def test_a_failed_restore_prints_nothing_after_its_error(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   assert 'refused: no readable checkpoint' in done.stdout
-  for noise in ('Exception ignored', 'Event loop is closed', 'never retrieved'):
+  for noise in ('Exception ignored', 'Event loop is closed', 'never retrieved', 'never awaited'):
     assert noise not in done.stderr
 
 
 def test_only_closed_loop_reports_are_silenced(monkeypatch):
   reports = []
   monkeypatch.setattr(sys, 'unraisablehook', reports.append)
-  checkpoints._quiet_closed_loop_reports()
+  with warnings.catch_warnings(record=True) as caught:
+    checkpoints._quiet_closed_loop_reports()
+    for message in ("coroutine 'Store._get_array_metadatas' was never awaited",
+                    "coroutine 'other' was never awaited"):
+      warnings.warn(message, RuntimeWarning)
+  assert [str(w.message) for w in caught] == ["coroutine 'other' was never awaited"]
   closed = asyncio.new_event_loop()
   closed.close()
   try:
