@@ -176,7 +176,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  startup.quiet_libraries(startup.verbosity_given())
+  startup.quiet_libraries()
   f = flags.FLAGS
   try:
     import torch  # noqa: F401  (reads the .pth files)

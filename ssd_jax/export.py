@@ -330,7 +330,7 @@ def fail(message: str) -> None:
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments: {argv[1:]}')
-  startup.quiet_libraries(startup.verbosity_given())
+  startup.quiet_libraries()
   warnings.filterwarnings('ignore', message=artifacts.TFLITE_DEPRECATION)
   f = flags.FLAGS
   for name in ('workdir', 'format', 'output'):

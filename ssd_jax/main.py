@@ -77,7 +77,7 @@ def _print_evaluation(out: dict) -> None:
 
 def main(argv):
   """Runs the mode; an expected error (see expected_errors) exits 1 with its message."""
-  startup.quiet_libraries(_VERBOSE.value or startup.verbosity_given())
+  startup.quiet_libraries(_VERBOSE.value)
   try:
     _main(argv)
   except expected_errors() as e:

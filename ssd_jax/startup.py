@@ -26,12 +26,14 @@ def done() -> None:
   gc.enable()
 
 
-def quiet_libraries(show: bool) -> None:
-  """Unless `show`, the console gets ssd_jax's own info lines and every warning
-  or error, but not the libraries' info lines (Orbax logs about 20 per saved
-  checkpoint, TFDS and TensorFlow's converter more): call it in the command's
-  main, after absl parsed the flags."""
-  if not show:
+def quiet_libraries(verbose: bool = False) -> None:
+  """Unless `verbose` or absl's -v/--verbosity is on the command line, the
+  console gets ssd_jax's own info lines and every warning or error, but not the
+  libraries' info lines (Orbax logs about 20 per saved checkpoint, TFDS and
+  TensorFlow's converter more): call it in the command's main, after absl
+  parsed the flags."""
+  from absl import flags
+  if not (verbose or flags.FLAGS['verbosity'].present):
     from absl import logging as absl_logging
     absl_logging.get_absl_handler().addFilter(ssd_jax_info_only)
 
@@ -40,10 +42,3 @@ def ssd_jax_info_only(record: logging.LogRecord) -> bool:
   """The log filter of quiet_libraries: warnings and worse from anywhere, lower
   levels only from ssd_jax's own files."""
   return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE)
-
-
-def verbosity_given() -> bool:
-  """Whether the command line set absl's -v/--verbosity (then the libraries'
-  info lines are shown)."""
-  from absl import flags
-  return flags.FLAGS['verbosity'].present

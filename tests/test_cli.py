@@ -60,9 +60,9 @@ def test_library_info_lines_are_left_out_unless_asked_for():
   handler = absl_logging.get_absl_handler()
   before = list(handler.filters)
   try:
-    startup.quiet_libraries(show=True)  # --verbose or --verbosity
+    startup.quiet_libraries(verbose=True)
     assert handler.filters == before
-    startup.quiet_libraries(show=False)
+    startup.quiet_libraries()
     assert handler.filters == before + [keep]
   finally:
     handler.filters = before
