@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import builders, config_lib, postprocess, xla_cpu
+from ssd_jax import config_lib, postprocess, xla_cpu
+from ssd_jax.task import Task
 from ssd_jax.testing import numpy_reference
 
 import common  # experiments/common.py, beside this script
@@ -40,10 +41,10 @@ import common  # experiments/common.py, beside this script
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def bench(config, batch: int, repeats: int) -> dict:
-  model = builders.build_model(config)
-  anchors = jnp.asarray(builders.build_default_boxes(config))
-  size = config.model.image_size
+def bench(task: Task, batch: int, repeats: int) -> dict:
+  config, model = task.config, task.model
+  anchors = jnp.asarray(task.default_boxes)
+  size = task.image_size
   images = jnp.asarray(np.random.default_rng(0).normal(0, 50, (batch, size, size, 3)),
                        jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1])  # variables: BatchNorm too
@@ -107,9 +108,9 @@ def main():
   for name in args.configs:
     config = config_lib.load(str(ROOT / 'configs' / f'{name}.py'))
     config.model.width = args.width
-    config_lib.validate(config)
+    task = Task.of(config)
     for batch in args.batches:
-      r = bench(config, batch, args.repeats)
+      r = bench(task, batch, args.repeats)
       tv = r.get('torchvision')
       print(f'{name:8} {batch:5d} {r["ours"]:11.2f} {r["network"]:9.2f} {r["host_nms"]:9.2f} '
             f'{r["xla_defaults"]:12.2f} {tv or float("nan"):11.2f} '
