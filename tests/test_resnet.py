@@ -161,6 +161,34 @@ def test_converted_weights_give_their_maps_and_head_outputs(nvidia):
                              atol=1e-5 * np.abs(their_confs).max())
 
 
+def test_the_heads_start_as_theirs():
+  """Their _init_weights: Xavier-uniform conv weights, biases left at PyTorch's
+  default, uniform in +-1/sqrt(fan_in); each of our head convs draws from the
+  same ranges as theirs (bounds computed by hand from each conv's shape)."""
+  torch.manual_seed(0)
+  theirs = NvidiaSSD300(81)
+  channels = [conv.in_channels for conv in theirs.conf]
+  maps = [jnp.zeros((1, 2, 2, c)) for c in channels]
+  head = heads.MultiBoxHead(81, (4, 6, 6, 6, 4, 4), resnet.SOURCES,
+                            resnet.xavier_uniform, heads.torch_conv_bias)
+  ours = head.init(jax.random.key(0), maps)['params']
+  scaled = {'ours': [], 'theirs': []}  # each bias over its bound
+  for name, c, k, loc, conf in zip(resnet.SOURCES, channels, (4, 6, 6, 6, 4, 4), theirs.loc,
+                                   theirs.conf, strict=True):
+    for suffix, outputs, torch_conv in (('loc', 4 * k, loc), ('conf', 81 * k, conf)):
+      weight_bound = np.sqrt(6 / (9 * c + 9 * outputs))
+      bias_bound = 1 / np.sqrt(9 * c)
+      for who, kernel, bias in (
+          ('ours', ours[f'{name}_{suffix}']['kernel'], ours[f'{name}_{suffix}']['bias']),
+          ('theirs', torch_conv.weight.detach().numpy(), torch_conv.bias.detach().numpy())):
+        assert weight_bound * 0.99 < np.abs(kernel).max() <= weight_bound, (who, name, suffix)
+        scaled[who].append(np.asarray(bias) / bias_bound)
+  for who, biases in scaled.items():  # 2550 draws, uniform in [-1, 1]
+    b = np.concatenate(biases)
+    assert np.abs(b).max() <= 1 and np.abs(b).max() > 0.99, who
+    assert abs(b.std() - 1 / np.sqrt(3)) < 0.03 and abs(b.mean()) < 0.05, who
+
+
 def test_parameter_and_statistic_counts_are_theirs(nvidia):
   config = config_lib.validate(resnet.nvidia_ssd300())
   variables = jax.eval_shape(lambda: builders.init_variables(config, jax.random.key(0)))

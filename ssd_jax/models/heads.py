@@ -8,9 +8,11 @@ box_utils.encode (and torchvision's BoxCoder) write them.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ssd_jax import layers
@@ -22,6 +24,18 @@ Dtype = Any
 # uniform in +-sqrt(3 / fan_in), i.e. variance 1 / fan_in (fan_in = kh kw c_in).
 # Biases start at 0 (Flax's default).
 caffe_xavier = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
+
+
+
+def torch_conv_bias(fan_in: int) -> Callable:
+  """PyTorch's default init of a conv bias, uniform in +-1 / sqrt(fan_in)
+  (fan_in = kh kw c_in), as an initializer of that conv's bias."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
 
 # torchvision's SSDLite _normal_init: normal(0, 0.03) for every conv weight, biases 0.
 SSDLITE_INIT = nn.initializers.normal(stddev=0.03)
@@ -35,11 +49,13 @@ def _flatten(outputs: Sequence, last: int):
 
 class MultiBoxHead(nn.Module):
   """Per source: a 3x3 conv (bias, padding 1) for k*4 box offsets, '<name>_loc',
-  and one for k*C class scores, '<name>_conf'."""
+  and one for k*C class scores, '<name>_conf'. Biases start at 0, or from
+  bias_init(fan_in) where given (e.g. torch_conv_bias)."""
   num_classes: int
   boxes_per_location: Sequence[int]
   names: Sequence[str]
   kernel_init: Callable = caffe_xavier
+  bias_init: Optional[Callable[[int], Callable]] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -52,8 +68,9 @@ class MultiBoxHead(nn.Module):
                              conv_general_dilated=layers.conv_general_dilated)
     locs, logits = [], []
     for x, k, name in zip(features, self.boxes_per_location, self.names, strict=True):
-      locs.append(conv(k * 4, name=f'{name}_loc')(x))
-      logits.append(conv(k * self.num_classes, name=f'{name}_conf')(x))
+      bias = {} if self.bias_init is None else {'bias_init': self.bias_init(9 * x.shape[-1])}
+      locs.append(conv(k * 4, name=f'{name}_loc', **bias)(x))
+      logits.append(conv(k * self.num_classes, name=f'{name}_conf', **bias)(x))
     return _flatten(locs, 4), _flatten(logits, self.num_classes)
 
 
@@ -99,11 +116,13 @@ class SSDLiteHead(nn.Module):
     return _flatten(locs, 4), _flatten(logits, self.num_classes)
 
 
-def multibox(kernel_init: Callable = caffe_xavier) -> ssd.HeadPart:
-  """The MultiBox head as a part, its convolutions initialised by kernel_init."""
+def multibox(kernel_init: Callable = caffe_xavier,
+             bias_init: Optional[Callable[[int], Callable]] = None) -> ssd.HeadPart:
+  """The MultiBox head as a part, its convolutions initialised by kernel_init and
+  bias_init (MultiBoxHead)."""
   def build(model_cfg, boxes_per_location, dtype, param_dtype) -> MultiBoxHead:
     return MultiBoxHead(model_cfg.num_classes, boxes_per_location, tuple(model_cfg.sources),
-                        kernel_init, dtype, param_dtype)
+                        kernel_init, bias_init, dtype, param_dtype)
   return ssd.HeadPart(build=build)
 
 

@@ -166,8 +166,9 @@ PART = ssd.BackbonePart(
     layers=lambda settings: SOURCES[:len(settings.additional) + 1],
     build=_build)
 
-# NVIDIA's heads: MultiBox 3x3 convs, Xavier uniform.
-HEADS = {'ssd_xavier': heads.multibox(xavier_uniform)}
+# NVIDIA's heads: MultiBox 3x3 convs, Xavier uniform weights, PyTorch's default biases
+# (their _init_weights sets only the parameters of more than one dimension).
+HEADS = {'ssd_xavier': heads.multibox(xavier_uniform, heads.torch_conv_bias)}
 
 ARCHITECTURES = {
     'ssd300_resnet50': dict(
