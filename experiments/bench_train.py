@@ -75,7 +75,9 @@ def pipeline_batch(rng: np.random.Generator, batch: int, config, boxes: int = 4)
   buffer = np.zeros((batch, p, p, 3), np.uint8)
   buffer[:, :hw[0], :hw[1]] = rng.integers(0, 256, (batch, hw[0], hw[1], 3), np.uint8)
   colour = rng.uniform(0, 1, (batch, len(pixels.COLOUR_FIELDS))).round().astype(np.float32)
-  colour[:, pixels.COLOUR_FIELDS.index('order_0'):] = [2, 0, 1]
+  colour[:, pixels.COLOUR_FIELDS.index('order_0'):pixels.COLOUR_FIELDS.index('order_2') + 1] = [
+      2, 0, 1]
+  colour[:, pixels.COLOUR_FIELDS.index('twist')] = 0  # the release's steps
   return {'pixels': buffer, 'pixels_size': np.tile(hw, (batch, 1)).astype(np.int32),
           'place': place.astype(np.int32),
           'method': rng.integers(0, len(pixels.RESIZE_METHODS), batch).astype(np.int32),

@@ -63,6 +63,7 @@ CHOICES = {
     ('anchors', 'clip'): anchors.CLIP_MODES,
     ('matching', 'rule'): matching.RULES,
     ('loss', 'normalize'): losses.NORMALIZE,
+    ('augment', 'photometric_style'): pixels.PHOTOMETRIC_STYLES,
 }
 
 

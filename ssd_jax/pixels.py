@@ -9,9 +9,10 @@ where an accelerator has it beside the model:
   1. resample the crop into its place in the S x S output with the drawn
      interpolation, computed as tf.image.resize computes each of the release's
      five (per axis, each output pixel reads TAPS source pixels);
-  2. the release's photometric distortion with the drawn values, on the
-     resampled pixels only; the rest of the output is the mean pixel, as when
-     distortion precedes the release's expand;
+  2. the photometric distortion with the drawn values (the release's steps, or
+     DALI's colour twist as NVIDIA's SSD300 trains with it), on the resampled
+     pixels only; the rest of the output is the mean pixel, as when distortion
+     precedes the release's expand;
   3. mirror, and round to whole pixel values (the release distorts 8-bit images).
 
 Batch fields (b images, P = data.pixel_buffer, S = model.image_size):
@@ -19,7 +20,7 @@ Batch fields (b images, P = data.pixel_buffer, S = model.image_size):
   pixels_size  i32 [b, 2]       h, w (0, 0 when nothing of the image shows)
   place        i32 [b, 4]       y0, x0, y1, x1 output pixels the crop fills
   method       i32 [b]          index into RESIZE_METHODS
-  colour       f32 [b, 13]      the photometric draws, laid out as COLOUR_FIELDS
+  colour       f32 [b, 15]      the photometric draws, laid out as COLOUR_FIELDS
                                 (flags are 0 or 1; all zeros: no distortion)
   flip         bool [b]         mirror left-right
 """
@@ -40,9 +41,19 @@ MEAN_RGB = (123.0, 117.0, 104.0)
 # list of the interpolations training may draw (augment.resize_methods).
 RESIZE_METHODS = ('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3')
 FINISH_FIELDS = ('pixels', 'pixels_size', 'place', 'method', 'colour', 'flip')
+# The photometric distortions training may use (augment.photometric_style): the
+# release's steps, or the linear colour twist of NVIDIA's DALI pipeline.
+PHOTOMETRIC_STYLES = ('release', 'dali')
 COLOUR_FIELDS = ('brightness', 'delta', 'contrast', 'alpha', 'contrast_first', 'saturation',
-                 'factor', 'hue', 'turn', 'swap', 'order_0', 'order_1', 'order_2')
+                 'factor', 'hue', 'turn', 'swap', 'order_0', 'order_1', 'order_2',
+                 'twist', 'gain')
 _C = {name: k for k, name in enumerate(COLOUR_FIELDS)}
+# DALI's RGB <-> YIQ matrices (its colour operators' constants; the second is
+# DALI's rounded inverse of the first, used as DALI uses it).
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321],
+                        [0.211, -0.523, 0.311]], np.float32)
+_YIQ_TO_RGB = np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.107, 1.705]],
+                       np.float32)
 _BICUBIC_TABLE = 1024  # TF's bicubic reads its weights from a table of 1/1024 pixel steps
 
 
@@ -151,8 +162,14 @@ def hsv_to_rgb(hsv):
 
 
 def distort(x, colour) -> jax.Array:
-  """The release's photometric distortion of f32 [..., 3] pixels in [0, 255]
-  with one image's draws (f32 [13], COLOUR_FIELDS; data/augment.py draws them).
+  """f32 [..., 3] pixels in [0, 255] distorted with one image's draws (f32 [15],
+  COLOUR_FIELDS; data/augment.py draws them): DALI's colour twist where the
+  'twist' flag is 1 (dali_twist), else the release's steps (release_distort)."""
+  return jax.lax.cond(colour[_C['twist']] > 0.5, dali_twist, release_distort, x, colour)
+
+
+def release_distort(x, colour) -> jax.Array:
+  """The release's photometric distortion of f32 [..., 3] pixels in [0, 255].
 
   Brightness (+delta), then contrast (x alpha) first or last, saturation (x
   factor) and hue (+turn, of a full turn) between, then the channels in the
@@ -176,6 +193,27 @@ def distort(x, colour) -> jax.Array:
   x = jnp.where(on('contrast') & ~on('contrast_first'), clip(x * get('alpha')), x)
   order = colour[_C['order_0']:_C['order_2'] + 1].astype(jnp.int32)
   return jnp.where(on('swap'), jnp.take(x, order, axis=-1), x)
+
+
+def twist_matrix(turn, saturation) -> jax.Array:
+  """f32 [3, 3]: DALI's Hsv operator on RGB column vectors, a rotation of the IQ
+  plane of YIQ by `turn` (of a full turn) and a scaling of it by `saturation`."""
+  angle = turn * 2.0 * jnp.pi
+  cos, sin = jnp.cos(angle) * saturation, jnp.sin(angle) * saturation
+  iq = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  iq = iq.at[1, 1].set(cos).at[2, 2].set(cos).at[1, 2].set(sin).at[2, 1].set(-sin)
+  return jnp.asarray(_YIQ_TO_RGB) @ iq @ jnp.asarray(_RGB_TO_YIQ)
+
+
+def dali_twist(x, colour) -> jax.Array:
+  """NVIDIA's SSD300 colour jitter of f32 [..., 3] pixels in [0, 255], as their
+  DALI pipeline applies it: Hsv (hue +turn, saturation x factor) kept in float,
+  then BrightnessContrast around 128, gain x (128 + alpha x (v - 128)),
+  clipped to [0, 255] (finish rounds to whole values, as its uint8 output)."""
+  get = lambda name: colour[_C[name]]  # noqa: E731
+  v = jnp.einsum('ij,...j->...i', twist_matrix(get('turn'), get('factor')), x,
+                 precision=jax.lax.Precision.HIGHEST)
+  return jnp.clip(get('gain') * (128.0 + get('alpha') * (v - 128.0)), 0.0, 255.0)
 
 
 def finish_one(pixels, pixels_size, place, method, colour, flip, size: int, mean_rgb):

@@ -108,8 +108,10 @@ def fields() -> config_dict.ConfigDict:
   c.augment = config_dict.ConfigDict(dict(
       enabled=True,
       photometric=True,
-      photometric_prob=0.5,                      # each photometric step
-      brightness_delta=32.0,                     # pixels, of 255
+      photometric_style='release',               # or 'dali' (NVIDIA's SSD300): pixels.py
+      photometric_prob=0.5,                      # each photometric step ('release')
+      brightness_delta=32.0,                     # pixels, of 255, added ('release')
+      brightness_range=(0.875, 1.125),           # a gain ('dali')
       contrast_range=(0.5, 1.5),
       saturation_range=(0.5, 1.5),
       hue_delta=18.0,                            # OpenCV's 0..180 hue scale: +-36 degrees

@@ -1,6 +1,7 @@
 """The training pixels split between host and device: the device's resample
 against tf.image.resize, its colour distortion against a NumPy (colorsys)
-version of the release's, the host's buffer and its crop-only JPEG decoding."""
+version of the release's and a NumPy version of DALI's colour twist, the host's
+buffer and its crop-only JPEG decoding."""
 import colorsys
 
 import jax
@@ -84,6 +85,57 @@ def test_distortion_with_its_draws_is_the_numpy_one():
     np.testing.assert_allclose(g, np_distort(image.astype(np.float64), c), atol=2e-3)
   flags = draws[:, [pixels.COLOUR_FIELDS.index(n) for n in ('brightness', 'hue', 'swap')]]
   assert 0.2 < flags.mean() < 0.8 and flags.min() == 0 and flags.max() == 1
+
+
+def np_dali_twist(x, c):
+  """DALI's Hsv (float output) then BrightnessContrast (centre 128) of f64 [..., 3]
+  pixels with draws c (COLOUR_FIELDS), in NumPy, from the constants of DALI's
+  colour operators: RGB -> YIQ, the IQ plane rotated by the hue in degrees and
+  scaled by the saturation, back with DALI's own (rounded) inverse."""
+  d = dict(zip(pixels.COLOUR_FIELDS, c))
+  rgb_to_yiq = np.array([[.299, .587, .114], [.596, -.274, -.321], [.211, -.523, .311]])
+  yiq_to_rgb = np.array([[1, .956, .621], [1, -.272, -.647], [1, -1.107, 1.705]])
+  h = np.radians(d['turn'] * 360)
+  hue = np.array([[1, 0, 0], [0, np.cos(h), np.sin(h)], [0, -np.sin(h), np.cos(h)]])
+  sat = np.diag([1, d['factor'], d['factor']])
+  v = x @ (yiq_to_rgb @ hue @ sat @ rgb_to_yiq).T
+  return np.clip(d['gain'] * (128 + d['alpha'] * (v - 128)), 0, 255)
+
+
+def dali_cfg():
+  cfg = config_lib.base_config().augment
+  cfg.photometric_style, cfg.hue_delta = 'dali', 20.0  # +-40 degrees, to be seen
+  return cfg
+
+
+def test_dali_twist_with_its_draws_is_the_numpy_one():
+  cfg = dali_cfg()
+  image = RNG.integers(0, 256, (6, 6, 3)).astype(np.float32)
+  draws = np.stack([augment.photometric_draws(tf.constant([5, i], tf.int64), cfg).numpy()
+                    for i in range(40)])
+  got = np.asarray(jax.vmap(pixels.distort, (None, 0))(image, draws))
+  for g, c in zip(got, draws):
+    np.testing.assert_allclose(g, np_dali_twist(image.astype(np.float64), c), atol=2e-3)
+  d = {name: draws[:, k] for k, name in enumerate(pixels.COLOUR_FIELDS)}
+  assert np.all(d['twist'] == 1) and not d['brightness'].any() and not d['contrast'].any()
+  for name, (lo, hi) in (('gain', (0.875, 1.125)), ('alpha', (0.5, 1.5)),
+                         ('factor', (0.5, 1.5)), ('turn', (-20 / 180, 20 / 180))):
+    assert lo <= d[name].min() and d[name].max() <= hi and np.ptp(d[name]) > 0.6 * (hi - lo)
+
+
+def test_dali_twist_by_hand():
+  """No saturation leaves the luma Y = .299 R + .587 G + .114 B in every channel,
+  then contrast and gain act on it: gain (128 + alpha (Y - 128)). A half turn of
+  hue at saturation 1 maps the colour to 2 Y - colour (its IQ negated)."""
+  colour = np.array([200.0, 120.0, 100.0], np.float32)
+  y = .299 * 200 + .587 * 120 + .114 * 100
+  draws = dict.fromkeys(pixels.COLOUR_FIELDS, 0.0) | {'twist': 1.0, 'factor': 0.0,
+                                                       'alpha': 0.5, 'gain': 1.1}
+  grey = pixels.distort(colour, np.array([draws[n] for n in pixels.COLOUR_FIELDS], np.float32))
+  np.testing.assert_allclose(grey, [1.1 * (128 + 0.5 * (y - 128))] * 3, atol=0.02)
+  draws |= {'factor': 1.0, 'alpha': 1.0, 'gain': 1.0, 'turn': 0.5}
+  turned = pixels.distort(colour, np.array([draws[n] for n in pixels.COLOUR_FIELDS], np.float32))
+  np.testing.assert_allclose(turned, 2 * y - colour, atol=0.5)  # DALI's inverse is rounded
 
 
 def test_photometric_off_draws_nothing():

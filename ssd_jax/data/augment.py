@@ -190,13 +190,17 @@ def place_window(window, height, width, size: int):
 
 
 def photometric_draws(seed, cfg):
-  """The release's photometric distortion, drawn: f32 [13] laid out as
-  pixels.COLOUR_FIELDS (pixels.distort applies it on the device).
+  """The photometric distortion of cfg.photometric_style, drawn: f32 [15] laid
+  out as pixels.COLOUR_FIELDS (pixels.distort applies it on the device). All
+  zeros when cfg.photometric is off.
 
-  Brightness (+delta), then contrast (x alpha) either first or last (a fair
-  coin), saturation (S x factor) and hue (rotated by delta on OpenCV's 0..180
-  scale, i.e. 2 delta degrees) in between, then a channel permutation; each
-  step with its own probability. All zeros when cfg.photometric is off.
+  'release': brightness (+delta), then contrast (x alpha) either first or last
+  (a fair coin), saturation (S x factor) and hue (rotated by delta on OpenCV's
+  0..180 scale, i.e. 2 delta degrees) in between, then a channel permutation;
+  each step with its own probability.
+  'dali' (NVIDIA's SSD300): every image, hue and saturation as the release
+  draws them, contrast from contrast_range and a brightness gain from
+  brightness_range (pixels.dali_twist); the probabilities are not used.
   """
   if not cfg.photometric:
     return tf.zeros([len(pixels.COLOUR_FIELDS)])
@@ -214,7 +218,12 @@ def photometric_draws(seed, cfg):
       'contrast_first': flag(8, 0.5), 'saturation': flag(2),
       'factor': _uniform(s[6], *cfg.saturation_range), 'hue': flag(3),
       'turn': _uniform(s[7], -cfg.hue_delta, cfg.hue_delta) / 180.0,  # of a full turn
-      'swap': swap, 'order_0': order[0], 'order_1': order[1], 'order_2': order[2]}
+      'swap': swap, 'order_0': order[0], 'order_1': order[1], 'order_2': order[2],
+      'twist': tf.constant(0.0), 'gain': tf.constant(1.0)}
+  if cfg.photometric_style == 'dali':
+    draws = {name: tf.constant(0.0) for name in pixels.COLOUR_FIELDS} | {
+        'alpha': draws['alpha'], 'factor': draws['factor'], 'turn': draws['turn'],
+        'twist': tf.constant(1.0), 'gain': _uniform(s[4], *cfg.brightness_range)}
   return tf.stack([draws[name] for name in pixels.COLOUR_FIELDS])
 
 
@@ -241,7 +250,7 @@ def train_augment(height, width, boxes, labels, seed, cfg, size: int):
   Returns:
     crop: i32 [4] y0, x0, y1, x1, the source pixels the output shows (decode
       only these; empty when nothing shows);
-    finish: dict of place i32 [4], method i32, colour f32 [13] and flip bool,
+    finish: dict of place i32 [4], method i32, colour f32 [15] and flip bool,
       the rest of pixels.FINISH_FIELDS (see pixels.py);
     boxes: f32 [K, 4] the boxes the crop kept, normalised xyxy on the output
       (mirrored when flip is); labels: i32 [K] theirs;

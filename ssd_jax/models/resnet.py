@@ -269,7 +269,8 @@ def nvidia_ssd300():
   class, NMS at 0.5 on boxes not clipped to the image, 200 per image.
   Training: NVIDIA_* above, their matching (each object's best default box,
   then IoU > 0.5) and loss (3:1 hard negatives, each image divided by its own
-  matches); where ssd_jax's colour jitter differs from theirs: docs/models.md.
+  matches) and augmentation (DALI's colour jitter: augment.photometric_style);
+  where ssd_jax still differs from theirs: docs/models.md.
   """
   from ssd_jax import recipes
   c = recipes.preset('ssd300_resnet50', 'coco')
@@ -284,11 +285,13 @@ def nvidia_ssd300():
   c.train.update(dict(batch_size=NVIDIA_BATCH,
                       num_steps=round(NVIDIA_EPOCHS * steps_per_epoch)))
   # Their DALI pipeline: an IoU crop (thresholds 0, 0.1 ... 0.9 or no crop, one
-  # attempt, scale 0.3-1, aspect 0.5-2), a flip, then saturation 0.5-1.5,
-  # contrast 0.5-1.5, brightness x0.875-1.125 and hue +-0.5 degrees on every
-  # image; no zoom out.
-  c.augment.update(dict(zoom_out=False, crop_trials=1, photometric_prob=1.0,
-                        brightness_delta=16.0, hue_delta=0.25))
+  # attempt, scale 0.3-1, aspect 0.5-2), a flip, a linear resize, then on every
+  # image DALI's colour twist: hue +-0.5 degrees, saturation 0.5-1.5, contrast
+  # 0.5-1.5 around 128 and brightness x0.875-1.125; no zoom out.
+  c.augment.update(dict(zoom_out=False, crop_trials=1, resize_methods=('bilinear',),
+                        photometric_style='dali', brightness_range=(0.875, 1.125),
+                        contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
+                        hue_delta=0.25))
   return c
 
 
