@@ -53,6 +53,9 @@ DATA_FORMATS = ('tfds', 'voc_folder', 'yolo', 'coco_json')
 METRICS = ('voc07', 'voc12', 'coco')
 OPTIMIZERS = ('sgd', 'sgd_torch', 'adam')
 SCHEDULES = ('steps', 'cosine')
+# augment.crop_style: the release's batch samplers, or DALI's RandomBBoxCrop
+# (NVIDIA's SSD300); data/augment.py.
+CROP_STYLES = ('release', 'dali')
 
 # Fields whose value must be one of a few names: (section, field) -> choices.
 CHOICES = {
@@ -64,6 +67,7 @@ CHOICES = {
     ('matching', 'rule'): matching.RULES,
     ('loss', 'normalize'): losses.NORMALIZE,
     ('augment', 'photometric_style'): pixels.PHOTOMETRIC_STYLES,
+    ('augment', 'crop_style'): CROP_STYLES,
 }
 
 

@@ -120,11 +120,13 @@ def fields() -> config_dict.ConfigDict:
       zoom_out_prob=0.5,
       zoom_out_max_ratio=4.0,
       crop=True,                                 # batch sampling: whole image or a patch
+      crop_style='release',                      # or 'dali' (NVIDIA's SSD300): augment.py
       crop_min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),   # one sampler each: IoU with any box >= it
       crop_any_patch=True,                       # the sampler with max IoU 1.0
       crop_min_scale=0.3,                        # the release's; the paper's text says 0.1
       crop_aspect_range=(0.5, 2.0),
       crop_trials=50,                            # per sampler; the first that qualifies
+                                                 # ('dali': rounds, each drawing a threshold)
       resize_methods=pixels.RESIZE_METHODS,      # one drawn per image
       flip=True,
       flip_prob=0.5,

@@ -113,6 +113,43 @@ def test_paper_scale_switch_gives_smaller_patches(cfg):
   assert release.min() >= 0.3 - 1e-5 and paper.min() < 0.25
 
 
+def dali_crop(cfg, thresholds):
+  cfg.zoom_out, cfg.crop_style, cfg.crop_min_ious = False, 'dali', thresholds
+  return cfg
+
+
+def test_dali_crop_needs_every_box_to_reach_the_threshold(cfg):
+  """Two small boxes in opposite corners: no patch has IoU >= 0.5 with both, so
+  DALI's rule leaves every image whole, where the release's (any box) crops."""
+  boxes = [[0.05, 0.05, 0.3, 0.3], [0.7, 0.7, 0.95, 0.95]]
+  whole = lambda w: np.all(np.abs(w - [0, 0, 1, 1]) < 1e-6, axis=1)  # noqa: E731
+  cfg.zoom_out, cfg.crop_min_ious, cfg.crop_any_patch = False, (0.5,), False
+  assert not whole(tf_geometry(boxes, 200, cfg)[0]).all()
+  assert whole(tf_geometry(boxes, 200, dali_crop(cfg, (0.5,)))[0]).all()
+
+
+def test_dali_crop_draws_as_dali_does(cfg):
+  """One box at the centre, threshold 0 (only the aspect ratio and the centre
+  rule can fail a round): each patch's width and height are 0.3-1 of the
+  image's with a ratio of 0.5-2 and hold the centre, and the whole image is
+  the first success 1 / (1 + q) of the time, q the success rate of a crop
+  round, estimated here in NumPy from the same rules."""
+  windows = tf_geometry([[0.45, 0.45, 0.55, 0.55]], 1500, dali_crop(cfg, (0.0,)))[0]
+  w, h = windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]
+  cropped = ~np.all(np.abs(windows - [0, 0, 1, 1]) < 1e-6, axis=1)
+  assert np.all((w[cropped] >= 0.3 - 1e-6) & (h[cropped] >= 0.3 - 1e-6))
+  assert np.all((w[cropped] / h[cropped] >= 0.5 - 1e-5) & (w[cropped] / h[cropped] <= 2 + 1e-4))
+  assert np.all((windows[cropped, :2] <= 0.5) & (windows[cropped, 2:] >= 0.5))
+  rng = np.random.default_rng(0)
+  pw, ph = rng.uniform(0.3, 1, (2, 200_000))
+  x0, y0 = rng.uniform(0, 1, (2, 200_000)) * (1 - pw), rng.uniform(0, 1, 200_000) * (1 - ph)
+  q = np.mean((pw / ph >= 0.5) & (pw / ph <= 2) & (x0 <= 0.5) & (x0 + pw >= 0.5)
+              & (y0 <= 0.5) & (y0 + ph >= 0.5))
+  expected = 1 / (1 + q)
+  assert abs((~cropped).mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / 1500), (
+      (~cropped).mean(), expected)
+
+
 def rectangles_scene():
   """Grey 120x160 image with three saturated rectangles; boxes and labels (1..3)."""
   colours = np.array([(250, 10, 10), (10, 250, 10), (10, 10, 250)], np.uint8)

@@ -20,6 +20,10 @@ first, the host never resamples, and the pixels are touched once, on the device:
      mean pixel (as when distortion precedes expansion: the expanded canvas
      never exists), mirrored.
 
+NVIDIA's SSD300-ResNet50 recipe swaps in its DALI pipeline's crop
+(`sample_patch_dali`, augment.crop_style='dali') and colour jitter
+(augment.photometric_style='dali'); the rest of the chain is the same.
+
 Conventions: images uint8 [H, W, 3] RGB; boxes f32 [N, 4] normalised xyxy (N
 varies); a window is f32 [4] xyxy in the source image's normalised
 coordinates. Every random step takes a stateless seed (int [2]), so an
@@ -119,6 +123,41 @@ def sample_patch(boxes, seed, cfg):
   return candidates[pick]
 
 
+def sample_patch_dali(boxes, seed, cfg):
+  """NVIDIA's crop (DALI's RandomBBoxCrop, num_attempts 1, allow_no_crop) on
+  one image: f32 [4] normalised xyxy.
+
+  Each round draws one option uniformly, the whole image or a threshold of
+  cfg.crop_min_ious, and one patch: width and height each ~ U[cfg.crop_min_scale,
+  1] of the image's, their ratio within cfg.crop_aspect_range, top-left
+  uniform inside the image. The patch qualifies when EVERY box's IoU with it
+  reaches the threshold and the centre of at least one box lies in it. DALI
+  draws rounds until one succeeds; here the first success of cfg.crop_trials
+  rounds is taken (the whole image if none: with 7 options and 50 rounds, a
+  chance below (6/7)^50 = 5e-4). An image without boxes keeps its whole.
+  """
+  thresholds = tf.constant([float(m) for m in cfg.crop_min_ious])
+  rounds = int(cfg.crop_trials)
+  s = _split(seed, 5)
+  option = tf.random.stateless_uniform((rounds,), s[0], 0, len(cfg.crop_min_ious) + 1, tf.int32)
+  w = _uniform(s[1], cfg.crop_min_scale, 1.0, (rounds,))
+  h = _uniform(s[2], cfg.crop_min_scale, 1.0, (rounds,))
+  lo, hi = cfg.crop_aspect_range
+  corner = _uniform(s[3], shape=(rounds, 2)) * (1.0 - tf.stack([w, h], -1))
+  patches = tf.concat([corner, corner + tf.stack([w, h], -1)], -1)  # [R, 4]
+  iou = _iou(patches, boxes)  # [R, N]
+  threshold = tf.gather(tf.concat([thresholds, [0.0]], 0), option)
+  centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+  centred = tf.reduce_any(tf.reduce_all((centres[None] >= patches[:, None, :2])
+                                        & (centres[None] <= patches[:, None, 2:]), -1), -1)
+  whole = option == len(cfg.crop_min_ious)
+  ok = whole | ((w / h >= lo) & (w / h <= hi) & centred
+                & tf.reduce_all(iou >= threshold[:, None], axis=-1))
+  first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
+  take = tf.reduce_any(ok) & ~whole[first]
+  return tf.where(take, patches[first], tf.constant(WHOLE))
+
+
 def project_boxes(boxes, frame):
   """f32 [N, 4] boxes -> f32 [N, 4] boxes in the frame's normalised coordinates,
   clipped to it (boxes and frame normalised xyxy in the same coordinates)."""
@@ -153,7 +192,8 @@ def sample_geometry(boxes, height, width, seed, cfg):
   s = _split(seed, 2)
   boxes = tf.cast(boxes, tf.float32)
   canvas = expand_canvas(height, width, s[0], cfg)
-  patch = sample_patch(project_boxes(boxes, canvas), s[1], cfg) if cfg.crop else tf.constant(WHOLE)
+  sampler = sample_patch_dali if cfg.crop_style == 'dali' else sample_patch
+  patch = sampler(project_boxes(boxes, canvas), s[1], cfg) if cfg.crop else tf.constant(WHOLE)
   extent = tf.concat([canvas[2:] - canvas[:2]] * 2, 0)
   window = tf.concat([canvas[:2]] * 2, 0) + patch * extent
   projected = project_boxes(boxes, window)
