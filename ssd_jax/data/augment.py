@@ -143,16 +143,14 @@ def sample_patch_dali(boxes, seed, cfg):
   w = _uniform(s[1], cfg.crop_min_scale, 1.0, (rounds,))
   h = _uniform(s[2], cfg.crop_min_scale, 1.0, (rounds,))
   lo, hi = cfg.crop_aspect_range
-  corner = _uniform(s[3], shape=(rounds, 2)) * (1.0 - tf.stack([w, h], -1))
-  patches = tf.concat([corner, corner + tf.stack([w, h], -1)], -1)  # [R, 4]
-  iou = _iou(patches, boxes)  # [R, N]
+  size = tf.stack([w, h], -1)
+  corner = _uniform(s[3], shape=(rounds, 2)) * (1.0 - size)
+  patches = tf.concat([corner, corner + size], -1)  # [R, 4]
   threshold = tf.gather(tf.concat([thresholds, [0.0]], 0), option)
-  centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-  centred = tf.reduce_any(tf.reduce_all((centres[None] >= patches[:, None, :2])
-                                        & (centres[None] <= patches[:, None, 2:]), -1), -1)
   whole = option == len(cfg.crop_min_ious)
-  ok = whole | ((w / h >= lo) & (w / h <= hi) & centred
-                & tf.reduce_all(iou >= threshold[:, None], axis=-1))
+  ok = whole | ((w / h >= lo) & (w / h <= hi)
+                & tf.reduce_any(centre_inside(boxes, patches), axis=-1)
+                & tf.reduce_all(_iou(patches, boxes) >= threshold[:, None], axis=-1))
   first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
   take = tf.reduce_any(ok) & ~whole[first]
   return tf.where(take, patches[first], tf.constant(WHOLE))
@@ -172,9 +170,11 @@ def positive(boxes):
 
 
 def centre_inside(boxes, frame):
-  """bool [N]: the release's emit rule, box centre inside the frame (inclusive)."""
+  """bool [..., N]: the release's emit rule, each box's centre inside the frame
+  (inclusive), for frames f32 [..., 4] (one frame: [4] -> [N])."""
   centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-  return tf.reduce_all((centre >= frame[:2]) & (centre <= frame[2:]), axis=-1)
+  return tf.reduce_all((centre >= frame[..., None, :2]) & (centre <= frame[..., None, 2:]),
+                       axis=-1)
 
 
 def sample_geometry(boxes, height, width, seed, cfg):
