@@ -200,8 +200,7 @@ def twist_matrix(turn, saturation) -> jax.Array:
   plane of YIQ by `turn` (of a full turn) and a scaling of it by `saturation`."""
   angle = turn * 2.0 * jnp.pi
   cos, sin = jnp.cos(angle) * saturation, jnp.sin(angle) * saturation
-  iq = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-  iq = iq.at[1, 1].set(cos).at[2, 2].set(cos).at[1, 2].set(sin).at[2, 1].set(-sin)
+  iq = jnp.array([[1.0, 0.0, 0.0], [0.0, cos, sin], [0.0, -sin, cos]])
   return jnp.asarray(_YIQ_TO_RGB) @ iq @ jnp.asarray(_RGB_TO_YIQ)
 
 
