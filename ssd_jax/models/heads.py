@@ -26,7 +26,6 @@ Dtype = Any
 caffe_xavier = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
 
 
-
 def torch_conv_bias(fan_in: int) -> Callable:
   """PyTorch's default init of a conv bias, uniform in +-1 / sqrt(fan_in)
   (fan_in = kh kw c_in), as an initializer of that conv's bias."""

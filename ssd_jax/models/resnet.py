@@ -269,7 +269,8 @@ def nvidia_ssd300():
   class, NMS at 0.5 on boxes not clipped to the image, 200 per image.
   Training: NVIDIA_* above, their matching (each object's best default box,
   then IoU > 0.5) and loss (3:1 hard negatives, each image divided by its own
-  matches) and augmentation (DALI's colour jitter: augment.photometric_style);
+  matches) and augmentation (DALI's crop and colour jitter: augment.crop_style,
+  augment.photometric_style);
   where ssd_jax still differs from theirs: docs/models.md.
   """
   from ssd_jax import recipes
@@ -329,7 +330,7 @@ FAMILY = ssd.Family(
     # XLA:CPU: YNNPACK for matrix products and reductions (BatchNorm's in
     # training), as for MobileNetV3. On the 2-core Zen 4 (2026-12-05, timed
     # alternately), the train step at batch 8 ran at 0.81-0.87 img/s against
-    # 0.71-0.76 with matrix products alone and 0.59 with XLA's defaults; the
+    # 0.71-0.76 with matrix products alone and 0.35-0.59 with XLA's defaults; the
     # detector at batch 1 and 8 within the machine's spread either way.
     compiler_options={'xla_cpu_experimental_ynn_fusion_type':
                       'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'},
