@@ -59,6 +59,11 @@ def tf_geometry(boxes, n, cfg):
   return [x.numpy() for x in next(iter(ds.batch(n)))]
 
 
+def whole_image(windows):
+  """bool [n]: which windows f32 [n, 4] are the whole image (uncropped)."""
+  return np.all(np.abs(windows - [0, 0, 1, 1]) < 1e-6, axis=1)
+
+
 def np_geometry(boxes, n, cfg):
   rng = np.random.default_rng(1)
   draws = [ref.release_crop(np.array(boxes), H, W, rng, cfg) for _ in range(n)]
@@ -82,8 +87,7 @@ def test_sampler_matches_the_release_rules_in_numpy(cfg, layout, zoom_out):
   tf_win, tf_boxes, tf_keep = tf_geometry(boxes, n, cfg)
   np_win, np_boxes, np_keep = np_geometry(boxes, n, cfg)
   if not zoom_out:  # uncropped: the window is the whole image
-    whole = lambda w: np.all(np.abs(w - [0, 0, 1, 1]) < 1e-6, axis=1)  # noqa: E731
-    assert_same_share(whole(tf_win), whole(np_win), 'uncropped')
+    assert_same_share(whole_image(tf_win), whole_image(np_win), 'uncropped')
   for k in range(len(boxes)):
     assert_same_share(tf_keep[:, k], np_keep[:, k], f'object {k} survives')
   # In float64, rounded: many draws tie (the whole image, a clipped box), and
@@ -100,7 +104,7 @@ def test_small_object_is_cropped_as_often_as_in_the_release(cfg):
   is one of 3 or 4 candidates, about 30% (the issue measured 70% before)."""
   cfg.zoom_out = False
   windows, _, _ = tf_geometry(LAYOUTS['one small (4%)'], 2000, cfg)
-  uncropped = np.all(np.abs(windows - [0, 0, 1, 1]) < 1e-6, axis=1).mean()
+  uncropped = whole_image(windows).mean()
   assert 0.25 < uncropped < 0.36, uncropped
 
 
@@ -122,10 +126,9 @@ def test_dali_crop_needs_every_box_to_reach_the_threshold(cfg):
   """Two small boxes in opposite corners: no patch has IoU >= 0.5 with both, so
   DALI's rule leaves every image whole, where the release's (any box) crops."""
   boxes = [[0.05, 0.05, 0.3, 0.3], [0.7, 0.7, 0.95, 0.95]]
-  whole = lambda w: np.all(np.abs(w - [0, 0, 1, 1]) < 1e-6, axis=1)  # noqa: E731
   cfg.zoom_out, cfg.crop_min_ious, cfg.crop_any_patch = False, (0.5,), False
-  assert not whole(tf_geometry(boxes, 200, cfg)[0]).all()
-  assert whole(tf_geometry(boxes, 200, dali_crop(cfg, (0.5,)))[0]).all()
+  assert not whole_image(tf_geometry(boxes, 200, cfg)[0]).all()
+  assert whole_image(tf_geometry(boxes, 200, dali_crop(cfg, (0.5,)))[0]).all()
 
 
 def test_dali_crop_draws_as_dali_does(cfg):
@@ -136,7 +139,7 @@ def test_dali_crop_draws_as_dali_does(cfg):
   round, estimated here in NumPy from the same rules."""
   windows = tf_geometry([[0.45, 0.45, 0.55, 0.55]], 1500, dali_crop(cfg, (0.0,)))[0]
   w, h = windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]
-  cropped = ~np.all(np.abs(windows - [0, 0, 1, 1]) < 1e-6, axis=1)
+  cropped = ~whole_image(windows)
   assert np.all((w[cropped] >= 0.3 - 1e-6) & (h[cropped] >= 0.3 - 1e-6))
   assert np.all((w[cropped] / h[cropped] >= 0.5 - 1e-5) & (w[cropped] / h[cropped] <= 2 + 1e-4))
   assert np.all((windows[cropped, :2] <= 0.5) & (windows[cropped, 2:] >= 0.5))

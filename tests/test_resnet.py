@@ -163,15 +163,14 @@ def test_converted_weights_give_their_maps_and_head_outputs(nvidia):
 
 def test_the_heads_start_as_theirs():
   """Their _init_weights: Xavier-uniform conv weights, biases left at PyTorch's
-  default, uniform in +-1/sqrt(fan_in); each of our head convs draws from the
-  same ranges as theirs (bounds computed by hand from each conv's shape)."""
+  default, uniform in +-1/sqrt(fan_in); each head conv of the model their
+  config builds draws from the same ranges as theirs (bounds computed by hand
+  from each conv's shape)."""
   torch.manual_seed(0)
   theirs = NvidiaSSD300(81)
   channels = [conv.in_channels for conv in theirs.conf]
   maps = [jnp.zeros((1, 2, 2, c)) for c in channels]
-  head = heads.MultiBoxHead(81, (4, 6, 6, 6, 4, 4), resnet.SOURCES,
-                            resnet.xavier_uniform, heads.torch_conv_bias)
-  ours = head.init(jax.random.key(0), maps)['params']
+  ours = Task.of(resnet.nvidia_ssd300()).model.head.init(jax.random.key(0), maps)['params']
   scaled = {'ours': [], 'theirs': []}  # each bias over its bound
   for name, c, k, loc, conf in zip(resnet.SOURCES, channels, (4, 6, 6, 6, 4, 4), theirs.loc,
                                    theirs.conf, strict=True):
