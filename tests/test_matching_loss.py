@@ -154,12 +154,18 @@ def test_hard_negatives_hand_case():
   np.testing.assert_array_equal(got, [[False, False, True, True, False, True]])
 
 
+# One jitted selection for every case below, and shapes drawn from a few (one row or
+# several; one column, a handful, hundreds): each shape compiles once per run.
+_SELECT_HARD_NEGATIVES = jax.jit(lambda loss, pos: losses.hard_negatives(loss, pos, 3.0))
+_ROWS, _COLUMNS = (1, 2, 5), (1, 2, 7, 399)
+
+
 @pytest.mark.parametrize('values', ['continuous', 'ties', 'signed', 'infinite'])
 def test_hard_negatives_are_a_stable_sorts_first_choices(values):
   rng = np.random.default_rng(len(values))
-  select = jax.jit(lambda loss, pos: losses.hard_negatives(loss, pos, 3.0))
+  select = _SELECT_HARD_NEGATIVES
   for _ in range(40):
-    shape = (rng.integers(1, 6), rng.integers(1, 400))
+    shape = (rng.choice(_ROWS), rng.choice(_COLUMNS))
     loss = {'continuous': lambda: rng.exponential(1.0, shape),
             'ties': lambda: rng.integers(0, 4, shape) * 0.5,  # many equal losses
             'signed': lambda: rng.choice([-1.0, 1.0, -0.0, 0.0], shape) * rng.random(shape),
