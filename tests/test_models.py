@@ -84,15 +84,15 @@ def test_bfloat16_compute_close_to_float32(load_config):
   c = tiny(load_config('voc300'), width=0.25)
   images = jax.random.normal(jax.random.key(0), (2, 300, 300, 3)) * 50
   f32 = Task.of(c).model
-  variables = f32.init(jax.random.key(1), images)
+  variables = jax.jit(f32.init)(jax.random.key(1), images)
   c.model.dtype = 'bfloat16'
   bf16 = Task.of(c).model
   # Same parameter tree, still float32 storage.
-  bf_vars = bf16.init(jax.random.key(1), images)
+  bf_vars = jax.eval_shape(bf16.init, jax.random.key(1), images)
   assert jax.tree.structure(bf_vars) == jax.tree.structure(variables)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf_vars))
-  want = f32.apply(variables, images)
-  got = bf16.apply(variables, images)
+  want = jax.jit(f32.apply)(variables, images)
+  got = jax.jit(bf16.apply)(variables, images)
   for g, w in zip(got, want):
     assert g.dtype == jnp.float32
     rel = np.linalg.norm(g - w) / np.linalg.norm(w)
