@@ -8,7 +8,8 @@ where an accelerator has it beside the model:
 
   1. resample the crop into its place in the S x S output with the drawn
      interpolation, computed as tf.image.resize computes each of the release's
-     five (per axis, each output pixel reads TAPS source pixels);
+     five, or as DALI's triangular filter (per axis, each output pixel reads
+     TAPS source pixels);
   2. the photometric distortion with the drawn values (the release's steps, or
      DALI's colour twist as NVIDIA's SSD300 trains with it), on the resampled
      pixels only; the rest of the output is the mean pixel, as when distortion
@@ -37,9 +38,15 @@ import numpy as np
 MEAN_RGB = (123.0, 117.0, 104.0)
 
 # The release's OpenCV LINEAR, AREA, NEAREST, CUBIC and LANCZOS4, by
-# tf.image.resize's names (no TF Lanczos-4: Lanczos-3 stands in); the one
-# list of the interpolations training may draw (augment.resize_methods).
-RESIZE_METHODS = ('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3')
+# tf.image.resize's names (no TF Lanczos-4: Lanczos-3 stands in): what the
+# paper's recipe draws from (augment.resize_methods' default).
+RELEASE_RESIZE_METHODS = ('bilinear', 'area', 'nearest', 'bicubic', 'lanczos3')
+# The one list of the interpolations training may draw (augment.resize_methods):
+# the release's, then DALI's Resize with min_filter=INTERP_TRIANGULAR, as NVIDIA's
+# SSD300 trains: per axis a triangle whose half-width is the shrink (in / out
+# pixels; 1, plain bilinear, when enlarging), its weights normalised over the
+# source pixels it covers, edge pixels repeated beyond the image.
+RESIZE_METHODS = RELEASE_RESIZE_METHODS + ('triangular',)
 FINISH_FIELDS = ('pixels', 'pixels_size', 'place', 'method', 'colour', 'flip')
 # The photometric distortions training may use (augment.photometric_style): the
 # release's steps, or the linear colour twist of NVIDIA's DALI pipeline.
@@ -80,19 +87,21 @@ def _normalised(w, valid):
 
 # Source pixels one output pixel reads, per axis: Lanczos-3 reads 7 at most,
 # and 'area' ceil(scale) + 1, so a crop may be at most MAX_SHRINK times its
-# place (the host shrinks one that is more; augment.to_buffer).
+# place; 'triangular' reads 2 x scale, so at most TAPS / 2 times (the host
+# shrinks one that is more; augment.to_buffer). Per RESIZE_METHODS entry:
 TAPS = 8
 MAX_SHRINK = TAPS - 1
+MAX_SHRINKS = tuple(TAPS // 2 if m == 'triangular' else MAX_SHRINK for m in RESIZE_METHODS)
 
 
 def axis_taps(n, lo, hi, method, size: int) -> tuple[jax.Array, jax.Array]:
   """Along one axis, which source pixels each output pixel reads and with what
   weight, for n source pixels resized onto outputs [lo, hi) with
   RESIZE_METHODS[method], as tf.image.resize computes them (half-pixel
-  centres; no antialiasing but 'area''s box). Outputs outside [lo, hi) read
-  nothing.
+  centres; no antialiasing but 'area''s box), 'triangular' as DALI does (see
+  RESIZE_METHODS). Outputs outside [lo, hi) read nothing.
 
-  n, lo, hi, method: i32 scalars (traced); n / (hi - lo) <= MAX_SHRINK.
+  n, lo, hi, method: i32 scalars (traced); n / (hi - lo) <= MAX_SHRINKS[method].
   Returns: (index i32 [size, TAPS] in [0, n), weight f32 [size, TAPS]).
   """
   f32 = jnp.float32
@@ -105,8 +114,10 @@ def axis_taps(n, lo, hi, method, size: int) -> tuple[jax.Array, jax.Array]:
   nearest_at = jnp.minimum(jnp.floor(centre), n_f - 1.0)
   start = jnp.floor(centre - 0.5)
   cubic_at = start + jnp.round((centre - 0.5 - start) * _BICUBIC_TABLE) / _BICUBIC_TABLE
+  radius = jnp.maximum(scale, 1.0)  # 'triangular''s half-width
   base = jnp.stack([jnp.floor(linear_at), jnp.floor(first), nearest_at, start - 1.0,
-                    jnp.ceil(centre - 3.5)])[method]  # each method's first tap
+                    jnp.ceil(centre - 3.5),
+                    jnp.floor(centre - 0.5 - radius) + 1.0])[method]  # each method's first tap
   i = base + jnp.arange(TAPS, dtype=f32)  # [size, TAPS] source pixels
   valid = (i >= 0) & (i < n_f)
   box = jnp.where(i < first, jnp.where(i + 1.0 > last, scale, i + 1.0 - first),
@@ -118,6 +129,8 @@ def axis_taps(n, lo, hi, method, size: int) -> tuple[jax.Array, jax.Array]:
       jnp.where(valid & (i == nearest_at), 1.0, 0.0),
       _normalised(_keys_cubic(jnp.abs(i - cubic_at)), valid),
       _normalised(_lanczos3(i + 0.5 - centre), valid),
+      _normalised(jnp.maximum(0.0, 1.0 - jnp.abs(i + 0.5 - centre) / radius),
+                  jnp.ones_like(valid)),  # beyond the edge: the edge pixel (index clipped)
   ])[method]
   inside = (t >= 0) & (t < m) & (n > 0)
   index = jnp.clip(i, 0, jnp.maximum(n_f - 1.0, 0.0)).astype(jnp.int32)

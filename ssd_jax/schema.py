@@ -127,7 +127,7 @@ def fields() -> config_dict.ConfigDict:
       crop_aspect_range=(0.5, 2.0),
       crop_trials=50,                            # per sampler; the first that qualifies
                                                  # ('dali': rounds, each drawing a threshold)
-      resize_methods=pixels.RESIZE_METHODS,      # one drawn per image
+      resize_methods=pixels.RELEASE_RESIZE_METHODS,  # one drawn per image ('triangular': DALI's)
       flip=True,
       flip_prob=0.5,
   ))

@@ -254,7 +254,7 @@ def test_render_of_the_whole_image_is_one_resize_per_method():
   np.testing.assert_array_equal(crop, [0, 0, 37, 53])
   np.testing.assert_array_equal(place, [0, 0, 90, 90])
   np.testing.assert_allclose(effective, augment.WHOLE, atol=1e-6)
-  methods = pixels.RESIZE_METHODS
+  methods = pixels.RELEASE_RESIZE_METHODS
   buffer = np.zeros((64, 64, 3), np.uint8)
   buffer[:37, :53] = image.numpy()
   outputs = [np.asarray(pixels.resample(buffer, np.array([37, 53]), place.numpy(), k, 90))

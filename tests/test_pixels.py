@@ -12,13 +12,14 @@ import tensorflow as tf
 
 from ssd_jax import config_lib, pixels
 from ssd_jax.data import augment, sources
+from ssd_jax.testing import numpy_reference as ref
 from ssd_jax.testing import synthetic
 
 MEAN = config_lib.MEAN_RGB
 RNG = np.random.default_rng(0)
 
 
-@pytest.mark.parametrize('method', pixels.RESIZE_METHODS)
+@pytest.mark.parametrize('method', pixels.RELEASE_RESIZE_METHODS)
 @pytest.mark.parametrize('crop_hw, place', [((41, 77), (5, 9, 50, 70)),    # enlarged
                                             ((140, 90), (60, 3, 80, 78))])  # shrunk 7x, 1.2x
 def test_a_crop_in_its_place_is_tf_resize_with_the_mean_around(method, crop_hw, place):
@@ -34,6 +35,37 @@ def test_a_crop_in_its_place_is_tf_resize_with_the_mean_around(method, crop_hw, 
   want[y0:y1, x0:x1] = np.round(np.clip(resized.numpy(), 0, 255))
   diff = np.abs(got - want)
   assert diff.max() <= 1 and diff.mean() < 1e-3, (diff.max(), diff.mean())  # rounding ties only
+
+
+@pytest.mark.parametrize('crop_hw, place', [((30, 40), (5, 9, 50, 70)),    # enlarged
+                                            ((140, 90), (40, 3, 75, 78)),   # shrunk 4x, 1.2x
+                                            ((128, 96), (10, 20, 70, 65))])  # 2.13x, as COCO's
+def test_triangular_is_dalis_resize(crop_hw, place):
+  """'triangular' against a NumPy version of DALI's INTERP_TRIANGULAR resize."""
+  (h, w), (y0, x0, y1, x1) = crop_hw, place
+  crop = RNG.integers(0, 256, (h, w, 3), np.uint8)
+  buffer = np.zeros((144, 96, 3), np.uint8)
+  buffer[:h, :w] = crop
+  method = pixels.RESIZE_METHODS.index('triangular')
+  got = synthetic.finish_image(buffer, (h, w), place, method, 80, MEAN)
+  want = np.broadcast_to(np.round(MEAN), (80, 80, 3)).astype(np.float64)
+  want[y0:y1, x0:x1] = ref.dali_triangular_resize(crop, y1 - y0, x1 - x0)  # not rounded
+  assert np.abs(got - want).max() <= 0.5 + 1e-3  # got: the nearest whole value
+  if y1 - y0 > h and x1 - x0 > w:  # enlarging: DALI's linear filter, tf.image.resize's bilinear
+    bilinear = pixels.RESIZE_METHODS.index('bilinear')
+    np.testing.assert_array_equal(
+        got, synthetic.finish_image(buffer, (h, w), place, bilinear, 80, MEAN))
+
+
+def test_dalis_triangular_filter_is_tfs_antialiased_bilinear_inside_the_image():
+  """The NumPy reference, checked against TF's own triangle filter (antialiased
+  bilinear) away from the edges, where only their edge rules differ (TF drops
+  the weights beyond the image, DALI repeats the edge pixel)."""
+  image = RNG.uniform(0, 255, (128, 96, 1))
+  got = ref.dali_triangular_resize(image, 40, 45)  # 3.2x, 2.13x
+  want = tf.image.resize(image, (40, 45), 'bilinear', antialias=True).numpy()
+  np.testing.assert_allclose(got[2:-2, 2:-2], want[2:-2, 2:-2], atol=1e-3)
+  assert np.abs(got[0] - want[0]).max() > 0.1  # the edge rows do differ
 
 
 def test_nothing_showing_is_the_mean_pixel():
@@ -157,6 +189,10 @@ def test_a_crop_larger_than_the_buffer_or_its_place_allows_is_shrunk_on_the_host
   # A place of 10 x 30 pixels: at most MAX_SHRINK (7) source pixels per output pixel.
   _, size = augment.to_buffer(part, whole, tf.constant([5, 5, 15, 35]), 512)
   assert size.numpy().tolist() == [70, 120]
+  # 'triangular' reads twice its shrink: at most 4 source pixels per output pixel.
+  triangular = pixels.RESIZE_METHODS.index('triangular')
+  _, size = augment.to_buffer(part, whole, tf.constant([5, 5, 15, 35]), 512, triangular)
+  assert size.numpy().tolist() == [40, 120]
   fits, fits_size = augment.to_buffer(part[:50, :60], tf.constant([0, 0, 50, 60]), big_place, 100)
   assert fits_size.numpy().tolist() == [50, 60]
   np.testing.assert_array_equal(fits, part.numpy()[:50, :60])

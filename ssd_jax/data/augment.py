@@ -321,20 +321,22 @@ def resize_only(height, width, size: int):
   return crop, finish
 
 
-def to_buffer(part, crop, place, buffer: int):
+def to_buffer(part, crop, place, buffer: int, method=0):
   """The decoded crop, u8 [h, w, 3], made to fit the fixed-size buffer the
   device finishes: (pixels u8 [h', w', 3] with h', w' <= buffer, pixels_size
   i32 [2]); batching pads it to [buffer, buffer, 3] (input_pipeline: one copy
   per image, where padding here would cost a second).
 
-  A crop taller or wider than the buffer, or more than pixels.MAX_SHRINK times
-  its place (i32 [4] y0, x0, y1, x1), is first shrunk on the host to the
+  A crop taller or wider than the buffer, or more than pixels.MAX_SHRINKS[method]
+  times its place (i32 [4] y0, x0, y1, x1; method the i32 RESIZE_METHODS index
+  the device resamples it with), is first shrunk on the host to the
   limit on that side (an area resize, the only resampling left on the host;
   it happens only for images larger than the buffer, or zoomed out near 4x).
   An empty crop (nothing shows) has size (0, 0).
   """
   hw = tf.shape(part)[:2]
-  limit = tf.minimum(buffer, pixels.MAX_SHRINK * tf.maximum(place[2:] - place[:2], 1))
+  shrink = tf.gather(tf.constant(pixels.MAX_SHRINKS, tf.int32), method)
+  limit = tf.minimum(buffer, shrink * tf.maximum(place[2:] - place[:2], 1))
   target = tf.minimum(hw, limit)
   part = tf.cond(tf.reduce_all(hw == target), lambda: part, lambda: tf.cast(
       tf.round(tf.image.resize(part, target, 'area')), tf.uint8))

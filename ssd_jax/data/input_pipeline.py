@@ -138,7 +138,8 @@ def train_example(source: sources.Source, position, config) -> dict:
   else:
     crop, finish = augment.resize_only(height, width, size)
   buffer, buffer_size = augment.to_buffer(sources.decode_crop(ex, crop, shape), crop,
-                                          finish['place'], config.data.pixel_buffer)
+                                          finish['place'], config.data.pixel_buffer,
+                                          finish['method'])
   return {**finish, 'pixels': buffer, 'pixels_size': buffer_size, 'boxes': _pad(boxes, m),
           'labels': _pad(classes, m), 'num_boxes': tf.shape(classes)[0], 'name': ex['name']}
 

@@ -287,13 +287,14 @@ def nvidia_ssd300():
                       num_steps=round(NVIDIA_EPOCHS * steps_per_epoch)))
   # Their DALI pipeline: RandomBBoxCrop (thresholds 0, 0.1, 0.3 ... 0.9 or no
   # crop, one attempt a draw, width and height 0.3-1, their ratio 0.5-2), a
-  # flip, a linear resize, then on every image DALI's colour twist: hue +-0.5
+  # flip, a resize to 300 x 300 (triangular filter when it shrinks, linear when
+  # it enlarges), then on every image DALI's colour twist: hue +-0.5
   # degrees, saturation 0.5-1.5, contrast 0.5-1.5 around 128 and brightness
   # x0.875-1.125; no zoom out.
   c.augment.update(dict(zoom_out=False, crop_style='dali',
                         crop_min_ious=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9), crop_min_scale=0.3,
                         crop_aspect_range=(0.5, 2.0), crop_trials=50,
-                        resize_methods=('bilinear',),
+                        resize_methods=('triangular',),
                         photometric_style='dali', brightness_range=(0.875, 1.125),
                         contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
                         hue_delta=0.25))

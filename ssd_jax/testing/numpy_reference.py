@@ -159,3 +159,28 @@ def release_crop(boxes, height, width, rng, cfg):
   window = [canvas[0] + patch[0] * cw, canvas[1] + patch[1] * ch,
             canvas[0] + patch[2] * cw, canvas[1] + patch[3] * ch]
   return np.array(window), np.array(out).reshape(-1, 4), np.array(keep, bool)
+
+
+def dali_triangular_weights(n_in: int, n_out: int) -> np.ndarray:
+  """f64 [n_out, n_in]: one axis of DALI's Resize with min_filter=INTERP_TRIANGULAR
+  (mag_filter linear), from its resampling code: output pixel x samples source
+  position s = (x + 0.5) * n_in / n_out - 0.5 (pixel indices) with the weights
+  max(0, 1 - |k - s| / r), r = max(n_in / n_out, 1), over every index k near s,
+  normalised to sum 1; an index beyond the image reads the edge pixel."""
+  scale = n_in / n_out
+  radius = max(scale, 1.0)
+  out = np.zeros((n_out, n_in))
+  for x in range(n_out):
+    s = (x + 0.5) * scale - 0.5
+    ks = np.arange(int(np.floor(s - radius)) - 1, int(np.ceil(s + radius)) + 2)
+    w = np.maximum(0.0, 1.0 - np.abs(ks - s) / radius)
+    for k, wk in zip(ks, w / w.sum()):
+      out[x, min(max(k, 0), n_in - 1)] += wk
+  return out
+
+
+def dali_triangular_resize(image, height: int, width: int) -> np.ndarray:
+  """[H, W, C] -> f64 [height, width, C], rows then columns as DALI's resize."""
+  rows = dali_triangular_weights(image.shape[0], height)
+  cols = dali_triangular_weights(image.shape[1], width)
+  return np.einsum('yh,hwc,xw->yxc', rows, np.asarray(image, np.float64), cols)
