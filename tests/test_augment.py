@@ -44,7 +44,7 @@ def train_augment(image, boxes, labels, seed, cfg, size, mean_rgb, buffer=None):
                                                                 size)
   part, part_size = augment.to_buffer(
       sources.decode_crop({'image': image}, crop, tf.constant([h, w])), crop, finish['place'],
-      buffer or max(h, w))
+      buffer or max(h, w), finish['method'])
   buf = np.zeros((buffer or max(h, w),) * 2 + (3,), np.uint8)
   buf[:part.shape[0], :part.shape[1]] = part  # as batching pads it
   out = synthetic.finish_image(buf, part_size, finish['place'], finish['method'], size, mean_rgb,

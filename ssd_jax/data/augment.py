@@ -321,7 +321,7 @@ def resize_only(height, width, size: int):
   return crop, finish
 
 
-def to_buffer(part, crop, place, buffer: int, method=0):
+def to_buffer(part, crop, place, buffer: int, method):
   """The decoded crop, u8 [h, w, 3], made to fit the fixed-size buffer the
   device finishes: (pixels u8 [h', w', 3] with h', w' <= buffer, pixels_size
   i32 [2]); batching pads it to [buffer, buffer, 3] (input_pipeline: one copy
