@@ -19,15 +19,21 @@ MEAN = config_lib.MEAN_RGB
 RNG = np.random.default_rng(0)
 
 
+def random_crop_in_buffer(h: int, w: int):
+  """A random u8 [h, w, 3] crop, and a 144 x 96 buffer holding it top-left."""
+  crop = RNG.integers(0, 256, (h, w, 3), np.uint8)
+  buffer = np.zeros((144, 96, 3), np.uint8)
+  buffer[:h, :w] = crop
+  return crop, buffer
+
+
 @pytest.mark.parametrize('method', pixels.RELEASE_RESIZE_METHODS)
 @pytest.mark.parametrize('crop_hw, place', [((41, 77), (5, 9, 50, 70)),    # enlarged
                                             ((140, 90), (60, 3, 80, 78))])  # shrunk 7x, 1.2x
 def test_a_crop_in_its_place_is_tf_resize_with_the_mean_around(method, crop_hw, place):
   """A crop in a 144 x 96 buffer, resized onto its place in 80 x 80."""
   (h, w), (y0, x0, y1, x1) = crop_hw, place
-  crop = RNG.integers(0, 256, (h, w, 3), np.uint8)
-  buffer = np.zeros((144, 96, 3), np.uint8)
-  buffer[:h, :w] = crop
+  crop, buffer = random_crop_in_buffer(h, w)
   got = synthetic.finish_image(buffer, (h, w), place, pixels.RESIZE_METHODS.index(method), 80,
                                MEAN)
   want = np.broadcast_to(np.round(MEAN), (80, 80, 3)).copy()
@@ -43,9 +49,7 @@ def test_a_crop_in_its_place_is_tf_resize_with_the_mean_around(method, crop_hw, 
 def test_triangular_is_dalis_resize(crop_hw, place):
   """'triangular' against a NumPy version of DALI's INTERP_TRIANGULAR resize."""
   (h, w), (y0, x0, y1, x1) = crop_hw, place
-  crop = RNG.integers(0, 256, (h, w, 3), np.uint8)
-  buffer = np.zeros((144, 96, 3), np.uint8)
-  buffer[:h, :w] = crop
+  crop, buffer = random_crop_in_buffer(h, w)
   method = pixels.RESIZE_METHODS.index('triangular')
   got = synthetic.finish_image(buffer, (h, w), place, method, 80, MEAN)
   want = np.broadcast_to(np.round(MEAN), (80, 80, 3)).astype(np.float64)
@@ -182,21 +186,24 @@ def test_photometric_off_draws_nothing():
 def test_a_crop_larger_than_the_buffer_or_its_place_allows_is_shrunk_on_the_host():
   part = tf.constant(RNG.integers(0, 256, (300, 120, 3), np.uint8))
   whole, big_place = tf.constant([0, 0, 300, 120]), tf.constant([0, 0, 300, 300])
-  shrunk, size = augment.to_buffer(part, whole, big_place, 100)
+  bilinear = pixels.RESIZE_METHODS.index('bilinear')
+  shrunk, size = augment.to_buffer(part, whole, big_place, 100, bilinear)
   assert shrunk.shape == (100, 100, 3) and size.numpy().tolist() == [100, 100]
   want = tf.image.resize(tf.cast(part, tf.float32), (100, 100), 'area').numpy()
   assert np.abs(shrunk.numpy() - want).max() <= 0.5
   # A place of 10 x 30 pixels: at most MAX_SHRINK (7) source pixels per output pixel.
-  _, size = augment.to_buffer(part, whole, tf.constant([5, 5, 15, 35]), 512)
+  _, size = augment.to_buffer(part, whole, tf.constant([5, 5, 15, 35]), 512, bilinear)
   assert size.numpy().tolist() == [70, 120]
   # 'triangular' reads twice its shrink: at most 4 source pixels per output pixel.
   triangular = pixels.RESIZE_METHODS.index('triangular')
   _, size = augment.to_buffer(part, whole, tf.constant([5, 5, 15, 35]), 512, triangular)
   assert size.numpy().tolist() == [40, 120]
-  fits, fits_size = augment.to_buffer(part[:50, :60], tf.constant([0, 0, 50, 60]), big_place, 100)
+  fits, fits_size = augment.to_buffer(part[:50, :60], tf.constant([0, 0, 50, 60]), big_place, 100,
+                                      bilinear)
   assert fits_size.numpy().tolist() == [50, 60]
   np.testing.assert_array_equal(fits, part.numpy()[:50, :60])
-  _, empty = augment.to_buffer(part[:1, :1], tf.constant([10, 10, 10, 30]), big_place, 100)
+  _, empty = augment.to_buffer(part[:1, :1], tf.constant([10, 10, 10, 30]), big_place, 100,
+                               bilinear)
   assert empty.numpy().tolist() == [0, 0]
 
 
