@@ -16,7 +16,7 @@ images and weights:
              the same images: its transform, network and post-processing, under
              torch.inference_mode, on the same device. For SSD300-ResNet50
              (coco300_resnet50) NVIDIA's network as their code builds it
-             (ssd_jax.testing.torch_reference), its forward pass alone: their
+             (ssd_jax.testing.nvidia_ssd300), its forward pass alone: their
              decoder is a Python loop their own benchmarks leave out.
 Ratios: ours / host_nms (> 1: faster), ours / network (<= 1; 1 = free
 post-processing) and ours / torchvision. Random weights give many candidate

@@ -180,14 +180,14 @@ def nvidia_rate(model, opt, config, batch: dict, repeats: int, device: str,
   matched to default boxes by ssd_jax's matching."""
   import torch
   from ssd_jax import matching
-  from ssd_jax.testing import torch_reference
+  from ssd_jax.testing import nvidia_ssd300
   task = Task.of(config)
   anchors = task.default_boxes
   loc, labels = jax.vmap(lambda b, l: matching.match_one(b, l, jnp.asarray(anchors)))(
       jnp.asarray(batch['boxes']), jnp.asarray(batch['labels']))[:2]
   glabel = torch.tensor(np.asarray(labels)).long().to(device)
   gloc = torch.tensor(np.tile(anchors.T[None], (len(glabel), 1, 1))).to(device)  # cxcywh
-  loss_fn = torch_reference.NvidiaLoss(torch.tensor(anchors)).to(device)
+  loss_fn = nvidia_ssd300.NvidiaLoss(torch.tensor(anchors)).to(device)
   from ssd_jax.models import resnet
   mean = torch.tensor(resnet.IMAGENET_MEAN, device=device)[:, None, None]
   std = torch.tensor(resnet.IMAGENET_STD, device=device)[:, None, None]

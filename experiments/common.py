@@ -54,7 +54,7 @@ def torchvision_ssdlite320(device: str, num_classes: int = 21):
 def torchvision_peer_name(config):
   """The PyTorch model of the same architecture as an ssd_jax config (width 1):
   torchvision's 'ssd300_vgg16' for SSD300 layouts, 'ssdlite320_mobilenet_v3_large'
-  for SSDLite320, NVIDIA's 'nvidia_ssd300' (ssd_jax.testing.torch_reference) for
+  for SSDLite320, NVIDIA's 'nvidia_ssd300' (ssd_jax.testing.nvidia_ssd300) for
   SSD300-ResNet50; None for others (SSD512: torchvision has none)."""
   m = config.model
   if m.width != 1.0:
@@ -73,9 +73,9 @@ def torchvision_peer(config, device: str):
   name = torchvision_peer_name(config)
   if name == 'nvidia_ssd300':
     import torch
-    from ssd_jax.testing import torch_reference
+    from ssd_jax.testing import nvidia_ssd300
     torch.manual_seed(0)
-    return torch_reference.NvidiaSSD300(config.model.num_classes).to(device)
+    return nvidia_ssd300.NvidiaSSD300(config.model.num_classes).to(device)
   if name == 'ssdlite320_mobilenet_v3_large':
     return torchvision_ssdlite320(device, config.model.num_classes)
   return torchvision_ssd300(device) if name else None

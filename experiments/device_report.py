@@ -12,7 +12,7 @@ For SSD300, SSD512 and SSDLite320 (VOC's 21 classes) and SSD300-ResNet50
              on the same device: train (forward, loss, backward, SGD; bfloat16
              as autocast) and inference (eval mode); SSD512 has no peer there.
              For SSD300-ResNet50 the peer is NVIDIA's network and loss as their
-             code writes them (ssd_jax.testing.torch_reference; targets encoded
+             code writes them (ssd_jax.testing.nvidia_ssd300; targets encoded
              beforehand, as their DALI pipeline does; inference: the forward
              pass): compare its train rows with their published 724 img/s (AMP,
              batch 128, one A100-80GB).

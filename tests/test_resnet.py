@@ -1,5 +1,5 @@
 """ssd_jax.models.resnet against SSD300-ResNet50 as NVIDIA's DeepLearningExamples
-writes it (ssd_jax.testing.torch_reference: torchvision's resnet50 and their
+writes it (ssd_jax.testing.nvidia_ssd300: torchvision's resnet50 and their
 blocks, randomly initialised with random BatchNorm statistics): the default
 boxes, the feature maps, the head outputs and, through --mode=predict, the
 detections of their decoder."""
@@ -21,9 +21,9 @@ from ssd_jax import (  # noqa: E402
 from ssd_jax.models import heads, resnet, torch_weights  # noqa: E402
 from ssd_jax.testing import commands, detections, synthetic  # noqa: E402
 from ssd_jax.task import Task  # noqa: E402
-from ssd_jax.testing.torch_reference import (  # noqa: E402
-    NvidiaLoss, NvidiaSSD300, numpy_state_dict, nvidia_decode, nvidia_default_boxes, nvidia_encode,
-    randomise_batch_norms)
+from ssd_jax.testing.nvidia_ssd300 import (  # noqa: E402
+    NvidiaLoss, NvidiaSSD300, nvidia_decode, nvidia_default_boxes, nvidia_encode)
+from ssd_jax.testing.torch_reference import numpy_state_dict, randomise_batch_norms  # noqa: E402
 
 LEVELS = ((38, 4), (19, 6), (10, 6), (5, 6), (3, 4), (1, 4))  # (map side, boxes per location)
 
