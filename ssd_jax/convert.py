@@ -6,26 +6,12 @@
   python -m ssd_jax.convert --format=torchvision_ssdlite320 --input=ssdlite320_mobilenet_v3_large_coco-a79551df.pth --output=/tmp/tv_ssdlite
   python -m ssd_jax.convert --format=mobilenet_v3_large --input=mobilenet_v3_large-8738ca79.pth --output=/tmp/mobilenet_v3
 
-Formats are the converters of the model families (ssd_jax/models/: each
-family module's CONVERTERS, where each layout is described); PyTorch state
-dicts, read with torch.load(weights_only=True).
-  vgg16: torchvision's ImageNet VGG16 (conv6, conv7 subsampled from fc6, fc7;
-    conv1_1 folded to take RGB pixels minus data.mean_rgb).
-  reduced_vgg: the `vgg16_reducedfc.pth` layout (Caffe-derived: BGR, which
-    --channel_order=rgb keeps).
-  torchvision_ssd300, torchvision_ssdlite320: torchvision's COCO detectors,
-    with recipes.torchvision_ssd300() / torchvision_ssdlite320() reproducing
-    their default boxes, preprocessing and post-processing, so the same
-    weights give the same detections. Their 91 classes are COCO category ids;
-    here classes 1..80 are COCO's 80 in label order, as the TFDS pipeline
-    numbers them, and the ten unused ids follow.
-  mobilenet_v3_large: torchvision's ImageNet MobileNetV3-Large, to fine-tune
-    SSDLite from with --config.backbone.reduced_tail=False.
-  nvidia_ssd300: NVIDIA's SSD300-ResNet50 checkpoint (DeepLearningExamples;
-    the state dict under 'model'), a detector with their recipe
-    (configs/coco300_resnet50.py).
-  resnet50: torchvision's ImageNet ResNet-50 (its stem and layer1..layer3), the
-    base that recipe trains from.
+Formats are the converters of the model families (ssd_jax/models/, each
+family module's CONVERTERS; `--help` lists them with what each reads), from
+PyTorch state dicts read with torch.load(weights_only=True). A detector's
+format comes with a config reproducing its publisher's default boxes,
+preprocessing and post-processing, so the same weights give the same
+detections; a base's initialises training.
 
 The output folder holds `checkpoints/0` ({'params': ...} and, for BatchNorm
 models, 'batch_stats') and `conversion.json`
@@ -163,10 +149,17 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
   return save(output, variables, info, config)
 
 
+def format_help() -> str:
+  """--format's help: each format of every family, a detector or a base, and what it reads."""
+  lines = [f'  {name} ({"detector" if c.config else "base"}): {c.about}'
+           for name, c in sorted(formats().items())]
+  return '\n'.join(['What --input holds:', *lines])
+
+
 def define_flags() -> None:
   """The command's flags; defined only when it runs (ssd_jax.main imports this
   module for published weights, and has an --input flag of its own)."""
-  flags.DEFINE_enum('format', None, sorted(formats()), 'What --input holds (see the module doc).')
+  flags.DEFINE_enum('format', None, sorted(formats()), format_help())
   flags.DEFINE_string('input', None, 'The PyTorch .pth state dict.')
   flags.DEFINE_string('output', None, 'New folder for the orbax checkpoint.')
   flags.DEFINE_enum('channel_order', 'bgr', ('bgr', 'rgb'),

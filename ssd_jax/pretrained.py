@@ -3,11 +3,13 @@
   Detector.from_pretrained('ssdlite320_mobilenet_v3_large_coco')
   python -m ssd_jax.main --mode=predict --pretrained=ssd300_vgg16_coco --input=photos/
   --config.model.init_from=vgg16_imagenet          (training: fine-tune from it)
+  python -m ssd_jax.pretrained                     (lists the names)
 
 Each name is a PyTorch checkpoint its publisher serves, with the ssd_jax.convert
-format that reads it; the model families list them (ssd_jax/models/). torchvision names each file with the first 8 hex digits
-of its SHA-256 and its loader (torch.hub, check_hash) verifies that prefix;
-ssd_jax verifies the same, and a full SHA-256 when one is known.
+format that reads it; the model families list them (ssd_jax/models/: each
+family module's PUBLISHED). torchvision names each file with the first 8 hex
+digits of its SHA-256 and its loader (torch.hub, check_hash) verifies that
+prefix; ssd_jax verifies the same, and a full SHA-256 when one is known.
 
 Files live under the cache folder ($SSD_JAX_CACHE, default
 ~/.cache/ssd_jax): `downloads/<file>` as published, `<name>/` converted (a
@@ -115,7 +117,7 @@ def fetch(name: str) -> str:
 def converted(name: str) -> str:
   """The workdir of `name` converted for ssd_jax (downloaded and converted once)."""
   target = os.path.join(cache_dir(), name)
-  if os.path.isfile(os.path.join(target, 'conversion.json')):
+  if is_converted(name):
     return target
   fmt, source = weights(name).format, fetch(name)
   partial = f'{target}.partial-{os.getpid()}'
@@ -130,3 +132,27 @@ def converted(name: str) -> str:
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return target
+
+
+def is_converted(name: str) -> bool:
+  """Whether `name` is converted in the cache already (its use needs no network)."""
+  return os.path.isfile(os.path.join(cache_dir(), name, 'conversion.json'))
+
+
+def listing() -> str:
+  """A table of every published name, one a line under a header: name, the
+  format that converts it, 'detector' or 'base', 'cached' where the cache holds
+  it converted, and what it is."""
+  formats = convert.formats()
+  rows = [('name', 'format', 'kind', 'cache', 'what')] + [
+      (name, w.format, 'detector' if formats[w.format].config else 'base',
+       'cached' if is_converted(name) else '-', w.about)
+      for name, w in sorted(PUBLISHED.items())]
+  widths = [max(len(r[i]) for r in rows) for i in range(4)]
+  return '\n'.join('  '.join(f'{v:<{n}}' for v, n in zip(r[:4], widths)) + '  ' + r[4]
+                   for r in rows)
+
+
+if __name__ == '__main__':
+  print(f'published weights (cache: {cache_dir()}):')
+  print(listing())

@@ -3,12 +3,13 @@
 converted, reused with the server stopped; a wrong or cut file leaves nothing."""
 import hashlib
 import json
+import re
 
 import jax
 import numpy as np
 import pytest
 
-from ssd_jax import detector, pretrained
+from ssd_jax import convert, detector, models, pretrained
 from ssd_jax.testing import commands, detections, synthetic, weights_server
 from ssd_jax.task import Task
 
@@ -101,6 +102,46 @@ def test_unknown_names_are_listed():
   assert listed == sorted(pretrained.PUBLISHED)
   assert {'ssd300_vgg16_coco', 'ssdlite320_mobilenet_v3_large_coco', 'vgg16_imagenet',
           'mobilenet_v3_large_imagenet'} <= set(listed)
+
+
+def test_the_names_are_listed_with_their_format_and_whether_they_are_cached(tmp_path):
+  """`python -m ssd_jax.pretrained` as docs/pretrained.md shows it: a row per
+  published name of every family, its format, detector or base, and 'cached'
+  only for the one converted in $SSD_JAX_CACHE."""
+  cache = tmp_path / 'cache'
+  (cache / NAME).mkdir(parents=True)
+  (cache / NAME / 'conversion.json').write_text('{}')
+  (cache / 'vgg16_imagenet.partial-1').mkdir()  # a conversion cut short is not cached
+  printed = commands.run(commands.find('python -m ssd_jax.pretrained', 'docs/pretrained.md'),
+                         tmp_path / 'user', env={'SSD_JAX_CACHE': str(cache)})
+  rows = {line.split()[0]: line.split(None, 4) for line in printed.splitlines()[2:]}
+  families = models.families().values()
+  published = {n: w for f in families for n, w in f.published.items()}
+  detectors = {n for f in families for n, c in f.converters.items() if c.config}
+  assert sorted(rows) == sorted(published)
+  for name, w in published.items():
+    assert rows[name][1:] == [w.format, 'detector' if w.format in detectors else 'base',
+                              'cached' if name == NAME else '-', w.about], rows[name]
+
+
+def test_the_docs_table_of_names_is_the_families(tmp_path):
+  """docs/pretrained.md's table (name, file, format) is what the families publish."""
+  doc = (commands.ROOT / 'docs' / 'pretrained.md').read_text()
+  table = re.findall(r'^\| `(\w+)` \| (.+?) \| `(\w+)` \|', doc, re.M)
+  published = {n: w for f in models.families().values() for n, w in f.published.items()}
+  assert sorted(n for n, _, _ in table) == sorted(published)
+  for name, file, fmt in table:
+    assert published[name].file in file and published[name].format == fmt, name
+
+
+def test_every_format_and_name_says_what_it_is():
+  """Each family's converters and published weights say what they are, and
+  `python -m ssd_jax.convert --help` lists each format with its kind and that."""
+  text = ' '.join(convert.format_help().split())
+  for family in models.families().values():
+    for name, c in family.converters.items():
+      assert c.about and f'{name} ({"detector" if c.config else "base"}): {c.about}' in text
+    assert all(w.about for w in family.published.values()), family.backbone
 
 
 def test_weights_without_a_published_checksum_are_checked_for_length_and_named(

@@ -444,25 +444,26 @@ def _torchvision_ssdlite320_config():
 
 
 CONVERTERS = {
-    # torchvision's ssdlite320_mobilenet_v3_large COCO detector (parameters and
-    # BatchNorm statistics), with recipes.torchvision_ssdlite320().
-    'torchvision_ssdlite320': ssd.Converter(_load_ssdlite320,
-                                            config=_torchvision_ssdlite320_config),
-    # torchvision's ImageNet MobileNetV3-Large (its features, full tail): train
-    # with --config.backbone.reduced_tail=False; the extras and head start fresh.
+    'torchvision_ssdlite320': ssd.Converter(
+        _load_ssdlite320, config=_torchvision_ssdlite320_config,
+        about="torchvision's ssdlite320_mobilenet_v3_large COCO detector (parameters and "
+        'BatchNorm statistics), with recipes.torchvision_ssdlite320() reproducing its boxes, '
+        'preprocessing and post-processing'),
     'mobilenet_v3_large': ssd.Converter(
         lambda sd, options: (mobilenet_v3_large_variables(sd.tensors, source=sd.source), {}),
-        base=_imagenet_base),
+        base=_imagenet_base,
+        about="torchvision's ImageNet MobileNetV3-Large (its features, full tail): "
+        'train with --config.backbone.reduced_tail=False; the extras and head start fresh'),
 }
 
 PUBLISHED = {
-    # torchvision's SSDLite320-MobileNetV3-Large on COCO 2017, box AP 21.3
     'ssdlite320_mobilenet_v3_large_coco': ssd.Weights(
-        'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'a79551df', 'torchvision_ssdlite320'),
-    # torchvision's ImageNet MobileNetV3-Large (full tail: train with
-    # --config.backbone.reduced_tail=False)
+        'ssdlite320_mobilenet_v3_large_coco-a79551df.pth', 'a79551df', 'torchvision_ssdlite320',
+        about="torchvision's SSDLite320-MobileNetV3-Large on COCO 2017, box AP 21.3"),
     'mobilenet_v3_large_imagenet': ssd.Weights(
-        'mobilenet_v3_large-8738ca79.pth', '8738ca79', 'mobilenet_v3_large'),
+        'mobilenet_v3_large-8738ca79.pth', '8738ca79', 'mobilenet_v3_large',
+        about="torchvision's ImageNet MobileNetV3-Large (full tail: train with "
+        '--config.backbone.reduced_tail=False)'),
 }
 
 FAMILY = ssd.Family(

@@ -307,23 +307,27 @@ def _imagenet_base():
 
 
 CONVERTERS = {
-    # NVIDIA's SSD300 checkpoint (the state dict under 'model'), with nvidia_ssd300().
-    'nvidia_ssd300': ssd.Converter(lambda sd, options: (nvidia_ssd300_variables(sd), {}),
-                                   config=nvidia_ssd300),
-    # torchvision's ImageNet ResNet-50: the stem and layer1..layer3.
-    'resnet50': ssd.Converter(lambda sd, options: (resnet50_variables(sd), {}),
-                              base=_imagenet_base),
+    'nvidia_ssd300': ssd.Converter(
+        lambda sd, options: (nvidia_ssd300_variables(sd), {}), config=nvidia_ssd300,
+        about="NVIDIA's SSD300-ResNet50 checkpoint (DeepLearningExamples; the state dict "
+        "under 'model'), with their recipe (configs/coco300_resnet50.py)"),
+    'resnet50': ssd.Converter(
+        lambda sd, options: (resnet50_variables(sd), {}), base=_imagenet_base,
+        about="torchvision's ImageNet ResNet-50, the base NVIDIA's recipe trains from: its "
+        'stem and layer1..layer3'),
 }
 
 PUBLISHED = {
-    # NVIDIA's SSD300-ResNet50 trained with AMP on COCO 2017 (torch.hub's
-    # nvidia_ssd, ssd/entrypoints.py); NVIDIA's code publishes no checksum.
+    # torch.hub's nvidia_ssd (ssd/entrypoints.py); NVIDIA's code publishes no checksum.
     'ssd300_resnet50_nvidia_coco': ssd.Weights(
         'nvidia_ssdpyt_amp_200703.pt', None, 'nvidia_ssd300',
-        'https://api.ngc.nvidia.com/v2/models/nvidia/ssd_pyt_ckpt_amp/versions/20.06.0/files/'),
-    # torchvision's ImageNet ResNet-50 IMAGENET1K_V2, the base NVIDIA's main.py
-    # trains from (--torchvision-weights-version's default)
-    'resnet50_imagenet': ssd.Weights('resnet50-11ad3fa6.pth', '11ad3fa6', 'resnet50'),
+        'https://api.ngc.nvidia.com/v2/models/nvidia/ssd_pyt_ckpt_amp/versions/20.06.0/files/',
+        about="NVIDIA's SSD300-ResNet50 trained with AMP on COCO 2017 (no published checksum)"),
+    # IMAGENET1K_V2: main.py's --torchvision-weights-version default.
+    'resnet50_imagenet': ssd.Weights(
+        'resnet50-11ad3fa6.pth', '11ad3fa6', 'resnet50',
+        about="torchvision's ImageNet ResNet-50 (IMAGENET1K_V2), the base NVIDIA's recipe "
+        'trains from'),
 }
 
 FAMILY = ssd.Family(

@@ -87,10 +87,13 @@ class Converter:
       (written as the output's config.json); None for a base.
     base: for a base, () -> a config of the architecture its shapes are checked
       against (any SSD of the family at width 1).
+    about: what the checkpoint is and how its weights map, in a sentence
+      (`python -m ssd_jax.convert --help` lists it).
   """
   load: Callable[..., tuple[dict, dict]]
   config: Optional[Callable[[], Any]] = None
   base: Optional[Callable[[], Any]] = None
+  about: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +103,14 @@ class Weights:
   sha256 is the file's SHA-256, or the prefix its publisher gives (torchvision
   names each file with the first 8 hex digits and torch.hub checks those);
   None where the publisher gives none (only the length the server announces
-  is then checked; a mirror's manifest can pin one).
+  is then checked; a mirror's manifest can pin one). `about` says what the
+  weights are (`python -m ssd_jax.main --help` lists it under --pretrained).
   """
   file: str
   sha256: Optional[str]
   format: str          # the Converter that reads it
   base_url: str = 'https://download.pytorch.org/models/'
+  about: str = ''
 
 
 @dataclasses.dataclass(frozen=True)

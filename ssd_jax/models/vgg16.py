@@ -331,24 +331,30 @@ def _torchvision_ssd300_config():
 
 
 CONVERTERS = {
-    # torchvision's ImageNet VGG16: conv1_1..conv5_3 copied, fc6/fc7 subsampled
-    # into conv6/conv7, conv1_1 folded to take pixels minus data.mean_rgb.
-    'vgg16': ssd.Converter(_load_vgg16, base=_ssd300_base),
-    # vgg16_reducedfc.pth (Caffe-derived, BGR): conv6 and conv7 already reduced.
-    'reduced_vgg': ssd.Converter(_load_reduced_vgg, base=_ssd300_base),
-    # torchvision's ssd300_vgg16 COCO detector, with recipes.torchvision_ssd300().
+    'vgg16': ssd.Converter(
+        _load_vgg16, base=_ssd300_base,
+        about="torchvision's ImageNet VGG16: conv1_1..conv5_3 copied, fc6 and fc7 "
+        'subsampled into conv6 and conv7, conv1_1 folded to take pixels minus data.mean_rgb'),
+    'reduced_vgg': ssd.Converter(
+        _load_reduced_vgg, base=_ssd300_base,
+        about='vgg16_reducedfc.pth (Caffe-derived, BGR, which --channel_order=rgb '
+        'keeps): conv6 and conv7 already reduced'),
     'torchvision_ssd300': ssd.Converter(
         lambda sd, options: ({'params': torchvision_ssd300(sd)}, {}),
-        config=_torchvision_ssd300_config),
+        config=_torchvision_ssd300_config,
+        about="torchvision's ssd300_vgg16 COCO detector, with recipes.torchvision_ssd300() "
+        'reproducing its boxes, preprocessing and post-processing (classes 1..80 are '
+        "COCO's 80 in label order, the ten unused ids follow)"),
 }
 
 # From torchvision's model builders (torchvision/models/...: *_Weights.url).
 PUBLISHED = {
-    # torchvision's SSD300 (VGG16) on COCO 2017, box AP 25.1
     'ssd300_vgg16_coco': ssd.Weights(
-        'ssd300_vgg16_coco-b556d3b4.pth', 'b556d3b4', 'torchvision_ssd300'),
-    # torchvision's ImageNet VGG16, reduced to SSD's base (conv6, conv7)
-    'vgg16_imagenet': ssd.Weights('vgg16-397923af.pth', '397923af', 'vgg16'),
+        'ssd300_vgg16_coco-b556d3b4.pth', 'b556d3b4', 'torchvision_ssd300',
+        about="torchvision's SSD300 (VGG16) on COCO 2017, box AP 25.1"),
+    'vgg16_imagenet': ssd.Weights(
+        'vgg16-397923af.pth', '397923af', 'vgg16',
+        about="torchvision's ImageNet VGG16, reduced to SSD's base (conv6, conv7)"),
 }
 
 FAMILY = ssd.Family(
