@@ -154,5 +154,8 @@ def listing() -> str:
 
 
 if __name__ == '__main__':
+  if sys.argv[1:]:
+    sys.exit(f'python -m ssd_jax.pretrained takes no arguments (got {" ".join(sys.argv[1:])}); '
+             f'it lists the names that --pretrained and model.init_from take.')
   print(f'published weights (cache: {cache_dir()}):')
   print(listing())

@@ -4,6 +4,8 @@ converted, reused with the server stopped; a wrong or cut file leaves nothing.""
 import hashlib
 import json
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -122,6 +124,9 @@ def test_the_names_are_listed_with_their_format_and_whether_they_are_cached(tmp_
   for name, w in published.items():
     assert rows[name][1:] == [w.format, 'detector' if w.format in detectors else 'base',
                               'cached' if name == NAME else '-', w.about], rows[name]
+  wrong = subprocess.run([sys.executable, '-m', 'ssd_jax.pretrained', '--names'],
+                         capture_output=True, text=True)
+  assert wrong.returncode == 1 and 'takes no arguments (got --names)' in wrong.stderr
 
 
 def test_the_docs_table_of_names_is_the_families(tmp_path):
