@@ -1,12 +1,16 @@
 """A model family is one new module: docs/models.md's TinyNet, written into a copy
-of the package with nothing else changed, is found by name by the weights
-listing, by training from its published weights (served on 127.0.0.1) and by
-prediction, each run as the docs type it."""
+of the package with nothing else changed, or installed in a package of its own
+under the docs' entry point, is found by name by the weights listing, by
+training from its published weights (served on 127.0.0.1) and by prediction,
+each run as the docs type it."""
 import collections
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import sys
+import tomllib
 
 import numpy as np
 import pytest
@@ -34,6 +38,27 @@ def package_copy_with(folder, files: dict[str, str]):
   for path, text in files.items():
     assert not (folder / path).exists(), f'{path} would replace a file of the package'
     (folder / path).write_text(text)
+  return folder
+
+
+def installed_package_with(folder, site, family: str, config: str):
+  """`site` (a folder for PYTHONPATH) holding the package the docs' entry point
+  names, with the family module, and its distribution's metadata declaring that
+  entry point, as `pip install` writes them; `folder` a user's folder holding the
+  config. Returns `folder`."""
+  toml, = commands.fenced_blocks((commands.ROOT / DOC).read_text(), 'toml')
+  points = tomllib.loads(toml)['project']['entry-points'][models.ENTRY_POINT_GROUP]
+  (name, module), = points.items()
+  package, _, leaf = module.rpartition('.')
+  (site / package).mkdir(parents=True)
+  (site / package / '__init__.py').write_text('')
+  (site / package / f'{leaf}.py').write_text(family)
+  info = site / f'{package}-0.1.dist-info'
+  info.mkdir()
+  (info / 'METADATA').write_text(f'Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n')
+  (info / 'entry_points.txt').write_text(f'[{models.ENTRY_POINT_GROUP}]\n{name} = {module}\n')
+  (folder / 'configs').mkdir(parents=True)
+  (folder / CONFIG_FILE).write_text(config)
   return folder
 
 
@@ -67,17 +92,23 @@ def tinynet_registered(monkeypatch, tmp_path):
   return module.FAMILY
 
 
+@pytest.mark.parametrize('added', ['in the package', 'as an installed package'])
 def test_a_family_written_as_one_module_is_listed_trained_from_its_name_and_predicts(
-    tmp_path, tinynet_registered):
+    added, tmp_path, tinynet_registered):
   files = documented_files()
   assert sorted(files) == [CONFIG_FILE, FAMILY_FILE]
-  repo = package_copy_with(tmp_path / 'repo', files)
+  env = dict(commands.ONE_DEVICE)
+  if added == 'in the package':
+    repo = package_copy_with(tmp_path / 'repo', files)
+  else:
+    site = tmp_path / 'site'
+    repo = installed_package_with(tmp_path / 'user', site, files[FAMILY_FILE], files[CONFIG_FILE])
+    env['PYTHONPATH'] = os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')])
   net = seeded_tinynet()
   published = tinynet_registered.published['tinynet_shapes']
   manifest = mirror_of(tmp_path / 'mirror', net, 'tinynet_shapes', published.file)
   server = weights_server.Server(tmp_path / 'mirror')
-  env = {**commands.ONE_DEVICE,
-         **weights_server.environment(server.url, manifest, tmp_path / 'cache')}
+  env.update(weights_server.environment(server.url, manifest, tmp_path / 'cache'))
   try:
     listed = commands.run(commands.find('python -m ssd_jax.pretrained', 'docs/models.md'), repo,
                           env=env)
@@ -110,3 +141,47 @@ def test_a_family_written_as_one_module_is_listed_trained_from_its_name_and_pred
   expected = detector.Detector.from_checkpoint(workdir).detect([photo])[0]
   assert len(expected['scores']) > 0
   assert not detections.unmatched(ours, expected, score_tol=1e-4, box_tol=0.1)
+
+
+@pytest.fixture
+def installed(monkeypatch, tmp_path):
+  """Returns install(name, text): a module of `text` on sys.path, named by this
+  process's only entry point of the families' group; families() found afresh."""
+  from importlib import metadata
+
+  def install(name: str, text: str):
+    (tmp_path / f'{name}.py').write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)  # another test's module of that name
+    point = metadata.EntryPoint(name, name, models.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(metadata, 'entry_points',
+                        lambda group: [point] if group == models.ENTRY_POINT_GROUP else [])
+    models.families.cache_clear()
+
+  yield install
+  models.families.cache_clear()
+
+
+@pytest.mark.parametrize('text, error, message', [
+    pytest.param('X = 1\n', TypeError,
+                 r'entry point plugin = plugin of ssd_jax\.families \(package \?\) names a '
+                 r'module without FAMILY', id='no FAMILY'),
+    pytest.param('import a_module_nobody_installed\n', ImportError,
+                 r'plugin = plugin .* cannot be imported \(No module named '
+                 r'.a_module_nobody_installed.\); fix or uninstall that package',
+                 id='cannot be imported'),
+    pytest.param('from ssd_jax.models import vgg16\nFAMILY = vgg16.FAMILY\n', ValueError,
+                 r'ssd_jax\.models\.vgg16 and the entry point plugin = plugin .* both name '
+                 r"the backbone 'vgg16'", id='a backbone taken'),
+])
+def test_an_installed_family_that_cannot_be_one_is_named(installed, text, error, message):
+  installed('plugin', text)
+  with pytest.raises(error, match=message):
+    models.families()
+
+
+def test_an_installed_family_joins_the_packages(installed):
+  text = documented_files()[FAMILY_FILE]
+  installed('tinynet_plugin', text)
+  assert sorted(models.families()) == ['mobilenet_v3_large', 'resnet50', 'tinynet', 'vgg16']
+  assert models.family('tinynet').architectures.keys() == {'tiny96'}
