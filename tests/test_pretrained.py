@@ -139,6 +139,19 @@ def test_the_docs_table_of_names_is_the_families(tmp_path):
     assert published[name].file in file and published[name].format == fmt, name
 
 
+def test_the_readme_models_table_names_every_format_and_published_name():
+  """The README's models table gives, per source, its converter format and then its
+  published name: every format of every family is there, each name beside its format."""
+  readme = (commands.ROOT / 'README.md').read_text()
+  table = readme.split('## Models', 1)[1].split('\n\n', 2)[1]
+  column = ' '.join(row.rstrip(' |').rsplit('|', 1)[1] for row in table.splitlines()[2:])
+  pairs = re.findall(r'\(`(\w+)`, `(\w+)`\)', column)
+  published = {n: w for f in models.families().values() for n, w in f.published.items()}
+  assert sorted(name for _, name in pairs) == sorted(published)
+  assert all(published[name].format == fmt for fmt, name in pairs), pairs
+  assert set(re.findall(r'\(`(\w+)`', column)) == set(convert.formats())
+
+
 def test_every_format_and_name_says_what_it_is():
   """Each family's converters and published weights say what they are, and
   `python -m ssd_jax.convert --help` lists each format with its kind and that."""
