@@ -129,16 +129,6 @@ def test_the_names_are_listed_with_their_format_and_whether_they_are_cached(tmp_
   assert wrong.returncode == 1 and 'takes no arguments (got --names)' in wrong.stderr
 
 
-def test_the_docs_table_of_names_is_the_families(tmp_path):
-  """docs/pretrained.md's table (name, file, format) is what the families publish."""
-  doc = (commands.ROOT / 'docs' / 'pretrained.md').read_text()
-  table = re.findall(r'^\| `(\w+)` \| (.+?) \| `(\w+)` \|', doc, re.M)
-  published = {n: w for f in models.families().values() for n, w in f.published.items()}
-  assert sorted(n for n, _, _ in table) == sorted(published)
-  for name, file, fmt in table:
-    assert published[name].file in file and published[name].format == fmt, name
-
-
 def test_the_readme_models_table_names_every_format_and_published_name():
   """The README's models table gives, per source, its converter format and then its
   published name: every format of every family is there, each name beside its format."""
