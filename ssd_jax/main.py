@@ -43,8 +43,8 @@ _STEP = flags.DEFINE_integer('step', None, 'eval/predict: checkpoint step (defau
 _INPUT = flags.DEFINE_string('input', None, 'predict: an image file, a folder or a glob.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: output folder.')
 _PRETRAINED = flags.DEFINE_string(
-    'pretrained', None, 'predict: published weights by name instead of --workdir (see '
-    'ssd_jax.pretrained), downloaded and converted once into $SSD_JAX_CACHE.')
+    'pretrained', None, 'predict: published weights by name instead of --workdir (python -m '
+    'ssd_jax.pretrained lists them), downloaded and converted once into $SSD_JAX_CACHE.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, "Show the traceback of an expected error and "
                               "the libraries' info lines (Orbax's, TFDS's) too.")
 EXIT_ERROR = 1
