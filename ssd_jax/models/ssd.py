@@ -4,7 +4,8 @@
 package (vgg16.py, mobilenet_v3.py, resnet.py, ...) defines `FAMILY`, a
 `Family`: its backbone part, any heads of its own, its architecture presets,
 its XLA:CPU compile options, its converters of published checkpoints and the
-names of its published weights. ssd_jax.models finds the families by name.
+names of its published weights. ssd_jax.models finds the families by name (a
+package of one's own can add one through an entry point: ssd_jax/models/__init__.py).
 
 Conventions every part keeps:
   - A backbone is called as module(images, train) on f[B, S, S, 3] normalised
