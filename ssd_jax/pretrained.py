@@ -1,9 +1,11 @@
 """Published weights by name: downloaded once, verified, converted, then reused offline.
 
   Detector.from_pretrained('ssdlite320_mobilenet_v3_large_coco')
-  python -m ssd_jax.main --mode=predict --pretrained=ssd300_vgg16_coco --input=photos/
+  python -m ssd_jax.main --mode=predict --pretrained=ssdlite320_mobilenet_v3_large_coco --input=photos/
   --config.model.init_from=vgg16_imagenet          (training: fine-tune from it)
-  python -m ssd_jax.pretrained                     (lists the names)
+
+and this lists the names:
+  python -m ssd_jax.pretrained
 
 Each name is a PyTorch checkpoint its publisher serves, with the ssd_jax.convert
 format that reads it; the model families list them (ssd_jax/models/: each

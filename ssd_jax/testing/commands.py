@@ -6,7 +6,8 @@ comments). A test names a command by a piece of its text (`find`), and
 standing for the user's current folder:
   - `python`, `python3` and `.venv/bin/python` are this interpreter;
   - `/tmp/...` paths move into the scratch folder; relative paths (photos/,
-    weights files) are read there, and `configs/` there links to the repo's;
+    weights files) are read there, and `configs/` and `experiments/` there link
+    to the repo's;
   - leading `NAME=value` words are environment variables;
   - `a && b` runs its parts in turn; a part that makes the venv or installs
     into it is skipped (the test command already ran that install);
@@ -81,11 +82,12 @@ def find(piece: str, source: str = 'README.md') -> str:
 
 
 def scratch(folder: pathlib.Path) -> pathlib.Path:
-  """Makes `folder` a user's current folder: it exists and its configs/ is the repo's."""
+  """Makes `folder` a user's current folder, a clone's root: it exists and its
+  configs/ and experiments/ are the repo's (a folder of its own is kept)."""
   folder.mkdir(parents=True, exist_ok=True)
-  link = folder / 'configs'
-  if not link.exists():
-    link.symlink_to(ROOT / 'configs')
+  for name in ('configs', 'experiments'):
+    if not (folder / name).exists():
+      (folder / name).symlink_to(ROOT / name)
   return folder
 
 
