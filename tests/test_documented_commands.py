@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax import detector, images, workdirs
+from ssd_jax import detector, images, lowering, workdirs
 from ssd_jax import tflite as tflite_lib
 from ssd_jax.testing import commands, detections, synthetic
 from ssd_jax.task import Task
@@ -203,6 +203,51 @@ def test_each_exported_artifact_loads_and_gives_the_detectors_detections(user, e
     assert a['metric'] == 'mAP' and a['images'] == 16 and 0 <= a['artifact'] <= 1
     if fmt in ('saved_model', 'onnx', 'jax'):  # ssd_jax's own post-processing rules
       assert a['artifact'] == pytest.approx(a['checkpoint'], abs=1e-6), fmt
+
+
+def run_block(block: str, replace: dict, names: dict) -> dict:
+  """Executes a documented Python block as written (its paths replaced) with `names`
+  defined (those it leaves to the reader); the names it defines."""
+  for old, new in replace.items():
+    assert old in block, (old, block)
+    block = block.replace(old, new)
+  space = dict(names)
+  exec(compile(block, '<docs block>', 'exec'), space)  # noqa: S102
+  return space
+
+
+@pytest.mark.xdist_group('quickstart_commands')
+@pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+def test_the_docs_loading_blocks_run_as_written(user, exported):
+  """docs/export.md's blocks that load each artifact, and docs/evaluation.md's
+  Detector block, run as written on the quickstart's run and exports, a photo
+  standing for the image names they leave to the reader: each gives what its
+  text says (ONNX's outputs in the order the block unpacks them)."""
+  folder, _ = user
+  photo_file = str(folder / 'photos' / 'street.jpg')
+  photo = images.read_image(photo_file)
+  given = {'image_u8': photo, 'batch_u8': photo[None], 'images': [photo]}
+  moved = {'/tmp/voc300_export/': f'{exported}/'}
+  saved, tflite, onnx, jax_ = [run_block(b, moved, given) for b in commands.fenced_blocks(
+      (ROOT / 'docs' / 'export.md').read_text(), 'python')]
+  expected = first(saved['out'])
+  assert len(expected['scores']) > 0
+  names = [n.decode() for n in np.asarray(saved['names'])]
+  assert names == json.loads((exported / 'saved_model' / 'export.json').read_text())['class_names']
+  assert sorted(tflite['out']) == sorted(lowering.OUTPUTS) == sorted(saved['out'])
+  d = len(np.asarray(saved['out']['scores'])[0])
+  boxes, scores, classes, num = (onnx[k] for k in ('boxes', 'scores', 'classes', 'num'))
+  assert (boxes.shape, scores.shape, classes.shape, num.shape) == ((1, d, 4), (1, d), (1, d), (1,))
+  assert scores.dtype == np.float32 and classes.dtype == num.dtype == np.int32
+  by_onnx = first(dict(boxes=boxes, scores=scores, classes=classes, num_detections=num))
+  assert not detections.unmatched(by_onnx, expected, score_tol=1e-3, box_tol=0.5)
+  assert not detections.unmatched(jax_['found'][0], expected, score_tol=1e-3, box_tol=0.5)
+  assert not detections.unmatched(first(jax_['out']), expected, score_tol=1e-3, box_tol=0.5)
+  block, = commands.fenced_blocks((ROOT / 'docs' / 'evaluation.md').read_text(), 'python')
+  found = run_block(block, {"'/tmp/voc300'": repr(str(folder / 'ssd_shapes')),
+                            "'photo.jpg'": repr(photo_file)}, {})['found']
+  assert not detections.unmatched(found, expected, score_tol=1e-3, box_tol=0.5)
+  assert list(found['names']) == [names[c - 1] for c in found['classes']]
 
 
 @pytest.mark.xdist_group('quickstart_commands')
