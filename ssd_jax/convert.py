@@ -151,7 +151,7 @@ def convert(fmt: str, path: str, output: str, channel_order: str = 'bgr',
 
 def format_help() -> str:
   """--format's help: each format of every family, a detector or a base, and what it reads."""
-  lines = [f'  {name} ({"detector" if c.config else "base"}): {c.about}'
+  lines = [f'  {name} ({c.kind}): {c.about}'
            for name, c in sorted(formats().items())]
   return '\n'.join(['What --input holds:', *lines])
 

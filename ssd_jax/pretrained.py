@@ -147,7 +147,7 @@ def listing() -> str:
   it converted, and what it is."""
   formats = convert.formats()
   rows = [('name', 'format', 'kind', 'cache', 'what')] + [
-      (name, w.format, 'detector' if formats[w.format].config else 'base',
+      (name, w.format, formats[w.format].kind,
        'cached' if is_converted(name) else '-', w.about)
       for name, w in sorted(PUBLISHED.items())]
   widths = [max(len(r[i]) for r in rows) for i in range(4)]

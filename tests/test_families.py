@@ -4,7 +4,6 @@ under the docs' entry point, is found by name by the weights listing, by
 training from its published weights (served on 127.0.0.1) and by prediction,
 each run as the docs type it."""
 import collections
-import hashlib
 import importlib.util
 import json
 import os
@@ -70,15 +69,6 @@ def seeded_tinynet():
       conv1=conv(3, 16, 3, stride=4, padding=1), conv2=conv(16, 16, 3, stride=2, padding=1)))
 
 
-def mirror_of(folder, net, name: str, file: str):
-  """Saves `net`'s state dict as `file` in `folder` and a manifest pinning its SHA-256."""
-  folder.mkdir()
-  torch.save(net.state_dict(), folder / file)
-  digest = hashlib.sha256((folder / file).read_bytes()).hexdigest()
-  (folder / 'manifest.json').write_text(json.dumps({name: {'file': file, 'sha256': digest}}))
-  return folder / 'manifest.json'
-
-
 @pytest.fixture
 def tinynet_registered(monkeypatch, tmp_path):
   """This process's models.families() with the documented TinyNet in it (loaded from
@@ -106,7 +96,8 @@ def test_a_family_written_as_one_module_is_listed_trained_from_its_name_and_pred
     env['PYTHONPATH'] = os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')])
   net = seeded_tinynet()
   published = tinynet_registered.published['tinynet_shapes']
-  manifest = mirror_of(tmp_path / 'mirror', net, 'tinynet_shapes', published.file)
+  (tmp_path / 'mirror').mkdir()
+  manifest = weights_server.publish(tmp_path / 'mirror', net, 'tinynet_shapes', published.file)
   server = weights_server.Server(tmp_path / 'mirror')
   env.update(weights_server.environment(server.url, manifest, tmp_path / 'cache'))
   try:

@@ -117,9 +117,8 @@ def test_the_names_are_listed_with_their_format_and_whether_they_are_cached(tmp_
   printed = commands.run(commands.find('python -m ssd_jax.pretrained', 'docs/pretrained.md'),
                          tmp_path / 'user', env={'SSD_JAX_CACHE': str(cache)})
   rows = {line.split()[0]: line.split(None, 4) for line in printed.splitlines()[2:]}
-  families = models.families().values()
-  published = {n: w for f in families for n, w in f.published.items()}
-  detectors = {n for f in families for n, c in f.converters.items() if c.config}
+  published = models.published()
+  detectors = {n for f in models.families().values() for n, c in f.converters.items() if c.config}
   assert sorted(rows) == sorted(published)
   for name, w in published.items():
     assert rows[name][1:] == [w.format, 'detector' if w.format in detectors else 'base',
@@ -136,7 +135,7 @@ def test_the_readme_models_table_names_every_format_and_published_name():
   table = readme.split('## Models', 1)[1].split('\n\n', 2)[1]
   column = ' '.join(row.rstrip(' |').rsplit('|', 1)[1] for row in table.splitlines()[2:])
   pairs = re.findall(r'\(`(\w+)`, `(\w+)`\)', column)
-  published = {n: w for f in models.families().values() for n, w in f.published.items()}
+  published = models.published()
   assert sorted(name for _, name in pairs) == sorted(published)
   assert all(published[name].format == fmt for fmt, name in pairs), pairs
   assert set(re.findall(r'\(`(\w+)`', column)) == set(convert.formats())

@@ -96,6 +96,11 @@ class Converter:
   base: Optional[Callable[[], Any]] = None
   about: str = ''
 
+  @property
+  def kind(self) -> str:
+    """'detector' (it comes with a config) or 'base'."""
+    return 'detector' if self.config else 'base'
+
 
 @dataclasses.dataclass(frozen=True)
 class Weights:
@@ -105,7 +110,7 @@ class Weights:
   names each file with the first 8 hex digits and torch.hub checks those);
   None where the publisher gives none (only the length the server announces
   is then checked; a mirror's manifest can pin one). `about` says what the
-  weights are (`python -m ssd_jax.main --help` lists it under --pretrained).
+  weights are (`python -m ssd_jax.pretrained` lists it).
   """
   file: str
   sha256: Optional[str]

@@ -55,6 +55,17 @@ def environment(url: str, manifest: pathlib.Path, cache: pathlib.Path) -> dict:
           'SSD_JAX_CACHE': str(cache)}
 
 
+def publish(folder: pathlib.Path, model, name: str, file: str) -> pathlib.Path:
+  """Saves a torch `model`'s state dict in `folder` as `file`, the published
+  weights `name`, and a manifest pinning its SHA-256; the manifest's path."""
+  import torch
+  torch.save(model.state_dict(), folder / file)
+  digest = hashlib.sha256((folder / file).read_bytes()).hexdigest()
+  manifest = folder / 'manifest.json'
+  manifest.write_text(json.dumps({name: {'file': file, 'sha256': digest}}))
+  return manifest
+
+
 def seeded_ssdlite(folder: pathlib.Path, name: str = 'ssdlite320_mobilenet_v3_large_coco'):
   """torchvision's SSDLite320 (COCO's 91 classes) seeded, its state dict saved in
   `folder` under the published file name of `name`, and a manifest with its
@@ -66,9 +77,4 @@ def seeded_ssdlite(folder: pathlib.Path, name: str = 'ssdlite320_mobilenet_v3_la
   torch.manual_seed(0)
   model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
       weights=None, weights_backbone=None, num_classes=91).eval()
-  file = pretrained.PUBLISHED[name].file
-  torch.save(model.state_dict(), folder / file)
-  digest = hashlib.sha256((folder / file).read_bytes()).hexdigest()
-  manifest = folder / 'manifest.json'
-  manifest.write_text(json.dumps({name: {'file': file, 'sha256': digest}}))
-  return model, manifest
+  return model, publish(folder, model, name, pretrained.PUBLISHED[name].file)
