@@ -12,8 +12,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # ssd_jax uses no Keras, and asked for the legacy tf_keras, which is not
 # installed, TensorFlow skips it. For these processes and the ones they start.
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
-# The test models compile for longer than they run: LLVM's cheap passes in these
-# processes and the ones they start (tests that run many steps: full_optimisation).
+# The test models compile for longer than they run: LLVM's cheap passes and the
+# older fusion emitters in these processes and the ones they start (tests that run
+# many steps: full_optimisation).
 os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {QUICK_COMPILE}')
 # Many tests compile the same small train and eval steps (in workers and in the
 # subprocesses they start, which inherit this): JAX's persistent cache compiles
@@ -86,7 +87,7 @@ def full_optimisation(monkeypatch):
   for backbone in list(xla_cpu.OPTIONS):
     monkeypatch.setitem(xla_cpu.OPTIONS, backbone, {
         **xla_cpu.OPTIONS[backbone], 'xla_backend_optimization_level': 3,
-        'xla_llvm_disable_expensive_passes': False})
+        'xla_llvm_disable_expensive_passes': False, 'xla_cpu_use_fusion_emitters': True})
 
 
 @pytest.fixture

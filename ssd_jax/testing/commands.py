@@ -27,8 +27,10 @@ from typing import Optional, Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / 'README.md'
 INTERPRETERS = ('python', 'python3', '.venv/bin/python')
-# LLVM's cheap passes, which compile the short runs tests start several times faster.
-QUICK_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+# LLVM's cheap passes and XLA:CPU's older fusion emitters, which compile the short
+# runs tests start several times faster.
+QUICK_COMPILE = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true '
+                 '--xla_cpu_use_fusion_emitters=false')
 # A user's machine: one CPU device (the tests' own processes simulate eight).
 ONE_DEVICE = {'XLA_FLAGS': f'--xla_force_host_platform_device_count=1 {QUICK_COMPILE}'}
 _ENV_WORD = re.compile(r'^[A-Z_][A-Z0-9_]*=')
