@@ -42,9 +42,12 @@ def create_state(task: Task, mesh: Mesh, rng: jax.Array) -> TrainState:
   def init(rng):
     variables = task.init_variables(rng)
     params = variables['params']
-    return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx,
-                             batch_stats=variables.get('batch_stats'),
-                             ema_params=params if task.config.optim.ema_decay else None)
+    state = TrainState.create(apply_fn=task.model.apply, params=params, tx=tx,
+                              batch_stats=variables.get('batch_stats'),
+                              ema_params=params if task.config.optim.ema_decay else None)
+    # int32 as restored (create's Python 0 would be weakly typed): a fresh and a
+    # resumed run then trace one train step, which JAX's compilation cache serves to both.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
   # Plain jax.jit: it runs once, so the CPU options (xla_cpu.py) would buy nothing.
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)

@@ -122,6 +122,27 @@ def test_checkpoints_save_and_restore_the_state_beyond_parameters(tiny_bn, tmp_p
   same(loaded['params']['backbone'], state.ema_params['backbone'])
 
 
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
+def test_a_resumed_run_traces_the_fresh_runs_train_step(tiny_bn, optimizer, tmp_path):
+  """The state a resumed run restores lowers the train step to the same program
+  as a fresh run's state (a weakly typed step counter made another), so JAX's
+  compilation cache serves a run restarted after preemption the step it compiled."""
+  tiny_bn.optim.name, tiny_bn.optim.boundaries = optimizer, (5,)
+  config = config_lib.validate(tiny_bn)
+  task, mesh = Task.of(config), sharding.make_mesh(jax.devices()[:1])
+  fresh = train_step.create_state(task, mesh, jax.random.key(0))
+  mngr = checkpoints.manager(str(tmp_path), config)
+  checkpoints.save(mngr, 1, fresh, force=True)
+  mngr.wait_until_finished()
+  step, restored = checkpoints.restore_newest_readable(
+      mngr, train_step.abstract_state(task, mesh), str(tmp_path))
+  mngr.close()
+  batch = sharding.global_batch(synthetic_batch(np.random.default_rng(0), 8), mesh)
+  lower = lambda state: train_step.jit_train_step(task, mesh).lower(  # noqa: E731
+      state, batch, jnp.asarray(task.default_boxes)).as_text()
+  assert step == 1 and lower(restored) == lower(fresh)
+
 def _with_classes(config, names):
   c = config_lib.base_config('tiny_bn')
   c.update(config.to_dict())
