@@ -49,8 +49,9 @@ def create_state(task: Task, mesh: Mesh, rng: jax.Array) -> TrainState:
     # resumed run then trace one train step, which JAX's compilation cache serves to both.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
-  # Plain jax.jit: it runs once, so the CPU options (xla_cpu.py) would buy nothing.
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+  # It runs once: on CPU, compiled with the cheap passes (xla_cpu.RUN_ONCE).
+  return xla_cpu.Jitted(init, xla_cpu.run_once_options(),
+                        out_shardings=sharding.replicated(mesh))(rng)
 
 
 def abstract_state(task: Task, mesh: Mesh) -> TrainState:

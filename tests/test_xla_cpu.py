@@ -1,5 +1,6 @@
 """ssd_jax.xla_cpu: the CPU compiler options reach the compiled programs, keep
-their results, and an option the installed XLA lacks is dropped, not fatal."""
+their results, and an option the installed XLA lacks is dropped, not fatal; the
+initial train state compiles with the cheap passes."""
 import logging
 import types
 
@@ -7,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax import xla_cpu
+from ssd_jax import sharding, train_step, xla_cpu
+from ssd_jax.task import Task
 
 
 VGG = types.SimpleNamespace(model=types.SimpleNamespace(backbone='vgg16'))
@@ -70,3 +72,24 @@ def test_a_function_with_options_also_runs_inside_another_trace():
       0.0, 1.0, 5)), rtol=1e-6)
   assert jax.eval_shape(f, jax.ShapeDtypeStruct((5,), jnp.float32)).shape == (5,)
   assert ' sine(' in f.lower(x).compile().as_text()  # the top-level function's attributes
+
+
+def test_the_initial_state_compiles_with_the_cheap_passes(load_config, monkeypatch):
+  """create_state jits its one run with RUN_ONCE on CPU, and abstract_state (which
+  traces create_state inside eval_shape, where JAX refuses options) still works."""
+  seen = []
+
+  class Recorded(xla_cpu.Jitted):
+    def __init__(self, fun, options, **kwargs):
+      seen.append(options)
+      super().__init__(fun, options, **kwargs)
+
+  monkeypatch.setattr(xla_cpu, 'Jitted', Recorded)
+  config = load_config('shapes')
+  config.model.width = 0.125
+  task, mesh = Task.of(config), sharding.make_mesh(jax.devices()[:1])
+  state = train_step.create_state(task, mesh, jax.random.key(0))
+  assert seen == [xla_cpu.RUN_ONCE] == [xla_cpu.run_once_options()]
+  abstract = train_step.abstract_state(task, mesh)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), state)
