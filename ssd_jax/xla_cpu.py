@@ -20,9 +20,10 @@ AVX-512), compiled in one process and timed alternately (medians):
 `experiments/bench_inference.py` and `bench_train.py` print the defaults (as
 `xla_defaults`) beside these in the same run. The initial train state, which
 runs once, compiles with LLVM's cheap passes instead (RUN_ONCE). GPU and TPU
-compilations get no options. Set OPTIONS = {} for XLA's defaults on CPU too. Where the installed
-XLA does not know an option (another jaxlib), the options are dropped with a
-warning rather than failing every compilation. Nothing here imports TensorFlow.
+compilations get no options. Set OPTIONS = {} for XLA's defaults on CPU too.
+Where the installed XLA does not know an option (another jaxlib), the options
+are dropped with a warning rather than failing every compilation. Nothing here
+imports TensorFlow.
 """
 from __future__ import annotations
 

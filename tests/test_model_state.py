@@ -122,7 +122,6 @@ def test_checkpoints_save_and_restore_the_state_beyond_parameters(tiny_bn, tmp_p
   same(loaded['params']['backbone'], state.ema_params['backbone'])
 
 
-
 @pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
 def test_a_resumed_run_traces_the_fresh_runs_train_step(tiny_bn, optimizer, tmp_path):
   """The state a resumed run restores lowers the train step to the same program
@@ -142,6 +141,7 @@ def test_a_resumed_run_traces_the_fresh_runs_train_step(tiny_bn, optimizer, tmp_
   lower = lambda state: train_step.jit_train_step(task, mesh).lower(  # noqa: E731
       state, batch, jnp.asarray(task.default_boxes)).as_text()
   assert step == 1 and lower(restored) == lower(fresh)
+
 
 def _with_classes(config, names):
   c = config_lib.base_config('tiny_bn')

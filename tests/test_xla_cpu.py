@@ -10,6 +10,7 @@ import numpy as np
 
 from ssd_jax import sharding, train_step, xla_cpu
 from ssd_jax.task import Task
+from ssd_jax.testing import commands
 
 
 VGG = types.SimpleNamespace(model=types.SimpleNamespace(backbone='vgg16'))
@@ -90,6 +91,9 @@ def test_the_initial_state_compiles_with_the_cheap_passes(load_config, monkeypat
   task, mesh = Task.of(config), sharding.make_mesh(jax.devices()[:1])
   state = train_step.create_state(task, mesh, jax.random.key(0))
   assert seen == [xla_cpu.RUN_ONCE] == [xla_cpu.run_once_options()]
+  # The tests' own cheap passes (written out, as they are set before JAX starts) are these.
+  assert {f'--{k}={str(v).lower()}' for k, v in xla_cpu.RUN_ONCE.items()} <= set(
+      commands.QUICK_COMPILE.split())
   abstract = train_step.abstract_state(task, mesh)
   assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == jax.tree.map(
       lambda a: (a.shape, a.dtype), state)

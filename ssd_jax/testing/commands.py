@@ -27,8 +27,9 @@ from typing import Optional, Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / 'README.md'
 INTERPRETERS = ('python', 'python3', '.venv/bin/python')
-# LLVM's cheap passes and XLA:CPU's older fusion emitters, which compile the short
-# runs tests start several times faster.
+# LLVM's cheap passes (ssd_jax.xla_cpu.RUN_ONCE, written out: tests/conftest.py
+# sets the environment before anything imports JAX) and XLA:CPU's older fusion
+# emitters, which compile the short runs tests start several times faster.
 QUICK_COMPILE = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true '
                  '--xla_cpu_use_fusion_emitters=false')
 # A user's machine: one CPU device (the tests' own processes simulate eight).
