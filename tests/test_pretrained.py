@@ -184,14 +184,10 @@ def test_fine_tune_from_a_name_then_predict_by_name_on_the_command_line(mirror, 
   server, model = mirror
   folder = commands.scratch(tmp_path / 'user')
   env = commands.ONE_DEVICE
-  synthetic.squares_voc_folder(folder / 'squares', 4)
   commands.run(
       commands.find('--config.model.init_from=ssdlite320_mobilenet_v3_large_coco'), folder,
-      ['--config.data.format=voc_folder',
-       f'--config.data.root={folder / "squares"}', '--config.data.train_splits=("trainval",)',
-       '--config.data.eval_split=trainval', '--config.data.class_names=("red","green")',
-       '--config.train.num_steps=1', '--config.train.batch_size=2',
-       '--config.train.checkpoint_every=1'], env)
+      ['--config.train.num_steps=1', '--config.train.batch_size=2',
+       '--config.train.checkpoint_every=1'] + synthetic.squares_folder_overrides(folder), env)
   assert [p.name for p in (tmp_path / 'cache' / 'downloads').iterdir()] == [
       pretrained.PUBLISHED[NAME].file]
   server.stop()  # a second use needs no server
