@@ -6,6 +6,10 @@ from PIL import Image
 
 SQUARE_CLASSES = ('red', 'green')
 _COLOURS = {'red': (230, 20, 20), 'green': (20, 230, 20)}
+# data.pixel_buffer for the squares' 96-pixel images (a config's 512 or 640 only
+# makes the train step bigger, and makes one model's step differ between VOC and
+# COCO configs, so that each compiles its own).
+SQUARES_PIXEL_BUFFER = 128
 
 VOC_XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>
 {objects}</annotation>"""
@@ -55,15 +59,13 @@ def squares_voc_folder(root: pathlib.Path, n: int, size=96, seed=0):
 def squares_folder_overrides(folder: pathlib.Path) -> list[str]:
   """Writes 8 images of red and green squares as a VOC folder under `folder` and
   returns the --config overrides that train and evaluate on it: its class names
-  (the class count follows them; results number them 1, 2) and a pixel buffer
-  for its 96-pixel images (a config's 512 or 640 only makes the train step
-  bigger, and makes one model's step differ between VOC and COCO configs, so
-  that each compiles its own)."""
+  (the class count follows them; results number them 1, 2) and
+  SQUARES_PIXEL_BUFFER."""
   squares_voc_folder(folder / 'squares', 8)
   return ['--config.data.format=voc_folder', f'--config.data.root={folder / "squares"}',
           '--config.data.train_splits=("trainval",)', '--config.data.eval_split=trainval',
           '--config.data.class_names=("red","green")', '--config.model.num_classes=None',
-          '--config.data.category_ids=None', '--config.data.pixel_buffer=128']
+          '--config.data.category_ids=None', f'--config.data.pixel_buffer={SQUARES_PIXEL_BUFFER}']
 
 
 def tiny_config(config):
@@ -73,7 +75,7 @@ def tiny_config(config):
   c.model.sources = ('conv4_3', 'conv7', 'conv8_2', 'conv9_2')
   c.anchors.min_sizes = c.anchors.max_sizes = c.anchors.steps = None
   c.anchors.aspect_ratios = ((2,), (2, 3), (2, 3), (2,))
-  c.data.max_boxes, c.data.pixel_buffer = 3, 128  # the squares are 96 x 96
+  c.data.max_boxes, c.data.pixel_buffer = 3, SQUARES_PIXEL_BUFFER
   c.train.batch_size = 8
   c.optim.warmup_steps = 1
   return c
