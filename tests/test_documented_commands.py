@@ -479,14 +479,10 @@ def test_converted_vgg16_initialises_voc300_training(tmp_path):
   folder = commands.scratch(tmp_path)
   vgg = torchvision_model('vgg16', folder / 'vgg16-397923af.pth')
   commands.run(commands.find('--format=vgg16 '), folder, env=ONE_DEVICE)
-  synthetic.squares_voc_folder(folder / 'squares', 4)
-  data = ['--config.data.format=voc_folder', f'--config.data.root={folder / "squares"}',
-          '--config.data.train_splits=("trainval",)', '--config.data.eval_split=trainval',
-          '--config.data.class_names=("red","green")']
   shrink = ['--config.train.num_steps=1', '--config.train.batch_size=2',
             '--config.train.checkpoint_every=1', '--config.train.log_every=1']
   printed = commands.run(commands.find('--config.model.init_checkpoint=/tmp/vgg16'), folder,
-                         shrink + data, ONE_DEVICE)
+                         shrink + synthetic.squares_folder_overrides(folder), ONE_DEVICE)
   assert 'training the VGG16 base from scratch' not in printed
   from ssd_jax import checkpoints, workdirs
   workdir = str(folder / 'voc300')
